@@ -1,0 +1,410 @@
+"""End-to-end run of the Snakemake workflow on a real single-node SLURM cluster.
+
+A session fixture installs (``tests/slurm/setup_slurm.sh``) and starts
+(``tests/slurm/start_slurm.sh``) SLURM on this host. The test then copies the repository twice
+into a temporary folder, runs the workflow once through ``--profile slurm`` (every job goes
+through sbatch) and once locally with ``--cores 2``, and checks that the jobs really ran under
+SLURM and that every output file is byte-identical between the two runs.
+
+Until the real workflow exists (no ``workflow/Snakefile``), a small toy workflow written by the
+test itself is used instead. To target the real workflow, keep ``SLURM_CONFIGFILE`` pointing at
+a fast CPU config and list the files to build in ``SLURM_TARGETS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+LOGGER = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SLURM_SCRIPTS = REPO_ROOT / "tests" / "slurm"
+
+# --- What the test runs ---------------------------------------------------------------------
+# Config file (relative to the repository root) for the real workflow: must be a fast CPU
+# config whose GPU count is 0, so that the GPU rules run on the CPU-only test node.
+SLURM_CONFIGFILE = "config/tiny.yaml"
+# Targets (files or rule names) to build; empty means the workflow's default target (rule all).
+SLURM_TARGETS: list[str] = []
+# Where the real Snakefile may live; the first one found is used. None found -> toy workflow.
+SNAKEFILE_CANDIDATES = ("workflow/Snakefile", "Snakefile")
+# Wall-clock limits for the two runs (the whole test must stay well under 10 min in CI).
+SLURM_RUN_TIMEOUT_S = 420
+LOCAL_RUN_TIMEOUT_S = 300
+# The plugin waits this long before its first status check (40 s by default; the test cluster
+# keeps finished jobs visible to squeue for MinJobAge=600 s, so short delays are safe here).
+STATUS_CHECK_DELAY_S = 2
+
+# State folder of the test cluster (pid files, logs, job completion file).
+STATE_DIR = Path(os.environ.get("DIFFGUARD_SLURM_DIR", "/tmp/diffguard-slurm"))
+# Top-level or nested folder names that are never copied into the run folders.
+EXCLUDED_PARTS = frozenset(
+    {".git", ".venv", ".snakemake", ".pytest_cache", ".ruff_cache", "__pycache__", "results"}
+)
+SLURM_DAEMONS = ("sbatch", "squeue", "sinfo", "scontrol", "slurmctld", "slurmd", "munged")
+
+TOY_SNAKEFILE = r'''
+# Toy workflow used by tests/e2e/test_slurm.py while the real Snakefile does not exist.
+configfile: "config/slurm_toy.yaml"
+
+SAMPLES = [f"s{i}" for i in range(config["n_samples"])]
+
+
+rule all:
+    input:
+        "results/toy/summary.txt",
+
+
+rule make_sample:
+    output:
+        "results/toy/sample_{s}.txt",
+    resources:
+        gpu=config["gpus"],
+    shell:
+        "python -c \"import hashlib; s='{wildcards.s}'; "
+        "print('\\n'.join(hashlib.sha256((s + str(i)).encode()).hexdigest() "
+        "for i in range(200)))\" > {output}"
+
+
+rule summarize:
+    input:
+        expand("results/toy/sample_{s}.txt", s=SAMPLES),
+    output:
+        "results/toy/summary.txt",
+    resources:
+        gpu=config["gpus"],
+    run:
+        import hashlib
+
+        with open(output[0], "w") as out:
+            for path in input:
+                digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+                out.write(f"{path} {digest}\n")
+'''
+TOY_CONFIG = "n_samples: 3\ngpus: 0\n"
+TOY_SLURM_JOBS = 4  # 3 x make_sample + summarize; `all` runs on the submit host
+
+SUBMIT_RE = re.compile(
+    r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.?\s*$", re.MULTILINE
+)
+RUN_ID_RE = re.compile(r"SLURM run ID: (\S+)")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the session fixture learned about the cluster it brought up."""
+
+    started_here: bool
+    setup_s: float
+    start_s: float
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """Snakefile, config file and targets of one run, relative to the run folder."""
+
+    snakefile: str
+    configfile: str
+    targets: tuple[str, ...]
+    toy: bool
+
+
+def _run(cmd: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
+
+
+def _sinfo_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return _run(["sinfo", "-h"], timeout=15).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _impossible_reason() -> str | None:
+    """Return why SLURM cannot be brought up here, or None when it can."""
+    if _sinfo_answers():
+        return None
+    path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin"
+    missing = [c for c in SLURM_DAEMONS if shutil.which(c, path=path) is None]
+    if os.geteuid() != 0:
+        what = f"missing {', '.join(missing)}" if missing else "installed but not running"
+        return f"SLURM is {what} and starting it needs root (euid={os.geteuid()})"
+    if missing and shutil.which("apt-get") is None:
+        return f"SLURM is not installed (missing {', '.join(missing)}) and apt-get is absent"
+    return None
+
+
+def _script(name: str, timeout: float) -> float:
+    """Run tests/slurm/<name>; fail the test with its output on error; return seconds taken."""
+    t0 = time.monotonic()
+    try:
+        proc = _run(["bash", str(SLURM_SCRIPTS / name)], timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{name} did not finish within {timeout}s: {exc.stdout!r} {exc.stderr!r}")
+    if proc.returncode != 0:
+        pytest.fail(f"{name} failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    LOGGER.info("%s: %s", name, proc.stdout.strip())
+    return time.monotonic() - t0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Cluster]:
+    """Install and start the single-node cluster; stop it afterwards if it was started here."""
+    reason = _impossible_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    already_up = _sinfo_answers()
+    setup_s = 0.0 if already_up else _script("setup_slurm.sh", timeout=480)
+    start_s = _script("start_slurm.sh", timeout=120)
+    LOGGER.info("slurm setup %.1fs, start %.1fs (already up: %s)", setup_s, start_s, already_up)
+    yield Cluster(started_here=not already_up, setup_s=setup_s, start_s=start_s)
+    if not already_up:
+        _script("stop_slurm.sh", timeout=60)
+
+
+def _repo_files(repo: Path) -> list[Path]:
+    """Tracked and untracked-but-not-ignored files of the repository, relative to it."""
+    if (repo / ".git").exists() and shutil.which("git") is not None:
+        excludes = [f":(exclude,glob)**/{part}/**" for part in sorted(EXCLUDED_PARTS)]
+        proc = _run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."]
+            + excludes,
+            timeout=120,
+            cwd=repo,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"git ls-files failed in {repo}: {proc.stderr}")
+        names = [Path(n) for n in proc.stdout.split("\0") if n]
+    else:
+        names = [p.relative_to(repo) for p in repo.rglob("*") if p.is_file() or p.is_symlink()]
+    return [
+        n
+        for n in names
+        if not EXCLUDED_PARTS.intersection(n.parts)
+        and ((repo / n).is_file() or (repo / n).is_symlink())
+    ]
+
+
+def _copy_repo(dest: Path) -> Path:
+    """Copy the repository's files into dest/repo, with dest/shared linked to shared data."""
+    work = dest / "repo"
+    for rel in _repo_files(REPO_ROOT):
+        target = work / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, target, follow_symlinks=False)
+    # Configs may point at ../shared (the reference data beside the checkout).
+    shared = Path(os.environ.get("DIFFGUARD_SHARED", REPO_ROOT.parent / "shared"))
+    if shared.is_dir():
+        (dest / "shared").symlink_to(shared.resolve(), target_is_directory=True)
+    return work
+
+
+def _workflow_spec(work: Path) -> WorkflowSpec:
+    """Pick the real workflow when its Snakefile exists, else write the toy workflow.
+
+    DIFFGUARD_SLURM_WORKFLOW=toy forces the toy workflow (to check the cluster and the
+    profile alone); =real makes a missing Snakefile an error; unset or =auto picks.
+    """
+    choice = os.environ.get("DIFFGUARD_SLURM_WORKFLOW", "auto")
+    assert choice in {"auto", "toy", "real"}, (
+        f"DIFFGUARD_SLURM_WORKFLOW={choice!r}: expected 'auto', 'toy' or 'real'"
+    )
+    for candidate in SNAKEFILE_CANDIDATES if choice != "toy" else ():
+        if (work / candidate).is_file():
+            assert (work / SLURM_CONFIGFILE).is_file(), (
+                f"{candidate} exists but SLURM_CONFIGFILE={SLURM_CONFIGFILE!r} does not; "
+                "point SLURM_CONFIGFILE in tests/e2e/test_slurm.py at a fast CPU config"
+            )
+            return WorkflowSpec(candidate, SLURM_CONFIGFILE, tuple(SLURM_TARGETS), toy=False)
+    assert choice != "real", f"no Snakefile at {SNAKEFILE_CANDIDATES} in {work}"
+    (work / "slurm_toy").mkdir()
+    (work / "slurm_toy" / "Snakefile").write_text(TOY_SNAKEFILE)
+    (work / "config").mkdir(exist_ok=True)
+    (work / "config" / "slurm_toy.yaml").write_text(TOY_CONFIG)
+    return WorkflowSpec("slurm_toy/Snakefile", "config/slurm_toy.yaml", (), toy=True)
+
+
+def _env(work: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # Jobs inherit this environment (sbatch --export=ALL): put the venv's python first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = str(work / "workflow" / "scripts")
+    env["DIFFGUARD_SHARED"] = str(work.parent / "shared")
+    return env
+
+
+def _snakemake(work: Path, spec: WorkflowSpec, extra: list[str], timeout: float) -> str:
+    """Run snakemake in work; fail with its log on error; return stdout+stderr."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        spec.snakefile,
+        "--configfile",
+        spec.configfile,
+        "--nocolor",
+        *extra,
+        *spec.targets,
+    ]
+    t0 = time.monotonic()
+    try:
+        proc = _run(cmd, timeout=timeout, cwd=work, env=_env(work))
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} timed out after {timeout}s:\n{exc.stderr!r}")
+    output = proc.stdout + proc.stderr
+    LOGGER.info("%s took %.1fs", " ".join(extra), time.monotonic() - t0)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed in {work}:\n{output[-6000:]}"
+    return output
+
+
+def _produced_files(work: Path, before: set[Path]) -> set[Path]:
+    """Files under work that the run created, without snakemake's own bookkeeping."""
+    return {
+        p.relative_to(work)
+        for p in work.rglob("*")
+        if p.is_file() and ".snakemake" not in p.relative_to(work).parts
+    } - before
+
+
+def _declared_outputs(work: Path, spec: WorkflowSpec) -> list[str]:
+    """Output files of the run's jobs, as listed by `snakemake --summary`."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", spec.snakefile, "--configfile"]
+    cmd += [spec.configfile, "--summary", "--cores", "1", "--nocolor", *spec.targets]
+    proc = _run(cmd, timeout=300, cwd=work, env=_env(work))
+    assert proc.returncode == 0, f"snakemake --summary failed:\n{proc.stderr[-4000:]}"
+    rows = [line.split("\t") for line in proc.stdout.splitlines() if "\t" in line]
+    assert rows and rows[0][0] == "output_file", f"unexpected --summary output:\n{proc.stdout}"
+    return [row[0] for row in rows[1:]]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_workflow_on_slurm_matches_local_run(slurm_cluster: Cluster, tmp_path: Path) -> None:
+    """Jobs go through sbatch and produce byte-identical outputs to a local run."""
+    local_work = _copy_repo(tmp_path / "local")
+    slurm_work = _copy_repo(tmp_path / "slurm")
+    spec = _workflow_spec(local_work)
+    assert _workflow_spec(slurm_work) == spec
+    assert (slurm_work / "slurm" / "config.yaml").is_file(), "profile slurm/config.yaml missing"
+    local_before = _produced_files(local_work, set())
+    slurm_before = _produced_files(slurm_work, set())
+
+    _snakemake(local_work, spec, ["--cores", "2"], LOCAL_RUN_TIMEOUT_S)
+    t0 = time.monotonic()
+    slurm_out = _snakemake(
+        slurm_work,
+        spec,
+        [
+            "--cores",
+            "all",
+            "--profile",
+            "slurm",
+            "--slurm-init-seconds-before-status-checks",
+            str(STATUS_CHECK_DELAY_S),
+            "--slurm-keep-successful-logs",
+        ],
+        SLURM_RUN_TIMEOUT_S,
+    )
+    slurm_s = time.monotonic() - t0
+
+    # (1) Jobs went through sbatch: the plugin says so, and SLURM itself knows them.
+    assert "Using profile slurm" in slurm_out
+    run_id = RUN_ID_RE.search(slurm_out)
+    assert run_id is not None, f"no 'SLURM run ID' in the snakemake log:\n{slurm_out[-4000:]}"
+    submitted = SUBMIT_RE.findall(slurm_out)
+    assert submitted, f"no job was submitted with sbatch:\n{slurm_out[-4000:]}"
+    if spec.toy:
+        assert len(submitted) == TOY_SLURM_JOBS, submitted
+    LOGGER.info("%d SLURM jobs in %.1fs (%s)", len(submitted), slurm_s, run_id.group(1))
+    job_ids = {job_id for job_id, _ in submitted}
+    assert len(job_ids) == len(submitted), f"duplicate SLURM job ids: {submitted}"
+    logs_dir = slurm_work / ".snakemake" / "slurm_logs"
+    for job_id, log in submitted:
+        log_path = Path(log)
+        assert log_path.is_relative_to(logs_dir), f"job {job_id} logged outside {logs_dir}: {log}"
+        assert log_path.is_file() and log_path.stat().st_size > 0, f"empty/missing {log_path}"
+        assert log_path.name == f"{job_id}.log"
+    assert {p.stem for p in logs_dir.rglob("*.log")} >= job_ids
+
+    queue = _run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T", "--name", run_id.group(1)],
+        timeout=30,
+    )
+    assert queue.returncode == 0, queue.stderr
+    states = dict(line.split("|", 1) for line in queue.stdout.split())
+    assert {j: states.get(j) for j in job_ids} == dict.fromkeys(job_ids, "COMPLETED"), states
+    jobcomp = STATE_DIR / "log" / "jobcomp.txt"
+    if slurm_cluster.started_here or jobcomp.is_file():
+        records = {
+            m.group(1): m.group(2)
+            for m in re.finditer(
+                rf"JobId=(\d+) .*?Name={re.escape(run_id.group(1))} JobState=(\S+)",
+                jobcomp.read_text(),
+            )
+        }
+        assert {j: records.get(j) for j in job_ids} == dict.fromkeys(job_ids, "COMPLETED")
+
+    # (2) Same files, same bytes.
+    local_files = _produced_files(local_work, local_before)
+    slurm_files = _produced_files(slurm_work, slurm_before)
+    assert local_files == slurm_files, (
+        f"only local: {sorted(local_files - slurm_files)}; "
+        f"only slurm: {sorted(slurm_files - local_files)}"
+    )
+    outputs = _declared_outputs(local_work, spec)
+    assert outputs, "the workflow declared no output files"
+    if spec.toy:
+        assert len(outputs) == TOY_SLURM_JOBS, outputs
+    for rel in outputs:
+        local_bytes = (local_work / rel).read_bytes()
+        slurm_bytes = (slurm_work / rel).read_bytes()
+        assert local_bytes == slurm_bytes, f"{rel} differs between the SLURM and the local run"
+
+
+def test_profile_declares_required_settings() -> None:
+    """The SLURM profile parses and sets the executor, limits and default resources."""
+    profile = yaml.safe_load((REPO_ROOT / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["slurm-status-command"] in {"squeue", "sacct"}
+    for key in ("jobs", "latency-wait", "retries"):
+        assert isinstance(profile[key], int) and profile[key] > 0, key
+    assert profile["rerun-incomplete"] is True
+    assert profile["printshellcmds"] is True
+    resources = profile["default-resources"]
+    assert resources["runtime"] > 0 and resources["mem_mb"] > 0
+    # A GPU model next to gpu=0 would request `--gpus=<model>:0`: it must stay per-rule only.
+    assert "gpu_model" not in resources and "gpu" not in resources
+
+
+def test_plugin_maps_gpu_count_to_sbatch_flags() -> None:
+    """gpu=0 (the CPU test configs) asks SLURM for no GPU; gpu=N asks for N GPUs."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class _Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    class _Job:
+        def __init__(self, **resources: object) -> None:
+            self.resources = _Resources(resources)
+
+    assert set_gres_string(_Job(gpu=0)) == ""
+    assert set_gres_string(_Job(gpu=2)).split() == ["--gpus=2"]
+    assert set_gres_string(_Job(gpu=1, gpu_model="a100")).split() == ["--gpus=a100:1"]
+    assert set_gres_string(_Job(gres="gpu:a100:1")).split() == ["--gres=gpu:a100:1"]

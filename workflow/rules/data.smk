@@ -1,0 +1,34 @@
+"""Image sets: build (embedded) or locate (OpenOOD) them, then fix the seeded subsamples."""
+
+
+rule build_embedded_benchmark:
+    output:
+        summary=f"data/external/{RUN}/benchmark/benchmark.json",
+        lists=expand(
+            "data/external/{run}/benchmark/imglists/{name}.txt",
+            run=RUN,
+            name=sorted({v["list"] for v in config["datasets"].values()}),
+        ),
+    params:
+        benchmark=config["benchmark"],
+        out_dir=f"data/external/{RUN}/benchmark",
+    log:
+        f"data/logs/build_embedded_benchmark/{RUN}.log",
+    script:
+        "../scripts/build_embedded_benchmark.py"
+
+
+rule select_images:
+    input:
+        imglist=benchmark_list,
+        code=pkg("data.py", "io.py"),
+    output:
+        f"data/interim/{RUN}/lists/{{dataset}}.txt",
+    params:
+        spec=dataset_spec,
+        seed=config["benchmark"].get("seed", 0),
+        num_classes=config["benchmark"]["num_classes"],
+    log:
+        f"data/logs/select_images/{RUN}/{{dataset}}.log",
+    script:
+        "../scripts/select_images.py"

@@ -1,0 +1,43 @@
+"""Baselines on cached classifier outputs, combinations and OOD metrics."""
+
+
+rule baseline_scores:
+    input:
+        train=f"data/interim/{RUN}/predictions/train.npz",
+        test=expand("data/interim/{run}/predictions/{dataset}.npz", run=RUN, dataset=EVAL_SETS),
+        classifier=rules.train_classifier.output.weights,
+        classifier_spec=rules.train_classifier.output.spec,
+        code=pkg("baselines.py", "pipeline.py"),
+    output:
+        expand("data/processed/{run}/baselines/{dataset}.csv", run=RUN, dataset=EVAL_SETS),
+    params:
+        baselines=config.get("baselines", ["msp"]),
+        datasets=EVAL_SETS,
+    log:
+        f"data/logs/baseline_scores/{RUN}.log",
+    script:
+        "../scripts/baseline_scores.py"
+
+
+rule evaluate:
+    input:
+        scores=score_tables(),
+        baselines=rules.baseline_scores.output,
+        code=pkg("metrics.py", "combine.py", "pipeline.py"),
+    output:
+        f"data/processed/{RUN}/metrics.csv",
+    params:
+        id_set=ID_SET,
+        ood_sets={name: config["datasets"][name]["role"] for name in OOD_SETS},
+        experiments={name: exp["method"] for name, exp in EXPERIMENTS.items()},
+        seeds=SEEDS,
+        distances=config.get("distances", ["l2"]),
+        baselines=config.get("baselines", ["msp"]),
+        combinations=config.get("combinations", []),
+        headline_distance=config.get("headline_distance", "l2"),
+        take_best=config.get("take_best_over_distances", False),
+        run=RUN,
+    log:
+        f"data/logs/evaluate/{RUN}.log",
+    script:
+        "../scripts/evaluate.py"

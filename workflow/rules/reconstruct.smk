@@ -1,0 +1,47 @@
+"""DiffGuard itself: sharded inversion + guided regeneration jobs, then per-dataset gathering."""
+
+
+rule reconstruct:
+    input:
+        imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
+        benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
+        predictions=f"data/interim/{RUN}/predictions/{{dataset}}.npz",
+        classifier=rules.train_classifier.output.weights,
+        classifier_spec=rules.train_classifier.output.spec,
+        model=experiment_model,
+        code=pkg(
+            "gdm.py", "cfg.py", "cam.py", "schedules.py", "distances.py", "data.py", "pipeline.py"
+        ),
+    output:
+        f"data/interim/{RUN}/recon/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.npz",
+    params:
+        experiment=experiment_spec,
+        benchmark=config["benchmark"],
+        shard_size=config.get("shard_size", 500),
+        batch_size=config.get("batch_size", 64),
+        distances=config.get("distances", ["l2"]),
+        save_images=config.get("save_images", 16),
+        device=config.get("device", "auto"),
+        dtype=config.get("dtype", "float32"),
+        model_dir=experiment_model_dir,
+    threads: workflow.cores
+    resources:
+        gpu=config.get("gpus_per_job", 0),
+        runtime=reconstruct_runtime,
+    log:
+        f"data/logs/reconstruct/{RUN}/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.log",
+    script:
+        "../scripts/reconstruct.py"
+
+
+rule gather_scores:
+    input:
+        shards=recon_shards,
+        imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
+        code=pkg("pipeline.py", "io.py"),
+    output:
+        f"data/processed/{RUN}/scores/{{exp}}/{{dataset}}/seed-{{seed}}.csv",
+    log:
+        f"data/logs/gather_scores/{RUN}/{{exp}}/{{dataset}}/seed-{{seed}}.log",
+    script:
+        "../scripts/gather_scores.py"

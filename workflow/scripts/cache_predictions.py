@@ -1,0 +1,18 @@
+"""Rule cache_predictions: logits, features and predictions of one dataset, computed once."""
+
+import torch
+
+from diffguard.pipeline import cache_predictions, setup_logging
+
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+torch.set_num_threads(sm.threads)
+cache_predictions(
+    sm.input.imglist,
+    sm.input.benchmark,
+    sm.input.weights,
+    sm.params.benchmark,
+    sm.output[0],
+    mc_passes=sm.params.mc_passes,
+    batch_size=sm.params.batch_size,
+)

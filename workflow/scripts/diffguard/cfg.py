@@ -1,0 +1,194 @@
+"""Classifier-free-guidance DiffGuard (LDM on ImageNet, DiffNB on CIFAR-10, our small model).
+
+Inversion runs with the null label (guidance scale 1, i.e. the unconditional epsilon) over the
+whole DDIM grid; regeneration applies ``eps_u + w (eps_c - eps_u)`` inside a binary Grad-CAM
+mask of the predicted class and plain ``eps_u`` elsewhere (mask off = global guidance).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from diffguard.gdm import CallCounter
+from diffguard.schedules import CfgSchedule, cfg_schedule
+
+log = logging.getLogger(__name__)
+
+CondEpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``eps_model(x, original_timesteps, labels) -> epsilon``; label ``null_label`` = unconditional."""
+
+INVERSION_VARIANTS = ("next_t", "standard")
+
+
+@dataclass(frozen=True)
+class CfgSettings:
+    """Hyperparameters of the CFG procedure; defaults are the released ldm-exp2.25 settings."""
+
+    ddim_steps: int = 25
+    num_train_steps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    timestep_offset: int = 1
+    first_alpha_prev_one: bool = False
+    guidance_scale: float = 10.0
+    inversion_variant: str = "next_t"
+    use_cam: bool = True
+    cam_cut: float = 0.3
+    uncond_aux: bool = False
+
+    def __post_init__(self) -> None:
+        if self.inversion_variant not in INVERSION_VARIANTS:
+            raise ValueError(
+                f"inversion_variant {self.inversion_variant!r} not in {INVERSION_VARIANTS}"
+            )
+
+    def schedule(self) -> CfgSchedule:
+        return cfg_schedule(
+            self.ddim_steps,
+            self.beta_schedule,
+            self.beta_start,
+            self.beta_end,
+            self.num_train_steps,
+            self.timestep_offset,
+            self.first_alpha_prev_one,
+        )
+
+
+def _coef(values: list[float] | float, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.float64).to(like.device).float()
+
+
+@torch.no_grad()
+def invert(
+    eps_model: CondEpsModel,
+    z0: torch.Tensor,
+    null_label: int,
+    settings: CfgSettings,
+    counter: CallCounter | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM inversion with the null label over every step of the grid.
+
+    ``next_t`` (released code): at step i the model is evaluated at the target timestep tau_i on
+    the sample at the previous level; ``standard`` evaluates it at the current level's timestep.
+    """
+    sched = settings.schedule()
+    z = z0.clone()
+    labels = torch.full((z.shape[0],), null_label, dtype=torch.long, device=z.device)
+    prev_timesteps = [0, *sched.timesteps[:-1].tolist()]
+    for i in range(sched.num_steps):
+        t_eval = sched.timesteps[i] if settings.inversion_variant == "next_t" else prev_timesteps[i]
+        t = torch.full((z.shape[0],), int(t_eval), dtype=torch.long, device=z.device)
+        eps = eps_model(z, t, labels)
+        if counter is not None:
+            counter.add_unet(z.shape[0])
+        a_prev = float(sched.alphas_prev[i])
+        a_next = float(sched.alphas[i])
+        x0_hat = (z - _coef((1 - a_prev) ** 0.5, z) * eps) / _coef(a_prev**0.5, z)
+        z = _coef(a_next**0.5, z) * x0_hat + _coef((1 - a_next) ** 0.5, z) * eps
+    return z
+
+
+@torch.no_grad()
+def guided_sample(
+    eps_model: CondEpsModel,
+    z_t: torch.Tensor,
+    labels: torch.Tensor,
+    null_label: int,
+    mask: torch.Tensor | None,
+    settings: CfgSettings,
+    counter: CallCounter | None = None,
+) -> torch.Tensor:
+    """DDIM sampling (eta = 0) with masked classifier-free guidance.
+
+    ``mask`` is N x 1 x H x W (any resolution, nearest-resized to the latent grid) or None for
+    global guidance. Rows whose label is the null label are plain unconditional reconstructions.
+    """
+    sched = settings.schedule()
+    z = z_t.clone()
+    n = z.shape[0]
+    labels = labels.to(z.device)
+    if mask is not None:
+        mask = F.interpolate(mask.float().to(z.device), size=z.shape[-2:], mode="nearest") > 0.5
+    guided = labels != null_label
+    null = torch.full_like(labels, null_label)
+    for i in range(sched.num_steps - 1, -1, -1):
+        t = torch.full((n,), int(sched.timesteps[i]), dtype=torch.long, device=z.device)
+        if guided.any():
+            rows = guided.nonzero().squeeze(1)
+            both = eps_model(
+                torch.cat([z, z[rows]]), torch.cat([t, t[rows]]), torch.cat([null, labels[rows]])
+            )
+            if counter is not None:
+                counter.add_unet(n + len(rows))
+            eps = both[:n].clone()
+            eps_u, eps_c = both[:n][rows], both[n:]
+            eps_g = eps_u + settings.guidance_scale * (eps_c - eps_u)
+            if mask is not None:
+                eps_g = torch.where(mask[rows], eps_g, eps_u)
+            eps[rows] = eps_g
+        else:
+            eps = eps_model(z, t, null)
+            if counter is not None:
+                counter.add_unet(n)
+        a_t = float(sched.alphas[i])
+        a_prev = float(sched.alphas_prev[i])
+        x0_hat = (z - _coef((1 - a_t) ** 0.5, z) * eps) / _coef(a_t**0.5, z)
+        z = _coef(a_prev**0.5, z) * x0_hat + _coef((1 - a_prev) ** 0.5, z) * eps
+    return z
+
+
+@dataclass
+class CfgResult:
+    """Outputs of :func:`reconstruct` (images in [-1, 1], on the CPU)."""
+
+    z_t: torch.Tensor
+    recon: torch.Tensor
+    recon_uncond: torch.Tensor | None
+    mask: torch.Tensor | None
+
+
+def reconstruct(
+    eps_model: CondEpsModel,
+    x0: torch.Tensor,
+    labels: torch.Tensor,
+    null_label: int,
+    settings: CfgSettings,
+    mask: torch.Tensor | None = None,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    counter: CallCounter | None = None,
+) -> CfgResult:
+    """Invert ``x0`` (pixels in [-1, 1]) and regenerate it under ``labels`` with masked CFG.
+
+    ``encode``/``decode`` map pixels to the diffusion space and back (the VQ autoencoder for the
+    LDM; identity for pixel-space models). ``mask`` is ignored unless ``settings.use_cam``.
+    """
+    encode = encode or (lambda x: x)
+    decode = decode or (lambda z: z)
+    with torch.no_grad():
+        z0 = encode(x0)
+    z_t = invert(eps_model, z0, null_label, settings, counter)
+    n = x0.shape[0]
+    labels = labels.to(torch.long).to(z_t.device)
+    use_mask = mask if settings.use_cam else None
+    if settings.uncond_aux:
+        batch_z = torch.cat([z_t, z_t])
+        batch_labels = torch.cat([labels, torch.full_like(labels, null_label)])
+        batch_mask = None if use_mask is None else torch.cat([use_mask, use_mask])
+    else:
+        batch_z, batch_labels, batch_mask = z_t, labels, use_mask
+    out = guided_sample(eps_model, batch_z, batch_labels, null_label, batch_mask, settings, counter)
+    with torch.no_grad():
+        images = decode(out).clamp(-1, 1)
+    return CfgResult(
+        z_t=z_t.cpu(),
+        recon=images[:n].cpu(),
+        recon_uncond=images[n:].cpu() if settings.uncond_aux else None,
+        mask=None if use_mask is None else use_mask.cpu(),
+    )

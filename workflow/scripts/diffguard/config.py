@@ -1,0 +1,100 @@
+"""Experiment resolution: ``extends`` chains, deep merges and typed method settings."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any
+
+from diffguard.cfg import CfgSettings
+from diffguard.gdm import GdmSettings
+
+METHOD_SETTINGS = {"gdm": GdmSettings, "cfg": CfgSettings}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or inconsistent (the message names the key)."""
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (override wins)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """Resolve ``experiments[name]`` through its ``extends`` chain (cycles are errors)."""
+    chain: list[str] = []
+    current: str | None = name
+    while current is not None:
+        if current in chain:
+            raise ConfigError(f"experiments: cycle in extends: {' -> '.join([*chain, current])}")
+        if current not in experiments:
+            where = f"experiments.{chain[-1]}.extends" if chain else "experiments"
+            raise ConfigError(f"{where}: unknown experiment {current!r}")
+        chain.append(current)
+        current = experiments[current].get("extends")
+    resolved: dict[str, Any] = {}
+    for entry in reversed(chain):
+        resolved = deep_merge(resolved, {k: v for k, v in experiments[entry].items() if k != "extends"})
+    if "method" not in resolved:
+        raise ConfigError(f"experiments.{name}: no `method` (gdm or cfg) in it or its bases")
+    method = resolved["method"]
+    settings_cls = METHOD_SETTINGS[method]
+    overrides = resolved.get(method, {})
+    known = {f.name for f in dataclasses.fields(settings_cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"experiments.{name}.{method}: unknown key(s) {unknown}; valid keys: {sorted(known)}"
+        )
+    resolved["name"] = name
+    resolved.setdefault("oracle_labels", False)
+    return resolved
+
+
+def method_settings(experiment: dict[str, Any], seed: int | None = None) -> GdmSettings | CfgSettings:
+    """Typed settings of a resolved experiment; the seed drives the GDM crop generator."""
+    method = experiment["method"]
+    values = dict(experiment.get(method, {}))
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    if method == "gdm" and seed is not None and "cutouts_seed" not in values:
+        values["cutouts_seed"] = seed
+    try:
+        return METHOD_SETTINGS[method](**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"experiments.{experiment['name']}.{method}: {err}") from err
+
+
+def dataset_size(config: dict[str, Any], dataset: str, available: int | None = None) -> int:
+    """Number of images of ``dataset`` the run uses (its ``n``; ``available`` when n is null)."""
+    spec = config["datasets"][dataset]
+    n = spec.get("n")
+    if n is None:
+        if available is None:
+            raise ConfigError(f"datasets.{dataset}.n must be set to plan shards for it")
+        return available
+    return int(n)
+
+
+def shard_count(config: dict[str, Any], dataset: str) -> int:
+    return math.ceil(dataset_size(config, dataset) / int(config.get("shard_size", 500)))
+
+
+def evaluation_datasets(config: dict[str, Any]) -> tuple[str, list[str]]:
+    """Names of the ID test set and the OOD sets, in config order."""
+    ids = [k for k, v in config["datasets"].items() if v["role"] == "id"]
+    if len(ids) != 1:
+        raise ConfigError(f"datasets: exactly one dataset must have role 'id', found {ids}")
+    oods = [k for k, v in config["datasets"].items() if v["role"] in ("near", "far")]
+    if not oods:
+        raise ConfigError("datasets: at least one dataset must have role 'near' or 'far'")
+    return ids[0], oods

@@ -1,0 +1,1 @@
+"""Converters from the original checkpoint formats to diffusers models."""

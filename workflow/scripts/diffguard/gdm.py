@@ -1,0 +1,370 @@
+"""GDM: DDIM inversion + classifier-guided DDIM regeneration (DiffGuard, classifier guidance).
+
+Faithful to the released code (see shared/reference/README.md items 1-7), but batched: every image
+keeps its own adaptive-early-stop step and its own denoising start, handled by masking the rows
+that are not active at a given step instead of running one image at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from diffguard.schedules import RespacedSchedule, gdm_schedule
+
+log = logging.getLogger(__name__)
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``eps_model(x, original_timesteps) -> epsilon`` (first image channels of the UNet output)."""
+
+Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``similarity(x_noisy, x0) -> per-image similarity``; early stop fires when it drops below a threshold."""
+
+
+@dataclass(frozen=True)
+class GdmSettings:
+    """Hyperparameters of the GDM procedure; defaults are the released exp6.1 settings."""
+
+    respacing: str = "ddim100"
+    num_train_steps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    early_stop_steps: int = 10
+    early_stop_metrics: tuple[str, ...] = ("psnr", "dists")
+    early_stop_thresholds: tuple[float, ...] = (48.5, 0.38)
+    psnr_peak: float = 255.0
+    forback_skip_diff: int = 3
+    skip_first_steps: int = 0
+    classifier_scale: float = 3.0
+    no_x0_hat: bool = False
+    cutouts_num: int = 8
+    cutouts_size: int = 224
+    cutouts_seed: int = 100
+    uncond_aux: bool = True
+    clip_denoised: bool = True
+    clip_first_inversion_step: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.early_stop_metrics) != len(self.early_stop_thresholds):
+            raise ValueError(
+                "early_stop_metrics and early_stop_thresholds must have the same length, got "
+                f"{self.early_stop_metrics} and {self.early_stop_thresholds}"
+            )
+
+    def schedule(self) -> RespacedSchedule:
+        return gdm_schedule(
+            self.respacing, self.num_train_steps, self.beta_schedule, self.beta_start, self.beta_end
+        )
+
+
+@dataclass
+class CallCounter:
+    """Counts network evaluations, for the speed benchmark (per image = total / images)."""
+
+    unet_rows: int = 0
+    unet_calls: int = 0
+    classifier_forward_rows: int = 0
+    classifier_backward_rows: int = 0
+
+    def add_unet(self, rows: int) -> None:
+        self.unet_rows += rows
+        self.unet_calls += 1
+
+
+@dataclass
+class GdmResult:
+    """Outputs of :func:`reconstruct`; tensors are on the CPU, images in [-1, 1]."""
+
+    x_t: torch.Tensor
+    rev_t: torch.Tensor
+    start_index: torch.Tensor
+    recon: torch.Tensor
+    recon_uncond: torch.Tensor | None
+    psnr_trace: torch.Tensor = field(repr=False)
+
+
+def psnr_code_units(x: torch.Tensor, x0: torch.Tensor, peak: float = 255.0) -> torch.Tensor:
+    """Per-image PSNR as the released code computes it: ``20 log10(peak / sqrt(MSE))`` on [-1, 1].
+
+    With ``peak=255`` this is the paper's PSNR (peak 2) plus 20 log10(127.5) = 42.11 dB.
+    """
+    mse = ((x - x0) ** 2).flatten(1).mean(dim=1)
+    return 20 * torch.log10(peak / torch.sqrt(mse))
+
+
+def _psnr_similarity(peak: float) -> Similarity:
+    return lambda x, x0: psnr_code_units(x, x0, peak)
+
+
+def early_stop_similarities(
+    settings: GdmSettings, extra: Mapping[str, Similarity] | None = None
+) -> dict[str, Similarity]:
+    """Similarity functions for the enabled early-stop metrics (``psnr`` built in, others passed)."""
+    available: dict[str, Similarity] = {"psnr": _psnr_similarity(settings.psnr_peak)}
+    available.update(extra or {})
+    missing = [m for m in settings.early_stop_metrics if m not in available]
+    if missing:
+        raise KeyError(
+            f"early-stop metric(s) {missing} need a similarity function; available: {sorted(available)}"
+        )
+    return {m: available[m] for m in settings.early_stop_metrics}
+
+
+@torch.no_grad()
+def invert(
+    eps_model: EpsModel,
+    x0: torch.Tensor,
+    settings: GdmSettings,
+    similarities: Mapping[str, Similarity] | None = None,
+    counter: CallCounter | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Deterministic DDIM inversion with per-image adaptive early stop.
+
+    Returns ``(x_t, rev_t, psnr_trace)``: the latent of each image (at level ``rev_t + 1``), the
+    index of the step that produced it, and the paper-unit PSNR (peak 2) of every computed
+    ``x_{i+1}`` against the input (NaN after an image stopped), for the PSNR-along-inversion figure.
+    """
+    sched = settings.schedule()
+    sims = early_stop_similarities(settings, similarities) if similarities is not None else {}
+    thresholds = dict(zip(settings.early_stop_metrics, settings.early_stop_thresholds, strict=True))
+    last_index = sched.num_steps - 1 - settings.early_stop_steps
+    if last_index < 0:
+        raise ValueError(
+            f"early_stop_steps={settings.early_stop_steps} leaves no inversion step for "
+            f"{settings.respacing}"
+        )
+    n = x0.shape[0]
+    x = x0.clone()
+    rev_t = torch.full((n,), last_index, dtype=torch.long)
+    active = torch.ones(n, dtype=torch.bool)
+    trace = torch.full((n, last_index + 1), float("nan"))
+    device = x0.device
+    for i in range(last_index + 1):
+        rows = active.nonzero().squeeze(1).to(device)
+        x_a = x[rows]
+        index = torch.full((len(rows),), i, dtype=torch.long, device=device)
+        t = torch.from_numpy(sched.timesteps).to(device)[index]
+        eps = eps_model(x_a, t)
+        if counter is not None:
+            counter.add_unet(len(rows))
+        sr = sched.coef("sqrt_recip_alphas_cumprod", index, x.ndim)
+        srm1 = sched.coef("sqrt_recipm1_alphas_cumprod", index, x.ndim)
+        x0_hat = sr * x_a - srm1 * eps
+        if i > 0 or settings.clip_first_inversion_step:
+            x0_hat = x0_hat.clamp(-1, 1)
+        eps = (sr * x_a - x0_hat) / srm1
+        alpha_next = sched.coef("alphas_cumprod_next", index, x.ndim)
+        x_next = x0_hat * torch.sqrt(alpha_next) + torch.sqrt(1 - alpha_next) * eps
+        x[rows] = x_next
+        trace[rows.cpu(), i] = psnr_code_units(x_next, x0[rows], peak=2.0).float().cpu()
+        if sims and i < last_index:
+            stop = torch.zeros(len(rows), dtype=torch.bool, device=device)
+            for name, fn in sims.items():
+                stop |= fn(x_next, x0[rows]) < thresholds[name]
+            stopped_rows = rows[stop].cpu()
+            rev_t[stopped_rows] = i
+            active[stopped_rows] = False
+        if not active.any():
+            break
+    return x, rev_t, trace
+
+
+def denoise_start_index(rev_t: torch.Tensor, settings: GdmSettings, num_steps: int) -> torch.Tensor:
+    """First respaced index of guided sampling (released code's ``forback_skip_diff`` rule)."""
+    if settings.forback_skip_diff > 0:
+        start = rev_t + settings.forback_skip_diff - 1
+    else:
+        start = torch.full_like(rev_t, num_steps - 1 - settings.skip_first_steps)
+    return start.clamp(0, num_steps - 1)
+
+
+class CropSampler:
+    """Random square crops ("cutouts") drawn from one generator reset for every image.
+
+    Each crop side is ``int(U * (min(H, W) - cut) + cut)``, the offsets are uniform, and the crop
+    is nearest-resized to ``cut``. The k-th denoising step of any image uses the same crops, as
+    in the released code, where the generator is reset before every (single-image) denoising call.
+    """
+
+    def __init__(self, cutn: int, cut_size: int, seed: int) -> None:
+        self.cutn = cutn
+        self.cut_size = cut_size
+        self.seed = seed
+        self._params: list[list[tuple[int, int, int]]] = []
+        self._shape: tuple[int, int] | None = None
+        self._generator = torch.Generator()
+
+    def params(self, step: int, height: int, width: int) -> list[tuple[int, int, int]]:
+        """``(size, offset_x, offset_y)`` of every crop at local denoising step ``step``."""
+        if self._shape != (height, width):
+            self._shape = (height, width)
+            self._params = []
+            self._generator.manual_seed(self.seed)
+        max_size = min(height, width)
+        min_size = min(height, width, self.cut_size)
+        while len(self._params) <= step:
+            crops = []
+            for _ in range(self.cutn):
+                u = torch.rand([], generator=self._generator)
+                size = int(u * (max_size - min_size) + min_size)
+                ox = int(torch.randint(0, width - size + 1, (), generator=self._generator))
+                oy = int(torch.randint(0, height - size + 1, (), generator=self._generator))
+                crops.append((size, ox, oy))
+            self._params.append(crops)
+        return self._params[step]
+
+    def __call__(self, images: torch.Tensor, step: int) -> torch.Tensor:
+        """All crops of ``images`` (N x C x H x W) stacked crop-major: (cutn * N) x C x cut x cut."""
+        _, _, height, width = images.shape
+        crops = [
+            F.interpolate(images[:, :, oy : oy + s, ox : ox + s], size=self.cut_size)
+            for s, ox, oy in self.params(step, height, width)
+        ]
+        return torch.cat(crops)
+
+
+def classifier_guidance(
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    x_t: torch.Tensor,
+    x0_hat: torch.Tensor,
+    one_minus_alpha_sqrt: torch.Tensor,
+    labels: torch.Tensor,
+    local_steps: torch.Tensor,
+    settings: GdmSettings,
+    crops: CropSampler | None,
+    counter: CallCounter | None = None,
+) -> torch.Tensor:
+    """The released code's "clean grad": ``s * d/dx~ sum_crops log p(y | crop((x~ + 1) / 2))``.
+
+    ``x~ = f x0_hat + (1 - f) x_t`` with ``f = sqrt(1 - alpha_bar_t)`` (or ``x~ = x_t`` with
+    ``no_x0_hat``), detached: the gradient is taken with respect to ``x~`` itself, never through
+    the UNet. Rows with label -1 (the unguided twin) get zero.
+    """
+    grad = torch.zeros_like(x_t)
+    guided = labels >= 0
+    if settings.classifier_scale == 0 or not guided.any():
+        return grad
+    if settings.no_x0_hat:
+        blend = x_t
+    else:
+        blend = one_minus_alpha_sqrt * x0_hat + (1 - one_minus_alpha_sqrt) * x_t
+    use_crops = crops is not None and settings.cutouts_num > 0
+    groups = local_steps[guided].unique() if use_crops else torch.zeros(1, dtype=torch.long)
+    for step in groups.tolist():
+        rows = guided & (local_steps == step) if use_crops else guided
+        with torch.enable_grad():
+            x_in = blend[rows].detach().float().requires_grad_(True)
+            images = (x_in + 1) / 2
+            if use_crops:
+                assert crops is not None
+                images = crops(images, step)
+            logits = classifier(images)
+            target = labels[rows].repeat(images.shape[0] // x_in.shape[0])
+            log_probs = F.log_softmax(logits.float(), dim=-1)
+            selected = log_probs[torch.arange(len(target)), target]
+            (g,) = torch.autograd.grad(selected.sum(), x_in)
+        if counter is not None:
+            counter.classifier_forward_rows += images.shape[0]
+            counter.classifier_backward_rows += images.shape[0]
+        grad[rows] = (g * settings.classifier_scale).to(grad.dtype)
+    return grad
+
+
+@torch.no_grad()
+def guided_sample(
+    eps_model: EpsModel,
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    x_t: torch.Tensor,
+    labels: torch.Tensor,
+    start_index: torch.Tensor,
+    settings: GdmSettings,
+    counter: CallCounter | None = None,
+) -> torch.Tensor:
+    """Classifier-guided DDIM sampling (eta = 0), every row from its own start index down to 0."""
+    sched = settings.schedule()
+    device = x_t.device
+    x = x_t.clone()
+    start_index = start_index.to(device)
+    labels = labels.to(device)
+    crops = (
+        CropSampler(settings.cutouts_num, settings.cutouts_size, settings.cutouts_seed)
+        if settings.cutouts_num > 0
+        else None
+    )
+    timesteps = torch.from_numpy(sched.timesteps).to(device)
+    for i in range(int(start_index.max()), -1, -1):
+        rows = (start_index >= i).nonzero().squeeze(1)
+        x_a = x[rows]
+        index = torch.full((len(rows),), i, dtype=torch.long, device=device)
+        eps = eps_model(x_a, timesteps[index])
+        if counter is not None:
+            counter.add_unet(len(rows))
+        sr = sched.coef("sqrt_recip_alphas_cumprod", index, x.ndim)
+        srm1 = sched.coef("sqrt_recipm1_alphas_cumprod", index, x.ndim)
+        alpha = sched.coef("alphas_cumprod", index, x.ndim)
+        alpha_prev = sched.coef("alphas_cumprod_prev", index, x.ndim)
+        x0_raw = sr * x_a - srm1 * eps
+        x0_hat = x0_raw.clamp(-1, 1) if settings.clip_denoised else x0_raw
+        eps = (sr * x_a - x0_hat) / srm1
+        one_minus_alpha_sqrt = torch.sqrt(1 - alpha)
+        grad = classifier_guidance(
+            classifier,
+            x_a,
+            x0_raw,
+            one_minus_alpha_sqrt,
+            labels[rows],
+            start_index[rows] - i,
+            settings,
+            crops,
+            counter,
+        )
+        eps = eps - one_minus_alpha_sqrt * grad
+        x0_guided = sr * x_a - srm1 * eps
+        eps = (sr * x_a - x0_guided) / srm1
+        x[rows] = x0_guided * torch.sqrt(alpha_prev) + torch.sqrt(1 - alpha_prev) * eps
+    return x
+
+
+def reconstruct(
+    eps_model: EpsModel,
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    labels: torch.Tensor,
+    settings: GdmSettings,
+    similarities: Mapping[str, Similarity] | None = None,
+    counter: CallCounter | None = None,
+) -> GdmResult:
+    """Invert ``x0`` (N x C x H x W in [-1, 1]) and regenerate it guided towards ``labels``.
+
+    With ``uncond_aux`` the latent is also regenerated without guidance (label -1) from the same
+    start step, in the same batch; DiffGuard's GDM score compares the two.
+    """
+    sched = settings.schedule()
+    x_t, rev_t, trace = invert(eps_model, x0, settings, similarities, counter)
+    start = denoise_start_index(rev_t, settings, sched.num_steps)
+    n = x0.shape[0]
+    labels = labels.to(torch.long).cpu()
+    if settings.uncond_aux:
+        batch_x = torch.cat([x_t, x_t])
+        batch_labels = torch.cat([labels, torch.full_like(labels, -1)])
+        batch_start = torch.cat([start, start])
+    else:
+        batch_x, batch_labels, batch_start = x_t, labels, start
+    out = guided_sample(
+        eps_model, classifier, batch_x, batch_labels, batch_start, settings, counter
+    )
+    recon = out[:n]
+    recon_uncond = out[n:] if settings.uncond_aux else None
+    return GdmResult(
+        x_t=x_t.cpu(),
+        rev_t=rev_t,
+        start_index=start,
+        recon=recon.cpu(),
+        recon_uncond=None if recon_uncond is None else recon_uncond.cpu(),
+        psnr_trace=trace,
+    )

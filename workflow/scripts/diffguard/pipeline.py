@@ -1,0 +1,567 @@
+"""Workflow stages: one function per Snakemake rule, called by the thin scripts in workflow/scripts.
+
+Each stage takes plain paths and config values (never the ``snakemake`` object), logs what it
+does, and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from diffguard import io
+from diffguard.data import (
+    ImageRecord,
+    load_image,
+    read_imglist,
+    select_shard,
+    subsample,
+    validate_labels,
+    write_imglist,
+)
+
+log = logging.getLogger("diffguard")
+
+
+def setup_logging(log_file: str | Path | None) -> None:
+    """Log to the rule's log file (and stderr), with timestamps."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    log.info("diffguard %s, torch %s, python %s", _version(), torch.__version__, sys.version.split()[0])
+
+
+def _version() -> str:
+    from diffguard import __version__
+
+    return __version__
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def image_root(benchmark_json: str | Path) -> Path:
+    """Folder the image-list paths are relative to (recorded in ``benchmark.json``)."""
+    summary = json.loads(Path(benchmark_json).read_text())
+    return (Path(benchmark_json).parent / summary.get("image_root", "images")).resolve()
+
+
+def load_records_images(
+    records: Sequence[ImageRecord], root: Path, size: int, channels: int
+) -> torch.Tensor:
+    """Images of ``records`` as N x C x H x W in [0, 1] (errors name the failing file)."""
+    return torch.stack([load_image(root / r.path, size, channels) for r in records])
+
+
+# --------------------------------------------------------------------------------------- data
+def build_embedded_benchmark(benchmark: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    from diffguard.embedded import build_embedded_benchmark as build
+
+    emb = benchmark.get("embedded", {})
+    return build(
+        out_dir,
+        seed=int(benchmark.get("seed", 0)),
+        n_near=emb.get("n_near"),
+        n_far=int(emb.get("n_far", 300)),
+        id_classes=emb.get("id_classes", (0, 1, 2, 3, 4, 5)),
+    )
+
+
+def select_images(
+    imglist: str | Path, out: str | Path, spec: dict[str, Any], seed: int, num_classes: int
+) -> None:
+    """Fix the seeded subsample of one dataset; ID labels are checked against the classes."""
+    records = read_imglist(imglist)
+    n = spec.get("n")
+    if n is not None and n > len(records):
+        raise ValueError(f"{imglist}: datasets.*.n = {n} but the list holds only {len(records)} images")
+    chosen = subsample(records, n, seed)
+    if spec["role"] in ("id", "train"):
+        validate_labels(chosen, num_classes, imglist)
+    write_imglist(out, chosen)
+    log.info("%s: kept %d of %d images", out, len(chosen), len(records))
+
+
+# ------------------------------------------------------------------------------------- models
+def train_classifier_stage(
+    imglist: str | Path,
+    benchmark_json: str | Path,
+    classifier_cfg: dict[str, Any],
+    benchmark: dict[str, Any],
+    out_dir: str | Path,
+    train_log: str | Path,
+) -> None:
+    from diffguard.training import evaluate_classifier, save_model, train_classifier
+
+    records = read_imglist(imglist)
+    images = load_records_images(
+        records, image_root(benchmark_json), benchmark["image_size"], benchmark["channels"]
+    )
+    labels = torch.tensor([r.label for r in records])
+    spec = {
+        "arch": classifier_cfg["arch"],
+        "num_classes": benchmark["num_classes"],
+        "in_channels": benchmark["channels"],
+        "width": classifier_cfg.get("width", 32),
+        "dropout": classifier_cfg.get("dropout", 0.0),
+    }
+    train = classifier_cfg.get("train", {})
+    start = time.perf_counter()
+    model = train_classifier(
+        images,
+        labels,
+        spec,
+        epochs=int(train.get("epochs", 20)),
+        lr=float(train.get("lr", 1e-3)),
+        seed=int(train.get("seed", 0)),
+        log_csv=train_log,
+        batch_size=int(train.get("batch_size", 64)),
+    )
+    log.info("classifier trained in %.1f s", time.perf_counter() - start)
+    log.info("train accuracy %.4f", evaluate_classifier(model, images, labels))
+    save_model(model, out_dir)
+
+
+def train_diffusion_stage(
+    imglist: str | Path,
+    benchmark_json: str | Path,
+    spec: dict[str, Any],
+    benchmark: dict[str, Any],
+    out_dir: str | Path,
+    train_log: str | Path,
+    done: str | Path,
+) -> None:
+    from diffguard.training import save_model, small_unet_kwargs, train_diffusion
+
+    if spec.get("source", "train") != "train":
+        raise ValueError(f"train_diffusion only trains models with source 'train', got {spec}")
+    records = read_imglist(imglist)
+    images = load_records_images(
+        records, image_root(benchmark_json), benchmark["image_size"], benchmark["channels"]
+    )
+    conditional = bool(spec.get("conditional", False))
+    labels = torch.tensor([r.label for r in records]) if conditional else None
+    kwargs = small_unet_kwargs(
+        benchmark["channels"], benchmark["image_size"], conditional, benchmark["num_classes"]
+    )
+    train = spec.get("train", {})
+    start = time.perf_counter()
+    model = train_diffusion(
+        images * 2 - 1,
+        labels,
+        kwargs,
+        steps=int(train.get("steps", 2000)),
+        batch_size=int(train.get("batch_size", 64)),
+        lr=float(train.get("lr", 2e-3)),
+        seed=int(train.get("seed", 0)),
+        class_dropout=float(train.get("class_dropout", 0.1)),
+        log_csv=train_log,
+    )
+    log.info("diffusion model trained in %.1f s", time.perf_counter() - start)
+    save_model(model, Path(out_dir) / "weights")
+    io.write_text(done, f"trained {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+
+
+def load_trained_classifier(weights: str | Path, device: torch.device) -> torch.nn.Module:
+    from diffguard.training import load_classifier
+
+    return load_classifier(Path(weights).parent).to(device).eval()
+
+
+def load_diffusion_model(model_dir: str | Path, device: torch.device) -> Any:
+    from diffguard.training import load_small_unet
+
+    return load_small_unet(Path(model_dir) / "weights").to(device).eval()
+
+
+# -------------------------------------------------------------------------------- predictions
+@torch.no_grad()
+def cache_predictions(
+    imglist: str | Path,
+    benchmark_json: str | Path,
+    classifier_weights: str | Path,
+    benchmark: dict[str, Any],
+    out: str | Path,
+    mc_passes: int = 0,
+    batch_size: int = 64,
+    device_name: str = "cpu",
+) -> None:
+    """Logits, penultimate features, predictions (and MC-dropout logits) of one dataset."""
+    device = resolve_device(device_name)
+    model = load_trained_classifier(classifier_weights, device)
+    records = read_imglist(imglist)
+    root = image_root(benchmark_json)
+    logits, feats, mc = [], [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        x = load_records_images(chunk, root, benchmark["image_size"], benchmark["channels"]).to(device)
+        f = model.features(x)
+        logits.append(model.fc(f).cpu())
+        feats.append(f.cpu())
+        if mc_passes:
+            model.train()  # dropout on; the small classifier has no batch norm in its head
+            mc.append(torch.stack([model(x).cpu() for _ in range(mc_passes)], dim=1))
+            model.eval()
+    logits_t = torch.cat(logits)
+    io.write_npz(
+        out,
+        image_ids=np.array([r.image_id for r in records]),
+        paths=np.array([r.path for r in records]),
+        labels=np.array([r.label for r in records]),
+        logits=logits_t.numpy(),
+        features=torch.cat(feats).numpy(),
+        preds=logits_t.argmax(1).numpy(),
+        mc_logits=torch.cat(mc).numpy() if mc else np.zeros((len(records), 0, 0), np.float32),
+    )
+    log.info("cached predictions of %d images to %s", len(records), out)
+
+
+# ----------------------------------------------------------------------------- reconstruction
+def oracle_label(image_id: str, label: int, num_classes: int, seed: int) -> int:
+    """Oracle guidance label: the true label for ID images, a seeded random label for OOD ones.
+
+    The random label depends only on the image id and the seed, so shards do not matter.
+    """
+    if label >= 0:
+        return label
+    rng = np.random.default_rng([seed, zlib.crc32(image_id.encode())])
+    return int(rng.integers(0, num_classes))
+
+
+def reconstruct_shard(
+    *,
+    imglist: str | Path,
+    benchmark_json: str | Path,
+    predictions: str | Path,
+    classifier_weights: str | Path,
+    model_dir: str | Path,
+    experiment: dict[str, Any],
+    benchmark: dict[str, Any],
+    seed: int,
+    shard: int,
+    shard_size: int,
+    batch_size: int,
+    distances: Sequence[str],
+    save_images: int,
+    device_name: str,
+    out: str | Path,
+    torch_hub_dir: str | None = None,
+) -> None:
+    """Run DiffGuard on one shard of a dataset and write per-image scores (npz)."""
+    from diffguard import cfg, gdm
+    from diffguard.cam import cam_mask
+    from diffguard.config import method_settings
+    from diffguard.distances import SimilarityScorer
+
+    torch.manual_seed(seed)
+    device = resolve_device(device_name)
+    settings = method_settings(experiment, seed)
+    records = select_shard(read_imglist(imglist), shard, shard_size)
+    preds_npz = io.read_npz(predictions)
+    pred_of = dict(zip(preds_npz["image_ids"].tolist(), preds_npz["preds"].tolist(), strict=True))
+    classifier = load_trained_classifier(classifier_weights, device)
+    unet = load_diffusion_model(model_dir, device)
+    channels = benchmark["channels"]
+    num_classes = benchmark["num_classes"]
+    scorer = SimilarityScorer(list(distances), classifier, torch_hub_dir, device)
+    root = image_root(benchmark_json)
+    log.info("experiment %s on %d images (shard %d), device %s", experiment["name"], len(records), shard, device)
+
+    def eps_uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unet(x, t).sample[:, :channels]
+
+    def eps_cond(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return unet(x, t, class_labels=y).sample[:, :channels]
+
+    out_rows: dict[str, list[np.ndarray]] = {}
+    kept: dict[str, list[torch.Tensor]] = {"x0": [], "recon": [], "recon_uncond": []}
+    start_time = time.perf_counter()
+    counter = gdm.CallCounter()
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        x01 = load_records_images(chunk, root, benchmark["image_size"], channels).to(device)
+        x = x01 * 2 - 1
+        preds = torch.tensor([pred_of[r.image_id] for r in chunk])
+        if experiment.get("oracle_labels"):
+            guide = torch.tensor([oracle_label(r.image_id, r.label, num_classes, seed) for r in chunk])
+        else:
+            guide = preds
+        if experiment["method"] == "gdm":
+            assert isinstance(settings, gdm.GdmSettings)
+            res = gdm.reconstruct(eps_uncond, classifier, x, guide.to(device), settings, {}, counter)
+            recon, recon_uncond = res.recon, res.recon_uncond
+            rev_t, start_index, trace = res.rev_t, res.start_index, res.psnr_trace
+        else:
+            assert isinstance(settings, cfg.CfgSettings)
+            mask = (
+                cam_mask(classifier, classifier.cam_layer, x01, guide, settings.cam_cut)
+                if settings.use_cam
+                else None
+            )
+            res_c = cfg.reconstruct(eps_cond, x, guide, num_classes, settings, mask, counter=counter)
+            recon, recon_uncond = res_c.recon, res_c.recon_uncond
+            n = len(chunk)
+            rev_t = torch.full((n,), settings.ddim_steps - 1)
+            start_index = rev_t.clone()
+            trace = torch.zeros((n, 0))
+        reference_kind = experiment.get("score_reference", "auto")
+        if reference_kind == "auto":
+            reference_kind = "uncond_recon" if recon_uncond is not None else "input"
+        if reference_kind == "uncond_recon":
+            if recon_uncond is None:
+                raise ValueError(
+                    f"experiments.{experiment['name']}: score_reference uncond_recon needs uncond_aux"
+                )
+            reference = recon_uncond
+        else:
+            reference = x.cpu()
+        scores = scorer(reference.to(device), recon.to(device))
+        batch = {
+            "image_ids": np.array([r.image_id for r in chunk]),
+            "labels": np.array([r.label for r in chunk]),
+            "preds": preds.numpy(),
+            "guide_labels": guide.numpy(),
+            "rev_t": rev_t.numpy(),
+            "start_index": start_index.numpy(),
+            "psnr_trace": trace.numpy(),
+            **{f"score_{k}": v.numpy() for k, v in scores.items()},
+        }
+        for key, value in batch.items():
+            out_rows.setdefault(key, []).append(value)
+        room = save_images - sum(len(t) for t in kept["x0"])
+        if room > 0:
+            kept["x0"].append(x[:room].cpu())
+            kept["recon"].append(recon[:room])
+            if recon_uncond is not None:
+                kept["recon_uncond"].append(recon_uncond[:room])
+        done = start + len(chunk)
+        rate = done / (time.perf_counter() - start_time)
+        log.info(
+            "%d/%d images, %.2f images/s, ETA %.0f s", done, len(records), rate, (len(records) - done) / rate
+        )
+    arrays = {k: np.concatenate(v) for k, v in out_rows.items()}
+    for key, tensors in kept.items():
+        arrays[key] = (
+            torch.cat(tensors).to(torch.float16).numpy() if tensors else np.zeros((0,), np.float16)
+        )
+    arrays["nfe_per_image"] = np.array(counter.unet_rows / max(len(records), 1))
+    io.write_npz(out, **arrays)
+    log.info(
+        "wrote %s: %.1f UNet evaluations/image, %.1f s",
+        out,
+        counter.unet_rows / max(len(records), 1),
+        time.perf_counter() - start_time,
+    )
+
+
+PER_IMAGE_COLUMNS = ("image_ids", "labels", "preds", "guide_labels", "rev_t", "start_index")
+
+
+def gather_scores(shards: Sequence[str | Path], imglist: str | Path, out: str | Path) -> None:
+    """Concatenate shard scores into one per-image CSV, checking every listed image is there once."""
+    frames = []
+    for shard in shards:
+        data = io.read_npz(shard)
+        columns = {k: data[k] for k in PER_IMAGE_COLUMNS}
+        columns.update({k: v for k, v in data.items() if k.startswith("score_")})
+        frames.append(pd.DataFrame(columns))
+    frame = pd.concat(frames, ignore_index=True).rename(
+        columns={"image_ids": "image_id", "labels": "label", "preds": "pred", "guide_labels": "guide_label"}
+    )
+    records = read_imglist(imglist)
+    expected = [r.image_id for r in records]
+    if frame["image_id"].tolist() != expected:
+        missing = sorted(set(expected) - set(frame["image_id"]))[:5]
+        raise ValueError(
+            f"shards {list(map(str, shards))} do not cover {imglist} exactly once "
+            f"(first missing: {missing})"
+        )
+    frame.insert(1, "path", [r.path for r in records])
+    io.write_csv(out, frame)
+    log.info("gathered %d images from %d shards into %s", len(frame), len(shards), out)
+
+
+# --------------------------------------------------------------------------------- baselines
+def _cached(npz: dict[str, np.ndarray]) -> Any:
+    from diffguard.baselines import CachedOutputs
+
+    mc = npz.get("mc_logits")
+    return CachedOutputs(
+        logits=npz["logits"],
+        features=npz["features"],
+        labels=npz["labels"],
+        mc_logits=mc if mc is not None and mc.size else None,
+    )
+
+
+def baseline_scores_stage(
+    train_predictions: str | Path,
+    test_predictions: Sequence[str | Path],
+    classifier_weights: str | Path,
+    baselines: Sequence[str],
+    outputs: Sequence[str | Path],
+) -> None:
+    """Fit every baseline on the training outputs and score each evaluation set."""
+    from diffguard.baselines import make_baseline
+
+    classifier = load_trained_classifier(classifier_weights, torch.device("cpu"))
+    weight = classifier.fc.weight.detach().numpy()
+    bias = classifier.fc.bias.detach().numpy()
+    train = _cached(io.read_npz(train_predictions))
+    fitted = {name: make_baseline(name, weight=weight, bias=bias).fit(train) for name in baselines}
+    for path_in, path_out in zip(test_predictions, outputs, strict=True):
+        npz = io.read_npz(path_in)
+        test = _cached(npz)
+        frame = pd.DataFrame({"image_id": npz["image_ids"], "label": npz["labels"], "pred": npz["preds"]})
+        for name, baseline in fitted.items():
+            frame[name] = baseline.score(test)
+        io.write_csv(path_out, frame)
+        log.info("baseline scores for %d images -> %s", len(frame), path_out)
+
+
+# -------------------------------------------------------------------------------- evaluation
+METRIC_COLUMNS = ("auroc", "aupr_in", "aupr_out", "fpr95_id_recall", "fpr95_ood_recall")
+METHOD_NAMES = {"gdm": "GDM", "cfg": "CFG"}
+
+
+def _metric_rows(
+    id_scores: np.ndarray,
+    ood: dict[str, np.ndarray],
+    roles: dict[str, str],
+    meta: dict[str, Any],
+) -> list[dict[str, Any]]:
+    from diffguard.metrics import ood_metrics
+
+    rows = []
+    for name, scores in ood.items():
+        rows.append({**meta, "dataset": name, "role": roles[name], **ood_metrics(id_scores, scores)})
+    for group, members in (("near", "average_near"), ("far", "average_far")):
+        sel = [r for r in rows if r["role"] == group]
+        if sel and len(sel) < len(rows):
+            rows.append(
+                {**meta, "dataset": members, "role": group, **{m: float(np.mean([r[m] for r in sel])) for m in METRIC_COLUMNS}}
+            )
+    per_set = [r for r in rows if not r["dataset"].startswith("average")]
+    rows.append(
+        {**meta, "dataset": "average", "role": "all", **{m: float(np.mean([r[m] for r in per_set])) for m in METRIC_COLUMNS}}
+    )
+    return rows
+
+
+def evaluate_stage(
+    *,
+    score_files: Sequence[str | Path],
+    baseline_files: Sequence[str | Path],
+    id_set: str,
+    ood_sets: dict[str, str],
+    experiments: dict[str, str],
+    seeds: Sequence[int],
+    distances: Sequence[str],
+    baselines: Sequence[str],
+    combinations: Sequence[dict[str, Any]],
+    headline_distance: str,
+    take_best: bool,
+    run: str,
+    out: str | Path,
+) -> None:
+    """Metrics of every baseline, DiffGuard experiment x distance x seed, and combination."""
+    from diffguard.combine import combine
+
+    score_map = {Path(p).parent.parent.name + "/" + Path(p).parent.name + "/" + Path(p).stem: p for p in score_files}
+    base = {Path(p).stem: pd.read_csv(p) for p in baseline_files}
+    rows: list[dict[str, Any]] = []
+    for name in baselines:
+        meta = {"method": name.upper() if len(name) <= 4 else name, "kind": "baseline", "experiment": "",
+                "distance": "", "baseline": name, "rule": "", "seed": ""}
+        meta["method"] = BASELINE_LABELS.get(name, name)
+        rows += _metric_rows(
+            base[id_set][name].to_numpy(), {d: base[d][name].to_numpy() for d in ood_sets}, ood_sets, meta
+        )
+
+    def exp_scores(exp: str, dataset: str, seed: int) -> pd.DataFrame:
+        return pd.read_csv(score_map[f"{exp}/{dataset}/seed-{seed}"])
+
+    for exp, method in experiments.items():
+        for seed in seeds:
+            frames = {d: exp_scores(exp, d, seed) for d in [id_set, *ood_sets]}
+            for dist in distances:
+                col = f"score_{dist}"
+                meta = {
+                    "method": f"DiffGuard ({exp}, {dist})",
+                    "kind": "diffguard",
+                    "experiment": exp,
+                    "distance": dist,
+                    "baseline": "",
+                    "rule": "",
+                    "seed": seed,
+                }
+                rows += _metric_rows(
+                    frames[id_set][col].to_numpy(), {d: frames[d][col].to_numpy() for d in ood_sets}, ood_sets, meta
+                )
+            for combo in combinations:
+                if combo["experiment"] != exp:
+                    continue
+                col = f"score_{headline_distance}"
+                bl = combo["baseline"]
+                params = combo.get("params", {})
+                dg_id = frames[id_set][col].to_numpy()
+                bl_id = base[id_set][bl].to_numpy()
+                combined = {
+                    d: combine(dg_id, frames[d][col].to_numpy(), bl_id, base[d][bl].to_numpy(), combo["rule"], **params)
+                    for d in ood_sets
+                }
+                combined_id = combine(dg_id, dg_id, bl_id, bl_id, combo["rule"], **params)
+                meta = {
+                    "method": f"DiffGuard ({exp})+{BASELINE_LABELS.get(bl, bl)} [{combo['rule']}]",
+                    "kind": "combined",
+                    "experiment": exp,
+                    "distance": headline_distance,
+                    "baseline": bl,
+                    "rule": combo["rule"],
+                    "seed": seed,
+                }
+                rows += _metric_rows(combined_id, combined, ood_sets, meta)
+    frame = pd.DataFrame(rows)
+    if take_best:
+        from diffguard.metrics import take_best_over
+
+        frame = take_best_over(frame)
+    frame.insert(0, "run", run)
+    io.write_csv(out, frame)
+    log.info("wrote %d metric rows to %s", len(frame), out)
+
+
+BASELINE_LABELS = {
+    "msp": "MSP",
+    "mls": "MLS",
+    "ebo": "EBO",
+    "odin": "ODIN",
+    "react": "ReAct",
+    "knn": "KNN",
+    "vim": "ViM",
+    "mahalanobis": "Mahalanobis",
+    "mc_dropout": "MC-Dropout",
+    "deep_ensemble": "Deep Ensemble",
+}

@@ -1,0 +1,26 @@
+"""Rule reconstruct: DiffGuard inversion + guided regeneration + scores for one shard."""
+
+import torch
+
+from diffguard.pipeline import reconstruct_shard, setup_logging
+
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+torch.set_num_threads(sm.threads)
+reconstruct_shard(
+    imglist=sm.input.imglist,
+    benchmark_json=sm.input.benchmark,
+    predictions=sm.input.predictions,
+    classifier_weights=sm.input.classifier,
+    model_dir=sm.params.model_dir,
+    experiment=dict(sm.params.experiment),
+    benchmark=sm.params.benchmark,
+    seed=int(sm.wildcards.seed),
+    shard=int(sm.wildcards.shard),
+    shard_size=sm.params.shard_size,
+    batch_size=sm.params.batch_size,
+    distances=sm.params.distances,
+    save_images=sm.params.save_images,
+    device_name=sm.params.device,
+    out=sm.output[0],
+)

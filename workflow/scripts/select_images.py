@@ -1,0 +1,7 @@
+"""Rule select_images: fix the seeded subsample of one dataset."""
+
+from diffguard.pipeline import select_images, setup_logging
+
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+select_images(sm.input.imglist, sm.output[0], sm.params.spec, sm.params.seed, sm.params.num_classes)
