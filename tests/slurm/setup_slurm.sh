@@ -31,4 +31,4 @@ apt-get update -qq
 # slurm-wlm pulls slurmctld + slurmd + slurm-client (sbatch, sacct, ...); munge authenticates.
 # --no-install-recommends keeps the install small (no slurmdbd/mariadb, no docs).
 apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
-echo "setup_slurm: installed $(sbatch --version 2>/dev/null || echo 'slurm (version unknown)')"
+echo "setup_slurm: installed slurm-wlm $(dpkg-query -W -f='${Version}' slurm-wlm)"

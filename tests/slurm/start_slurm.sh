@@ -29,6 +29,8 @@ die() {
 node_ready() {
     # True when the controller answers and at least one node is idle/mixed/allocated.
     local states
+    # `scontrol ping` fails at once when no controller runs (sinfo would retry for ~10 s).
+    timeout 10 scontrol ping >/dev/null 2>&1 || return 1
     states="$(timeout 10 sinfo -h -o '%t' 2>/dev/null)" || return 1
     grep -Eq '^(idle|mix|alloc|comp)' <<<"$states"
 }
@@ -44,7 +46,7 @@ if node_ready; then
     exit 0
 fi
 
-for cmd in munged slurmctld slurmd sinfo; do
+for cmd in munged munge unmunge slurmctld slurmd sinfo scontrol; do
     command -v "$cmd" >/dev/null 2>&1 || die "$cmd not found; run tests/slurm/setup_slurm.sh first"
 done
 [ "$(id -u)" -eq 0 ] || die "must run as root (daemons run as root with SlurmUser=root)"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from diffusers import UNet2DModel
 
 from diffguard.checkpoints import load_checkpoint
 from diffguard.convert.diffnb import (
@@ -18,7 +19,7 @@ from diffguard.convert.diffnb import (
     diffnb_unet_kwargs,
     load_diffnb_unet,
 )
-from diffguard.convert.manifest import read_manifest
+from diffguard.convert.manifest import read_manifest, zeros_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ def test_fixture_detects_wrong_architecture_flags(
     """Each flag the converter sets is pinned down by the fixture (not a tautology)."""
     config = fixture["config"]
     kwargs = diffnb_unet_kwargs(config) | override
-    from diffusers import UNet2DModel
-
     model = UNet2DModel(**kwargs)
     model.load_state_dict(convert_diffnb_state_dict(fixture["state_dict"], config), strict=True)
     model.eval()
@@ -87,7 +86,7 @@ def test_manifest_converts_and_loads_strictly(checkpoints_dir: Path) -> None:
     header, shapes = read_manifest(checkpoints_dir / "diffnb_cifar10_cond_manifest.tsv")
     config = header["config"]
     assert len(shapes) == 329
-    sd = {name: torch.zeros(shape) for name, shape in shapes.items()}
+    sd = zeros_state_dict(shapes)
     converted = convert_diffnb_state_dict(sd, config)
     model = build_diffnb_unet(config)
     assert model.class_embedding.num_embeddings == config["num_classes"] + 1

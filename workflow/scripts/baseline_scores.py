@@ -4,4 +4,6 @@ from diffguard.pipeline import baseline_scores_stage, setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
-baseline_scores_stage(sm.input.train, sm.input.test, sm.input.classifier, sm.params.baselines, sm.output)
+baseline_scores_stage(
+    sm.input.train, sm.input.test, sm.input.classifier, sm.params.baselines, sm.output
+)

@@ -13,7 +13,10 @@ log = logging.getLogger(__name__)
 
 
 def gradcam_maps(
-    classifier: torch.nn.Module, target_layer: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+    classifier: torch.nn.Module,
+    target_layer: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
 ) -> torch.Tensor:
     """Grad-CAM of ``labels`` on ``images`` ([0, 1], N x C x H x W), min-max scaled per image.
 

@@ -41,6 +41,10 @@ class CfgSettings:
     use_cam: bool = True
     cam_cut: float = 0.3
     uncond_aux: bool = False
+    # Latent (LDM) models only: the released code's encode_first_stage returns the unquantised
+    # latent, and decode_first_stage snaps to the VQ codebook before decoding.
+    encode_quantize: bool = False
+    decode_quantize: bool = True
 
     def __post_init__(self) -> None:
         if self.inversion_variant not in INVERSION_VARIANTS:

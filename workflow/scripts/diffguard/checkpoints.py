@@ -40,9 +40,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from err
     except RuntimeError as err:
         if "weights_only" in str(err) or "Unsupported" in str(err):
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: {err}"
-            ) from err
+            raise UnsafeCheckpointError(f"refusing to load {path}: {err}") from err
         raise
 
 
@@ -55,8 +53,10 @@ def state_dict_of(checkpoint: Any, path: str | Path = "<memory>") -> dict[str, t
     if isinstance(checkpoint, dict):
         for key in ("state_dict", "model", "ema"):
             inner = checkpoint.get(key)
-            if isinstance(inner, dict) and inner and all(
-                isinstance(v, torch.Tensor) for v in inner.values()
+            if (
+                isinstance(inner, dict)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
             ):
                 return inner
         if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):

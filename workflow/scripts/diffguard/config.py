@@ -42,7 +42,9 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
         current = experiments[current].get("extends")
     resolved: dict[str, Any] = {}
     for entry in reversed(chain):
-        resolved = deep_merge(resolved, {k: v for k, v in experiments[entry].items() if k != "extends"})
+        resolved = deep_merge(
+            resolved, {k: v for k, v in experiments[entry].items() if k != "extends"}
+        )
     if "method" not in resolved:
         raise ConfigError(f"experiments.{name}: no `method` (gdm or cfg) in it or its bases")
     method = resolved["method"]
@@ -59,7 +61,9 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
     return resolved
 
 
-def method_settings(experiment: dict[str, Any], seed: int | None = None) -> GdmSettings | CfgSettings:
+def method_settings(
+    experiment: dict[str, Any], seed: int | None = None
+) -> GdmSettings | CfgSettings:
     """Typed settings of a resolved experiment; the seed drives the GDM crop generator."""
     method = experiment["method"]
     values = dict(experiment.get(method, {}))

@@ -76,7 +76,8 @@ def read_imglist(path: str | Path) -> list[ImageRecord]:
     Raises:
         FileNotFoundError: The file does not exist.
         ImageListError: A line lacks a label, has a non-integer label or a label below -1,
-            an absolute or ``..`` path, a duplicate path, or the file holds no records.
+            an absolute or ``..`` path, a duplicate image id (path without suffix), or the
+            file holds no records.
     """
     path = Path(path)
     if not path.is_file():
@@ -91,8 +92,7 @@ def read_imglist(path: str | Path) -> list[ImageRecord]:
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2:
                 raise ImageListError(
-                    f"{path}:{lineno}: expected 'relative/path label', got {line!r} "
-                    "(missing field)"
+                    f"{path}:{lineno}: expected 'relative/path label', got {line!r} (missing field)"
                 )
             rel, label_text = parts
             try:
@@ -114,12 +114,15 @@ def read_imglist(path: str | Path) -> list[ImageRecord]:
                     f"{path}:{lineno}: path {rel!r} must be relative to the image root "
                     "(no leading '/' and no '..')"
                 )
-            if rel in first_line:
+            image_id = image_id_for(rel)
+            if image_id in first_line:
+                # ids key per-image outputs, so 'a.png' and 'a.jpg' would collide as well
                 raise ImageListError(
-                    f"{path}:{lineno}: duplicate path {rel!r} (first on line {first_line[rel]})"
+                    f"{path}:{lineno}: duplicate image {rel!r} (id {image_id!r} first on line "
+                    f"{first_line[image_id]})"
                 )
-            first_line[rel] = lineno
-            records.append(ImageRecord(rel, label, image_id_for(rel), lineno))
+            first_line[image_id] = lineno
+            records.append(ImageRecord(rel, label, image_id, lineno))
     if not records:
         raise ImageListError(f"{path}: image list is empty (expected 'relative/path label' lines)")
     return records

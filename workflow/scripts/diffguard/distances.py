@@ -77,7 +77,9 @@ class SimilarityScorer:
         for name in ("dists", "lpips"):
             if name in names:
                 require_perceptual_weights(name, torch_hub_dir)
-                metric = piq.DISTS(reduction="none") if name == "dists" else piq.LPIPS(reduction="none")
+                metric = (
+                    piq.DISTS(reduction="none") if name == "dists" else piq.LPIPS(reduction="none")
+                )
                 self._perceptual[name] = metric.to(device).eval()
 
     @torch.no_grad()

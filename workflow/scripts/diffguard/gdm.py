@@ -254,18 +254,22 @@ def classifier_guidance(
     else:
         blend = one_minus_alpha_sqrt * x0_hat + (1 - one_minus_alpha_sqrt) * x_t
     use_crops = crops is not None and settings.cutouts_num > 0
+    params = classifier.parameters() if isinstance(classifier, torch.nn.Module) else iter(())
+    clf_dtype = next(params, torch.empty(0)).dtype
     groups = local_steps[guided].unique() if use_crops else torch.zeros(1, dtype=torch.long)
     for step in groups.tolist():
         rows = guided & (local_steps == step) if use_crops else guided
         with torch.enable_grad():
-            x_in = blend[rows].detach().float().requires_grad_(True)
+            x_in = blend[rows].detach().to(clf_dtype).requires_grad_(True)
             images = (x_in + 1) / 2
             if use_crops:
                 assert crops is not None
                 images = crops(images, step)
             logits = classifier(images)
             target = labels[rows].repeat(images.shape[0] // x_in.shape[0])
-            log_probs = F.log_softmax(logits.float(), dim=-1)
+            log_probs = F.log_softmax(
+                logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1
+            )
             selected = log_probs[torch.arange(len(target)), target]
             (g,) = torch.autograd.grad(selected.sum(), x_in)
         if counter is not None:

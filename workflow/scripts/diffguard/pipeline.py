@@ -45,7 +45,9 @@ def setup_logging(log_file: str | Path | None) -> None:
         handlers=handlers,
         force=True,
     )
-    log.info("diffguard %s, torch %s, python %s", _version(), torch.__version__, sys.version.split()[0])
+    log.info(
+        "diffguard %s, torch %s, python %s", _version(), torch.__version__, sys.version.split()[0]
+    )
 
 
 def _version() -> str:
@@ -96,7 +98,9 @@ def select_images(
     records = read_imglist(imglist)
     n = spec.get("n")
     if n is not None and n > len(records):
-        raise ValueError(f"{imglist}: datasets.*.n = {n} but the list holds only {len(records)} images")
+        raise ValueError(
+            f"{imglist}: datasets.*.n = {n} but the list holds only {len(records)} images"
+        )
     chosen = subsample(records, n, seed)
     if spec["role"] in ("id", "train"):
         validate_labels(chosen, num_classes, imglist)
@@ -216,13 +220,15 @@ def cache_predictions(
     logits, feats, mc = [], [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        x = load_records_images(chunk, root, benchmark["image_size"], benchmark["channels"]).to(device)
+        x = load_records_images(chunk, root, benchmark["image_size"], benchmark["channels"]).to(
+            device
+        )
         f = model.features(x)
         logits.append(model.fc(f).cpu())
         feats.append(f.cpu())
         if mc_passes:
             model.train()  # dropout on; the small classifier has no batch norm in its head
-            mc.append(torch.stack([model(x).cpu() for _ in range(mc_passes)], dim=1))
+            mc.append(torch.stack([model(x).cpu() for _ in range(mc_passes)], dim=0))
             model.eval()
     logits_t = torch.cat(logits)
     io.write_npz(
@@ -233,7 +239,9 @@ def cache_predictions(
         logits=logits_t.numpy(),
         features=torch.cat(feats).numpy(),
         preds=logits_t.argmax(1).numpy(),
-        mc_logits=torch.cat(mc).numpy() if mc else np.zeros((len(records), 0, 0), np.float32),
+        mc_logits=torch.cat(mc, dim=1).numpy()
+        if mc
+        else np.zeros((0, len(records), 0), np.float32),
     )
     log.info("cached predictions of %d images to %s", len(records), out)
 
@@ -287,7 +295,13 @@ def reconstruct_shard(
     num_classes = benchmark["num_classes"]
     scorer = SimilarityScorer(list(distances), classifier, torch_hub_dir, device)
     root = image_root(benchmark_json)
-    log.info("experiment %s on %d images (shard %d), device %s", experiment["name"], len(records), shard, device)
+    log.info(
+        "experiment %s on %d images (shard %d), device %s",
+        experiment["name"],
+        len(records),
+        shard,
+        device,
+    )
 
     def eps_uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unet(x, t).sample[:, :channels]
@@ -305,12 +319,16 @@ def reconstruct_shard(
         x = x01 * 2 - 1
         preds = torch.tensor([pred_of[r.image_id] for r in chunk])
         if experiment.get("oracle_labels"):
-            guide = torch.tensor([oracle_label(r.image_id, r.label, num_classes, seed) for r in chunk])
+            guide = torch.tensor(
+                [oracle_label(r.image_id, r.label, num_classes, seed) for r in chunk]
+            )
         else:
             guide = preds
         if experiment["method"] == "gdm":
             assert isinstance(settings, gdm.GdmSettings)
-            res = gdm.reconstruct(eps_uncond, classifier, x, guide.to(device), settings, {}, counter)
+            res = gdm.reconstruct(
+                eps_uncond, classifier, x, guide.to(device), settings, {}, counter
+            )
             recon, recon_uncond = res.recon, res.recon_uncond
             rev_t, start_index, trace = res.rev_t, res.start_index, res.psnr_trace
         else:
@@ -320,7 +338,9 @@ def reconstruct_shard(
                 if settings.use_cam
                 else None
             )
-            res_c = cfg.reconstruct(eps_cond, x, guide, num_classes, settings, mask, counter=counter)
+            res_c = cfg.reconstruct(
+                eps_cond, x, guide, num_classes, settings, mask, counter=counter
+            )
             recon, recon_uncond = res_c.recon, res_c.recon_uncond
             n = len(chunk)
             rev_t = torch.full((n,), settings.ddim_steps - 1)
@@ -359,7 +379,11 @@ def reconstruct_shard(
         done = start + len(chunk)
         rate = done / (time.perf_counter() - start_time)
         log.info(
-            "%d/%d images, %.2f images/s, ETA %.0f s", done, len(records), rate, (len(records) - done) / rate
+            "%d/%d images, %.2f images/s, ETA %.0f s",
+            done,
+            len(records),
+            rate,
+            (len(records) - done) / rate,
         )
     arrays = {k: np.concatenate(v) for k, v in out_rows.items()}
     for key, tensors in kept.items():
@@ -388,7 +412,12 @@ def gather_scores(shards: Sequence[str | Path], imglist: str | Path, out: str | 
         columns.update({k: v for k, v in data.items() if k.startswith("score_")})
         frames.append(pd.DataFrame(columns))
     frame = pd.concat(frames, ignore_index=True).rename(
-        columns={"image_ids": "image_id", "labels": "label", "preds": "pred", "guide_labels": "guide_label"}
+        columns={
+            "image_ids": "image_id",
+            "labels": "label",
+            "preds": "pred",
+            "guide_labels": "guide_label",
+        }
     )
     records = read_imglist(imglist)
     expected = [r.image_id for r in records]
@@ -434,7 +463,9 @@ def baseline_scores_stage(
     for path_in, path_out in zip(test_predictions, outputs, strict=True):
         npz = io.read_npz(path_in)
         test = _cached(npz)
-        frame = pd.DataFrame({"image_id": npz["image_ids"], "label": npz["labels"], "pred": npz["preds"]})
+        frame = pd.DataFrame(
+            {"image_id": npz["image_ids"], "label": npz["labels"], "pred": npz["preds"]}
+        )
         for name, baseline in fitted.items():
             frame[name] = baseline.score(test)
         io.write_csv(path_out, frame)
@@ -456,16 +487,28 @@ def _metric_rows(
 
     rows = []
     for name, scores in ood.items():
-        rows.append({**meta, "dataset": name, "role": roles[name], **ood_metrics(id_scores, scores)})
+        rows.append(
+            {**meta, "dataset": name, "role": roles[name], **ood_metrics(id_scores, scores)}
+        )
     for group, members in (("near", "average_near"), ("far", "average_far")):
         sel = [r for r in rows if r["role"] == group]
         if sel and len(sel) < len(rows):
             rows.append(
-                {**meta, "dataset": members, "role": group, **{m: float(np.mean([r[m] for r in sel])) for m in METRIC_COLUMNS}}
+                {
+                    **meta,
+                    "dataset": members,
+                    "role": group,
+                    **{m: float(np.mean([r[m] for r in sel])) for m in METRIC_COLUMNS},
+                }
             )
     per_set = [r for r in rows if not r["dataset"].startswith("average")]
     rows.append(
-        {**meta, "dataset": "average", "role": "all", **{m: float(np.mean([r[m] for r in per_set])) for m in METRIC_COLUMNS}}
+        {
+            **meta,
+            "dataset": "average",
+            "role": "all",
+            **{m: float(np.mean([r[m] for r in per_set])) for m in METRIC_COLUMNS},
+        }
     )
     return rows
 
@@ -489,15 +532,28 @@ def evaluate_stage(
     """Metrics of every baseline, DiffGuard experiment x distance x seed, and combination."""
     from diffguard.combine import combine
 
-    score_map = {Path(p).parent.parent.name + "/" + Path(p).parent.name + "/" + Path(p).stem: p for p in score_files}
+    score_map = {
+        Path(p).parent.parent.name + "/" + Path(p).parent.name + "/" + Path(p).stem: p
+        for p in score_files
+    }
     base = {Path(p).stem: pd.read_csv(p) for p in baseline_files}
     rows: list[dict[str, Any]] = []
     for name in baselines:
-        meta = {"method": name.upper() if len(name) <= 4 else name, "kind": "baseline", "experiment": "",
-                "distance": "", "baseline": name, "rule": "", "seed": ""}
+        meta = {
+            "method": name.upper() if len(name) <= 4 else name,
+            "kind": "baseline",
+            "experiment": "",
+            "distance": "",
+            "baseline": name,
+            "rule": "",
+            "seed": "",
+        }
         meta["method"] = BASELINE_LABELS.get(name, name)
         rows += _metric_rows(
-            base[id_set][name].to_numpy(), {d: base[d][name].to_numpy() for d in ood_sets}, ood_sets, meta
+            base[id_set][name].to_numpy(),
+            {d: base[d][name].to_numpy() for d in ood_sets},
+            ood_sets,
+            meta,
         )
 
     def exp_scores(exp: str, dataset: str, seed: int) -> pd.DataFrame:
@@ -518,7 +574,10 @@ def evaluate_stage(
                     "seed": seed,
                 }
                 rows += _metric_rows(
-                    frames[id_set][col].to_numpy(), {d: frames[d][col].to_numpy() for d in ood_sets}, ood_sets, meta
+                    frames[id_set][col].to_numpy(),
+                    {d: frames[d][col].to_numpy() for d in ood_sets},
+                    ood_sets,
+                    meta,
                 )
             for combo in combinations:
                 if combo["experiment"] != exp:
@@ -529,7 +588,14 @@ def evaluate_stage(
                 dg_id = frames[id_set][col].to_numpy()
                 bl_id = base[id_set][bl].to_numpy()
                 combined = {
-                    d: combine(dg_id, frames[d][col].to_numpy(), bl_id, base[d][bl].to_numpy(), combo["rule"], **params)
+                    d: combine(
+                        dg_id,
+                        frames[d][col].to_numpy(),
+                        bl_id,
+                        base[d][bl].to_numpy(),
+                        combo["rule"],
+                        **params,
+                    )
                     for d in ood_sets
                 }
                 combined_id = combine(dg_id, dg_id, bl_id, bl_id, combo["rule"], **params)

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 
-def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def linear_betas(
+    num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> np.ndarray:
     """ADM / DDPM "linear" schedule (guided-diffusion scales the ends by 1000 / T)."""
     scale = 1000 / num_steps
     return np.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=np.float64)

@@ -164,7 +164,7 @@ def train_classifier(
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                total_loss += float(loss) * len(idx)
+                total_loss += loss.item() * len(idx)
                 correct += int((logits.argmax(1) == y).sum())
             row = {
                 "epoch": epoch,
@@ -174,7 +174,9 @@ def train_classifier(
                 "elapsed_s": round(time.perf_counter() - start, 3),
             }
             csv_log.row(**row)
-            log.info("classifier epoch %d: loss %.4f train acc %.4f", epoch, row["loss"], row["accuracy"])
+            log.info(
+                "classifier epoch %d: loss %.4f train acc %.4f", epoch, row["loss"], row["accuracy"]
+            )
     finally:
         csv_log.close()
     return model.eval()
@@ -360,7 +362,7 @@ def train_diffusion(
             lr_sched.step()
             if ema is not None:
                 ema.update(model)
-            running += float(loss)
+            running += loss.item()
             count += 1
             if step % log_every == 0 or step == steps:
                 elapsed = time.perf_counter() - start
@@ -370,7 +372,13 @@ def train_diffusion(
                     lr=lr_sched.get_last_lr()[0],
                     elapsed_s=round(elapsed, 3),
                 )
-                log.info("diffusion step %d/%d: loss %.4f (%.0f s)", step, steps, running / count, elapsed)
+                log.info(
+                    "diffusion step %d/%d: loss %.4f (%.0f s)",
+                    step,
+                    steps,
+                    running / count,
+                    elapsed,
+                )
                 running, count = 0.0, 0
     finally:
         csv_log.close()
@@ -474,7 +482,10 @@ def load_small_unet(directory: str | Path) -> Any:
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"UNet config not found: {directory / 'config.json'}")
-    model = UNet2DModel.from_pretrained(str(directory), use_safetensors=True).eval()
+    # low_cpu_mem_usage=False: the default wants `accelerate` and warns without it
+    model = UNet2DModel.from_pretrained(
+        str(directory), use_safetensors=True, low_cpu_mem_usage=False
+    ).eval()
     info_path = directory / DIFFUSION_INFO_FILE
     if info_path.is_file():
         model.diffguard_info = json.loads(info_path.read_text(encoding="utf-8"))

@@ -109,9 +109,7 @@ def diffnb_unet_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise DiffNBConversionError(f"DiffNB config: missing keys {missing}")
     if config["type"] != "simple":
-        raise DiffNBConversionError(
-            f"DiffNB config: type must be 'simple', got {config['type']!r}"
-        )
+        raise DiffNBConversionError(f"DiffNB config: type must be 'simple', got {config['type']!r}")
     if not config.get("resamp_with_conv", True):
         # diffusers' Down/Up blocks always build conv resamplers; DDIM would avg-pool/nearest.
         raise DiffNBConversionError("DiffNB config: resamp_with_conv=False is not supported")
@@ -144,9 +142,7 @@ def diffnb_unet_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         "freq_shift": 1,
         "down_block_types": tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in has_attn),
         "mid_block_type": "UNetMidBlock2D",
-        "up_block_types": tuple(
-            "AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)
-        ),
+        "up_block_types": tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)),
         "block_out_channels": tuple(ch * m for m in mult),
         "layers_per_block": int(config["num_res_blocks"]),
         "mid_block_scale_factor": 1,
@@ -276,7 +272,9 @@ def convert_diffnb_state_dict(
     if leftovers:
         problems.append(f"unconsumed source tensors {leftovers}")
     if problems:
-        raise DiffNBConversionError("DiffNB checkpoint does not match config: " + "; ".join(problems))
+        raise DiffNBConversionError(
+            "DiffNB checkpoint does not match config: " + "; ".join(problems)
+        )
     return out
 
 

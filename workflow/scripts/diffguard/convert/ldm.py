@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ class LdmParts:
     class_embedding: nn.Embedding
     # LatentDiffusion multiplies encodings by it and divides latents by it before decoding.
     scale_factor: float = 1.0
-    ignored: tuple[str, ...] = field(default=())
+    ignored: tuple[str, ...] = ()
 
     @property
     def null_class(self) -> int:
@@ -236,9 +236,7 @@ def ldm_unet_kwargs(unet_config: Mapping[str, Any]) -> dict[str, Any]:
         # openaimodel's timestep_embedding is [cos, sin] with frequencies exp(-ln(1e4) i / half).
         "flip_sin_to_cos": True,
         "freq_shift": 0,
-        "down_block_types": tuple(
-            "CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attn
-        ),
+        "down_block_types": tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attn),
         "mid_block_type": "UNetMidBlock2DCrossAttn",
         "up_block_types": tuple(
             "CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)
@@ -613,9 +611,7 @@ def load_ldm(
 # --------------------------------------------------------------------------- model calls
 
 
-def ldm_eps(
-    parts: LdmParts, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor
-) -> torch.Tensor:
+def ldm_eps(parts: LdmParts, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Noise prediction ``eps(z, t, c)`` with ``c`` the class-embedding row of each label.
 
     Args:
