@@ -22,6 +22,7 @@ EVAL_SETS = [ID_SET, *OOD_SETS]
 ALL_SETS = list(config["datasets"])
 SEEDS = [int(s) for s in config.get("seeds", [0])]
 PKG = "workflow/scripts/diffguard"
+CPUS_PER_JOB = int(config.get("cpus_per_job", 1))
 
 
 wildcard_constraints:

@@ -13,7 +13,7 @@ rule train_classifier:
     params:
         classifier=config["classifier"],
         benchmark=config["benchmark"],
-    threads: workflow.cores
+    threads: CPUS_PER_JOB
     log:
         f"data/logs/train_classifier/{RUN}.log",
     script:
@@ -32,7 +32,7 @@ rule train_diffusion:
         spec=diffusion_model_spec,
         benchmark=config["benchmark"],
         out_dir=f"data/interim/{RUN}/models/{{model}}",
-    threads: workflow.cores
+    threads: CPUS_PER_JOB
     resources:
         gpu=config.get("gpus_per_job", 0),
     log:
@@ -54,7 +54,7 @@ rule cache_predictions:
         benchmark=config["benchmark"],
         mc_passes=10 if "mc_dropout" in config.get("baselines", []) else 0,
         batch_size=config.get("batch_size", 64),
-    threads: workflow.cores
+    threads: CPUS_PER_JOB
     log:
         f"data/logs/cache_predictions/{RUN}/{{dataset}}.log",
     script:

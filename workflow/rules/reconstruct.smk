@@ -24,7 +24,7 @@ rule reconstruct:
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
         model_dir=experiment_model_dir,
-    threads: workflow.cores
+    threads: CPUS_PER_JOB
     resources:
         gpu=config.get("gpus_per_job", 0),
         runtime=reconstruct_runtime,

@@ -22,7 +22,7 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``eps_model(x, original_timesteps) -> epsilon`` (first image channels of the UNet output)."""
 
 Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``similarity(x_noisy, x0) -> per-image similarity``; early stop fires when it drops below a threshold."""
+"""``similarity(x_noisy, x0) -> per-image similarity``; early stop fires below a threshold."""
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,14 @@ def _psnr_similarity(peak: float) -> Similarity:
 def early_stop_similarities(
     settings: GdmSettings, extra: Mapping[str, Similarity] | None = None
 ) -> dict[str, Similarity]:
-    """Similarity functions for the enabled early-stop metrics (``psnr`` built in, others passed)."""
+    """Similarity functions of the enabled early-stop metrics (``psnr`` built in)."""
     available: dict[str, Similarity] = {"psnr": _psnr_similarity(settings.psnr_peak)}
     available.update(extra or {})
     missing = [m for m in settings.early_stop_metrics if m not in available]
     if missing:
         raise KeyError(
-            f"early-stop metric(s) {missing} need a similarity function; available: {sorted(available)}"
+            f"early-stop metric(s) {missing} need a similarity function; "
+            f"available: {sorted(available)}"
         )
     return {m: available[m] for m in settings.early_stop_metrics}
 
@@ -219,7 +220,7 @@ class CropSampler:
         return self._params[step]
 
     def __call__(self, images: torch.Tensor, step: int) -> torch.Tensor:
-        """All crops of ``images`` (N x C x H x W) stacked crop-major: (cutn * N) x C x cut x cut."""
+        """All crops of ``images`` (N x C x H x W), crop-major: (cutn * N) x C x cut x cut."""
         _, _, height, width = images.shape
         crops = [
             F.interpolate(images[:, :, oy : oy + s, ox : ox + s], size=self.cut_size)

@@ -118,8 +118,8 @@ def download(url: str, dest: str | Path, sha256: str | None = None, timeout: flo
                     handle.write(block)
     except OSError as err:
         raise OSError(
-            f"download of {url} to {dest} failed after {part.stat().st_size if part.exists() else 0}"
-            f" bytes ({err}); rerun to resume"
+            f"download of {url} to {dest} failed after "
+            f"{part.stat().st_size if part.exists() else 0} bytes ({err}); rerun to resume"
         ) from err
     try:
         digest = verify_sha256(part, sha256)

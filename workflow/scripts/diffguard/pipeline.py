@@ -352,7 +352,8 @@ def reconstruct_shard(
         if reference_kind == "uncond_recon":
             if recon_uncond is None:
                 raise ValueError(
-                    f"experiments.{experiment['name']}: score_reference uncond_recon needs uncond_aux"
+                    f"experiments.{experiment['name']}: score_reference uncond_recon "
+                    "needs uncond_aux"
                 )
             reference = recon_uncond
         else:
@@ -404,7 +405,7 @@ PER_IMAGE_COLUMNS = ("image_ids", "labels", "preds", "guide_labels", "rev_t", "s
 
 
 def gather_scores(shards: Sequence[str | Path], imglist: str | Path, out: str | Path) -> None:
-    """Concatenate shard scores into one per-image CSV, checking every listed image is there once."""
+    """Concatenate shard scores into one per-image CSV; every listed image must appear once."""
     frames = []
     for shard in shards:
         data = io.read_npz(shard)
@@ -565,7 +566,7 @@ def evaluate_stage(
             for dist in distances:
                 col = f"score_{dist}"
                 meta = {
-                    "method": f"DiffGuard ({exp}, {dist})",
+                    "method": f"DiffGuard ({METHOD_NAMES[method]}: {exp}, {dist})",
                     "kind": "diffguard",
                     "experiment": exp,
                     "distance": dist,
@@ -600,7 +601,10 @@ def evaluate_stage(
                 }
                 combined_id = combine(dg_id, dg_id, bl_id, bl_id, combo["rule"], **params)
                 meta = {
-                    "method": f"DiffGuard ({exp})+{BASELINE_LABELS.get(bl, bl)} [{combo['rule']}]",
+                    "method": (
+                        f"DiffGuard ({METHOD_NAMES[method]}: {exp})"
+                        f"+{BASELINE_LABELS.get(bl, bl)} [{combo['rule']}]"
+                    ),
                     "kind": "combined",
                     "experiment": exp,
                     "distance": headline_distance,

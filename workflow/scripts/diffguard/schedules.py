@@ -78,7 +78,7 @@ class RespacedSchedule:
         return len(self.timesteps)
 
     def coef(self, name: str, index: torch.Tensor, ndim: int = 4) -> torch.Tensor:
-        """Gather a float64 coefficient at ``index`` and cast it to float32, shaped for broadcasting."""
+        """A float64 coefficient at ``index``, cast to float32 and shaped for broadcasting."""
         table = torch.from_numpy(getattr(self, name)).to(index.device)
         value = table[index].float()
         return value.reshape(-1, *([1] * (ndim - 1)))
@@ -123,7 +123,8 @@ class CfgSchedule:
     """DDIM grid for the classifier-free-guidance models (LDM and DiffNB), eta = 0.
 
     ``alphas[i]`` is the cumulative alpha at ``timesteps[i]`` and ``alphas_prev[i]`` the one of the
-    previous grid point (``alphas_cumprod[0]`` for i = 0), as in CompVis ``make_ddim_sampling_parameters``.
+    previous grid point (``alphas_cumprod[0]`` for i = 0), as in CompVis
+    ``make_ddim_sampling_parameters``.
     """
 
     timesteps: np.ndarray
