@@ -16,7 +16,9 @@ from diffguard.config import (  # noqa: E402
 )
 
 RUN = config["run"]
-EXPERIMENTS = {name: resolve_experiment(config["experiments"], name) for name in config["experiments"]}
+EXPERIMENTS = {
+    name: resolve_experiment(config["experiments"], name) for name in config["experiments"]
+}
 ID_SET, OOD_SETS = evaluation_datasets(config)
 EVAL_SETS = [ID_SET, *OOD_SETS]
 ALL_SETS = list(config["datasets"])

@@ -9,11 +9,11 @@ rule build_embedded_benchmark:
             run=RUN,
             name=sorted({v["list"] for v in config["datasets"].values()}),
         ),
+    log:
+        f"data/logs/build_embedded_benchmark/{RUN}.log",
     params:
         benchmark=config["benchmark"],
         out_dir=f"data/external/{RUN}/benchmark",
-    log:
-        f"data/logs/build_embedded_benchmark/{RUN}.log",
     script:
         "../scripts/build_embedded_benchmark.py"
 
@@ -24,11 +24,11 @@ rule select_images:
         code=pkg("data.py", "io.py"),
     output:
         f"data/interim/{RUN}/lists/{{dataset}}.txt",
+    log:
+        f"data/logs/select_images/{RUN}/{{dataset}}.log",
     params:
         spec=dataset_spec,
         seed=config["benchmark"].get("seed", 0),
         num_classes=config["benchmark"]["num_classes"],
-    log:
-        f"data/logs/select_images/{RUN}/{{dataset}}.log",
     script:
         "../scripts/select_images.py"

@@ -10,11 +10,11 @@ rule baseline_scores:
         code=pkg("baselines.py", "pipeline.py"),
     output:
         expand("data/processed/{run}/baselines/{dataset}.csv", run=RUN, dataset=EVAL_SETS),
+    log:
+        f"data/logs/baseline_scores/{RUN}.log",
     params:
         baselines=config.get("baselines", ["msp"]),
         datasets=EVAL_SETS,
-    log:
-        f"data/logs/baseline_scores/{RUN}.log",
     script:
         "../scripts/baseline_scores.py"
 
@@ -26,6 +26,8 @@ rule evaluate:
         code=pkg("metrics.py", "combine.py", "pipeline.py"),
     output:
         f"data/processed/{RUN}/metrics.csv",
+    log:
+        f"data/logs/evaluate/{RUN}.log",
     params:
         id_set=ID_SET,
         ood_sets={name: config["datasets"][name]["role"] for name in OOD_SETS},
@@ -37,7 +39,5 @@ rule evaluate:
         headline_distance=config.get("headline_distance", "l2"),
         take_best=config.get("take_best_over_distances", False),
         run=RUN,
-    log:
-        f"data/logs/evaluate/{RUN}.log",
     script:
         "../scripts/evaluate.py"

@@ -10,12 +10,12 @@ rule train_classifier:
         weights=f"data/interim/{RUN}/models/classifier/weights/model.safetensors",
         spec=f"data/interim/{RUN}/models/classifier/weights/spec.json",
         train_log=f"data/interim/{RUN}/models/classifier/train_log.csv",
+    log:
+        f"data/logs/train_classifier/{RUN}.log",
+    threads: CPUS_PER_JOB
     params:
         classifier=config["classifier"],
         benchmark=config["benchmark"],
-    threads: CPUS_PER_JOB
-    log:
-        f"data/logs/train_classifier/{RUN}.log",
     script:
         "../scripts/train_classifier.py"
 
@@ -28,15 +28,15 @@ rule train_diffusion:
     output:
         done=f"data/interim/{RUN}/models/{{model}}/model.done",
         train_log=f"data/interim/{RUN}/models/{{model}}/train_log.csv",
+    log:
+        f"data/logs/train_diffusion/{RUN}/{{model}}.log",
+    threads: CPUS_PER_JOB
+    resources:
+        gpu=config.get("gpus_per_job", 0),
     params:
         spec=diffusion_model_spec,
         benchmark=config["benchmark"],
         out_dir=f"data/interim/{RUN}/models/{{model}}",
-    threads: CPUS_PER_JOB
-    resources:
-        gpu=config.get("gpus_per_job", 0),
-    log:
-        f"data/logs/train_diffusion/{RUN}/{{model}}.log",
     script:
         "../scripts/train_diffusion.py"
 
@@ -50,12 +50,12 @@ rule cache_predictions:
         code=pkg("classifiers.py", "data.py", "pipeline.py"),
     output:
         f"data/interim/{RUN}/predictions/{{dataset}}.npz",
+    log:
+        f"data/logs/cache_predictions/{RUN}/{{dataset}}.log",
+    threads: CPUS_PER_JOB
     params:
         benchmark=config["benchmark"],
         mc_passes=10 if "mc_dropout" in config.get("baselines", []) else 0,
         batch_size=config.get("batch_size", 64),
-    threads: CPUS_PER_JOB
-    log:
-        f"data/logs/cache_predictions/{RUN}/{{dataset}}.log",
     script:
         "../scripts/cache_predictions.py"

@@ -14,6 +14,12 @@ rule reconstruct:
         ),
     output:
         f"data/interim/{RUN}/recon/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.npz",
+    log:
+        f"data/logs/reconstruct/{RUN}/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.log",
+    threads: CPUS_PER_JOB
+    resources:
+        gpu=config.get("gpus_per_job", 0),
+        runtime=reconstruct_runtime,
     params:
         experiment=experiment_spec,
         benchmark=config["benchmark"],
@@ -24,12 +30,6 @@ rule reconstruct:
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
         model_dir=experiment_model_dir,
-    threads: CPUS_PER_JOB
-    resources:
-        gpu=config.get("gpus_per_job", 0),
-        runtime=reconstruct_runtime,
-    log:
-        f"data/logs/reconstruct/{RUN}/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.log",
     script:
         "../scripts/reconstruct.py"
 
