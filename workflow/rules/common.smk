@@ -54,7 +54,7 @@ def reconstruct_runtime(wildcards, attempt):
 
 
 def experiment_model(wildcards):
-    return model_dir(EXPERIMENTS[wildcards.exp]["model"]) + "/model.done"
+    return str(Path(model_dir(EXPERIMENTS[wildcards.exp]["model"]), "model.done"))
 
 
 def benchmark_list(wildcards):

@@ -13,7 +13,8 @@ rule build_embedded_benchmark:
         f"data/logs/build_embedded_benchmark/{RUN}.log",
     params:
         benchmark=config["benchmark"],
-        out_dir=f"data/external/{RUN}/benchmark",
+    conda:
+        "../../envs/diffguard.yaml"
     script:
         "../scripts/build_embedded_benchmark.py"
 
@@ -30,5 +31,7 @@ rule select_images:
         spec=dataset_spec,
         seed=config["benchmark"].get("seed", 0),
         num_classes=config["benchmark"]["num_classes"],
+    conda:
+        "../../envs/diffguard.yaml"
     script:
         "../scripts/select_images.py"

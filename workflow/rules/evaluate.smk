@@ -15,6 +15,8 @@ rule baseline_scores:
     params:
         baselines=config.get("baselines", ["msp"]),
         datasets=EVAL_SETS,
+    conda:
+        "../../envs/diffguard.yaml"
     script:
         "../scripts/baseline_scores.py"
 
@@ -39,5 +41,7 @@ rule evaluate:
         headline_distance=config.get("headline_distance", "l2"),
         take_best=config.get("take_best_over_distances", False),
         run=RUN,
+    conda:
+        "../../envs/diffguard.yaml"
     script:
         "../scripts/evaluate.py"

@@ -16,6 +16,8 @@ rule train_classifier:
     params:
         classifier=config["classifier"],
         benchmark=config["benchmark"],
+    conda:
+        "../../envs/diffguard.yaml"
     script:
         "../scripts/train_classifier.py"
 
@@ -37,6 +39,8 @@ rule train_diffusion:
         spec=diffusion_model_spec,
         benchmark=config["benchmark"],
         out_dir=f"data/interim/{RUN}/models/{{model}}",
+    conda:
+        "../../envs/diffguard.yaml"
     script:
         "../scripts/train_diffusion.py"
 
@@ -57,5 +61,7 @@ rule cache_predictions:
         benchmark=config["benchmark"],
         mc_passes=10 if "mc_dropout" in config.get("baselines", []) else 0,
         batch_size=config.get("batch_size", 64),
+    conda:
+        "../../envs/diffguard.yaml"
     script:
         "../scripts/cache_predictions.py"

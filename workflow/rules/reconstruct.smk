@@ -30,6 +30,8 @@ rule reconstruct:
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
         model_dir=experiment_model_dir,
+    conda:
+        "../../envs/diffguard.yaml"
     script:
         "../scripts/reconstruct.py"
 
@@ -43,5 +45,7 @@ rule gather_scores:
         f"data/processed/{RUN}/scores/{{exp}}/{{dataset}}/seed-{{seed}}.csv",
     log:
         f"data/logs/gather_scores/{RUN}/{{exp}}/{{dataset}}/seed-{{seed}}.log",
+    conda:
+        "../../envs/diffguard.yaml"
     script:
         "../scripts/gather_scores.py"

@@ -1,6 +1,9 @@
 """Rule build_embedded_benchmark: write the embedded benchmark's images and image lists."""
 
+from pathlib import Path
+
 from diffguard.pipeline import build_embedded_benchmark, setup_logging
 
-setup_logging(snakemake.log[0])  # noqa: F821
-build_embedded_benchmark(snakemake.params.benchmark, snakemake.params.out_dir)  # noqa: F821
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+build_embedded_benchmark(sm.params.benchmark, Path(sm.output.summary).parent)

@@ -1,0 +1,92 @@
+"""The workflow itself: lint, formatting, and the DAG planned for each shipped config."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def snakemake(repo: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SNAKEMAKE, *args], cwd=repo, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse snakemake's "Job stats" table."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    counts = {}
+    for line in table.splitlines():
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if match:
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def test_lint_is_clean(repo_root: Path) -> None:
+    for config in ("config/config.yaml", "config/tiny.yaml"):
+        result = snakemake(repo_root, "--lint", "--configfile", config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_snakefmt_clean(repo_root: Path) -> None:
+    snakefmt = str(Path(sys.executable).with_name("snakefmt"))
+    result = subprocess.run(
+        [snakefmt, "--check", "Snakefile", "workflow/rules"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_tiny_dag_job_counts(repo_root: Path) -> None:
+    start = time.perf_counter()
+    result = snakemake(repo_root, "-n", "--configfile", "config/tiny.yaml")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    # 2 experiments x (24 + 24 + 20 images in shards of 16 -> 2 + 2 + 2 shards) x 1 seed
+    assert counts["reconstruct"] == 2 * 6
+    assert counts["gather_scores"] == 2 * 3
+    assert counts["select_images"] == 4 and counts["cache_predictions"] == 4
+    assert counts["train_diffusion"] == 2 and counts["train_classifier"] == 1
+    assert counts["evaluate"] == 1 and counts["baseline_scores"] == 1
+    assert time.perf_counter() - start < 120
+
+
+def test_default_dag_plans_every_artifact(repo_root: Path) -> None:
+    result = snakemake(repo_root, "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    # 4 experiments x (300 + 300 + 300 images in shards of 160 -> 2 + 2 + 2) x 1 seed
+    assert counts["reconstruct"] == 4 * 6
+    for rule in ("render_tables", "plot_figures", "build_paper", "explore_notebook", "speed"):
+        assert counts.get(rule) == 1, rule
+
+
+def test_typo_in_config_fails_naming_the_key(repo_root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    text = (repo_root / "config/tiny.yaml").read_text().replace("shard_size:", "shard_sise:")
+    bad.write_text(text)
+    result = snakemake(repo_root, "-n", "--configfile", str(bad))
+    assert result.returncode != 0
+    assert "shard_sise" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("bad", ["kind: embeded", "role: near2"])
+def test_invalid_value_fails(repo_root: Path, tmp_path: Path, bad: str) -> None:
+    key, _ = bad.split(": ")
+    original = {"kind": "kind: embedded", "role": "role: near"}[key]
+    path = tmp_path / "bad.yaml"
+    path.write_text((repo_root / "config/tiny.yaml").read_text().replace(original, bad, 1))
+    result = snakemake(repo_root, "-n", "--configfile", str(path))
+    assert result.returncode != 0
+    assert bad.split(": ")[1] in result.stdout + result.stderr
