@@ -99,11 +99,19 @@ def figure_files():
     return [f"figures/{RUN}/{name}.{ext}" for name in FIGURES for ext in ("pdf", "png")]
 
 
+def train_log_names():
+    return ["classifier", *config.get("diffusion_models", {})]
+
+
+def train_logs():
+    return [f"data/interim/{RUN}/models/{name}/train_log.csv" for name in train_log_names()]
+
+
 def final_targets():
     return [
         f"data/processed/{RUN}/metrics.csv",
         *TABLE_FILES,
         *figure_files(),
         "paper/ms.pdf",
-        f"data/processed/{RUN}/exploration.ipynb",
+        f"data/processed/{RUN}/exploration_summary.csv",
     ]

@@ -11,10 +11,10 @@ rule build_embedded_benchmark:
         ),
     log:
         f"data/logs/build_embedded_benchmark/{RUN}.log",
-    params:
-        benchmark=config["benchmark"],
     conda:
         "../../envs/diffguard.yaml"
+    params:
+        benchmark=config["benchmark"],
     script:
         "../scripts/build_embedded_benchmark.py"
 
@@ -27,11 +27,11 @@ rule select_images:
         f"data/interim/{RUN}/lists/{{dataset}}.txt",
     log:
         f"data/logs/select_images/{RUN}/{{dataset}}.log",
+    conda:
+        "../../envs/diffguard.yaml"
     params:
         spec=dataset_spec,
         seed=config["benchmark"].get("seed", 0),
         num_classes=config["benchmark"]["num_classes"],
-    conda:
-        "../../envs/diffguard.yaml"
     script:
         "../scripts/select_images.py"

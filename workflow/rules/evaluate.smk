@@ -12,11 +12,11 @@ rule baseline_scores:
         expand("data/processed/{run}/baselines/{dataset}.csv", run=RUN, dataset=EVAL_SETS),
     log:
         f"data/logs/baseline_scores/{RUN}.log",
+    conda:
+        "../../envs/diffguard.yaml"
     params:
         baselines=config.get("baselines", ["msp"]),
         datasets=EVAL_SETS,
-    conda:
-        "../../envs/diffguard.yaml"
     script:
         "../scripts/baseline_scores.py"
 
@@ -30,6 +30,8 @@ rule evaluate:
         f"data/processed/{RUN}/metrics.csv",
     log:
         f"data/logs/evaluate/{RUN}.log",
+    conda:
+        "../../envs/diffguard.yaml"
     params:
         id_set=ID_SET,
         ood_sets={name: config["datasets"][name]["role"] for name in OOD_SETS},
@@ -41,7 +43,5 @@ rule evaluate:
         headline_distance=config.get("headline_distance", "l2"),
         take_best=config.get("take_best_over_distances", False),
         run=RUN,
-    conda:
-        "../../envs/diffguard.yaml"
     script:
         "../scripts/evaluate.py"

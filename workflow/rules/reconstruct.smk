@@ -10,12 +10,25 @@ rule reconstruct:
         classifier_spec=rules.train_classifier.output.spec,
         model=experiment_model,
         code=pkg(
-            "gdm.py", "cfg.py", "cam.py", "schedules.py", "distances.py", "data.py", "pipeline.py"
+            "gdm.py",
+            "cfg.py",
+            "cam.py",
+            "schedules.py",
+            "distances.py",
+            "data.py",
+            "runtime.py",
+            "reconstruction.py",
+            "config.py",
+            "io.py",
+            "classifiers.py",
+            "training.py",
         ),
     output:
         f"data/interim/{RUN}/recon/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.npz",
     log:
         f"data/logs/reconstruct/{RUN}/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.log",
+    conda:
+        "../../envs/diffguard.yaml"
     threads: CPUS_PER_JOB
     resources:
         gpu=config.get("gpus_per_job", 0),
@@ -30,8 +43,6 @@ rule reconstruct:
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
         model_dir=experiment_model_dir,
-    conda:
-        "../../envs/diffguard.yaml"
     script:
         "../scripts/reconstruct.py"
 
@@ -40,7 +51,7 @@ rule gather_scores:
     input:
         shards=recon_shards,
         imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
-        code=pkg("pipeline.py", "io.py"),
+        code=pkg("pipeline.py", "runtime.py", "io.py"),
     output:
         f"data/processed/{RUN}/scores/{{exp}}/{{dataset}}/seed-{{seed}}.csv",
     log:

@@ -2,7 +2,8 @@
 
 import torch
 
-from diffguard.pipeline import reconstruct_shard, setup_logging
+from diffguard.reconstruction import reconstruct_shard
+from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

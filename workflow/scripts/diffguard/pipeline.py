@@ -6,11 +6,8 @@ does, and writes its outputs atomically.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,61 +17,16 @@ import pandas as pd
 import torch
 
 from diffguard import io
-from diffguard.data import (
-    ImageRecord,
-    load_image,
-    read_imglist,
-    select_shard,
-    subsample,
-    validate_labels,
-    write_imglist,
+from diffguard.data import read_imglist, subsample, validate_labels, write_imglist
+from diffguard.runtime import (  # noqa: F401  (re-exported for the rule scripts)
+    image_root,
+    load_records_images,
+    load_trained_classifier,
+    resolve_device,
+    setup_logging,
 )
 
 log = logging.getLogger("diffguard")
-
-
-def setup_logging(log_file: str | Path | None) -> None:
-    """Log to the rule's log file (and stderr), with timestamps."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
-    log.info(
-        "diffguard %s, torch %s, python %s", _version(), torch.__version__, sys.version.split()[0]
-    )
-
-
-def _version() -> str:
-    from diffguard import __version__
-
-    return __version__
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def image_root(benchmark_json: str | Path) -> Path:
-    """Folder the image-list paths are relative to (recorded in ``benchmark.json``)."""
-    summary = json.loads(Path(benchmark_json).read_text())
-    return (Path(benchmark_json).parent / summary.get("image_root", "images")).resolve()
-
-
-def load_records_images(
-    records: Sequence[ImageRecord], root: Path, size: int, channels: int
-) -> torch.Tensor:
-    """Images of ``records`` as N x C x H x W in [0, 1] (errors name the failing file)."""
-    return torch.stack([load_image(root / r.path, size, channels) for r in records])
 
 
 # --------------------------------------------------------------------------------------- data
@@ -188,18 +140,6 @@ def train_diffusion_stage(
     io.write_text(done, f"trained {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
 
 
-def load_trained_classifier(weights: str | Path, device: torch.device) -> torch.nn.Module:
-    from diffguard.training import load_classifier
-
-    return load_classifier(Path(weights).parent).to(device).eval()
-
-
-def load_diffusion_model(model_dir: str | Path, device: torch.device) -> Any:
-    from diffguard.training import load_small_unet
-
-    return load_small_unet(Path(model_dir) / "weights").to(device).eval()
-
-
 # -------------------------------------------------------------------------------- predictions
 @torch.no_grad()
 def cache_predictions(
@@ -244,161 +184,6 @@ def cache_predictions(
         else np.zeros((0, len(records), 0), np.float32),
     )
     log.info("cached predictions of %d images to %s", len(records), out)
-
-
-# ----------------------------------------------------------------------------- reconstruction
-def oracle_label(image_id: str, label: int, num_classes: int, seed: int) -> int:
-    """Oracle guidance label: the true label for ID images, a seeded random label for OOD ones.
-
-    The random label depends only on the image id and the seed, so shards do not matter.
-    """
-    if label >= 0:
-        return label
-    rng = np.random.default_rng([seed, zlib.crc32(image_id.encode())])
-    return int(rng.integers(0, num_classes))
-
-
-def reconstruct_shard(
-    *,
-    imglist: str | Path,
-    benchmark_json: str | Path,
-    predictions: str | Path,
-    classifier_weights: str | Path,
-    model_dir: str | Path,
-    experiment: dict[str, Any],
-    benchmark: dict[str, Any],
-    seed: int,
-    shard: int,
-    shard_size: int,
-    batch_size: int,
-    distances: Sequence[str],
-    save_images: int,
-    device_name: str,
-    out: str | Path,
-    torch_hub_dir: str | None = None,
-) -> None:
-    """Run DiffGuard on one shard of a dataset and write per-image scores (npz)."""
-    from diffguard import cfg, gdm
-    from diffguard.cam import cam_mask
-    from diffguard.config import method_settings
-    from diffguard.distances import SimilarityScorer
-
-    torch.manual_seed(seed)
-    device = resolve_device(device_name)
-    settings = method_settings(experiment, seed)
-    records = select_shard(read_imglist(imglist), shard, shard_size)
-    preds_npz = io.read_npz(predictions)
-    pred_of = dict(zip(preds_npz["image_ids"].tolist(), preds_npz["preds"].tolist(), strict=True))
-    classifier = load_trained_classifier(classifier_weights, device)
-    unet = load_diffusion_model(model_dir, device)
-    channels = benchmark["channels"]
-    num_classes = benchmark["num_classes"]
-    scorer = SimilarityScorer(list(distances), classifier, torch_hub_dir, device)
-    root = image_root(benchmark_json)
-    log.info(
-        "experiment %s on %d images (shard %d), device %s",
-        experiment["name"],
-        len(records),
-        shard,
-        device,
-    )
-
-    def eps_uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return unet(x, t).sample[:, :channels]
-
-    def eps_cond(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return unet(x, t, class_labels=y).sample[:, :channels]
-
-    out_rows: dict[str, list[np.ndarray]] = {}
-    kept: dict[str, list[torch.Tensor]] = {"x0": [], "recon": [], "recon_uncond": []}
-    start_time = time.perf_counter()
-    counter = gdm.CallCounter()
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        x01 = load_records_images(chunk, root, benchmark["image_size"], channels).to(device)
-        x = x01 * 2 - 1
-        preds = torch.tensor([pred_of[r.image_id] for r in chunk])
-        if experiment.get("oracle_labels"):
-            guide = torch.tensor(
-                [oracle_label(r.image_id, r.label, num_classes, seed) for r in chunk]
-            )
-        else:
-            guide = preds
-        if experiment["method"] == "gdm":
-            assert isinstance(settings, gdm.GdmSettings)
-            res = gdm.reconstruct(
-                eps_uncond, classifier, x, guide.to(device), settings, {}, counter
-            )
-            recon, recon_uncond = res.recon, res.recon_uncond
-            rev_t, start_index, trace = res.rev_t, res.start_index, res.psnr_trace
-        else:
-            assert isinstance(settings, cfg.CfgSettings)
-            mask = (
-                cam_mask(classifier, classifier.cam_layer, x01, guide, settings.cam_cut)
-                if settings.use_cam
-                else None
-            )
-            res_c = cfg.reconstruct(
-                eps_cond, x, guide, num_classes, settings, mask, counter=counter
-            )
-            recon, recon_uncond = res_c.recon, res_c.recon_uncond
-            n = len(chunk)
-            rev_t = torch.full((n,), settings.ddim_steps - 1)
-            start_index = rev_t.clone()
-            trace = torch.zeros((n, 0))
-        reference_kind = experiment.get("score_reference", "auto")
-        if reference_kind == "auto":
-            reference_kind = "uncond_recon" if recon_uncond is not None else "input"
-        if reference_kind == "uncond_recon":
-            if recon_uncond is None:
-                raise ValueError(
-                    f"experiments.{experiment['name']}: score_reference uncond_recon "
-                    "needs uncond_aux"
-                )
-            reference = recon_uncond
-        else:
-            reference = x.cpu()
-        scores = scorer(reference.to(device), recon.to(device))
-        batch = {
-            "image_ids": np.array([r.image_id for r in chunk]),
-            "labels": np.array([r.label for r in chunk]),
-            "preds": preds.numpy(),
-            "guide_labels": guide.numpy(),
-            "rev_t": rev_t.numpy(),
-            "start_index": start_index.numpy(),
-            "psnr_trace": trace.numpy(),
-            **{f"score_{k}": v.numpy() for k, v in scores.items()},
-        }
-        for key, value in batch.items():
-            out_rows.setdefault(key, []).append(value)
-        room = save_images - sum(len(t) for t in kept["x0"])
-        if room > 0:
-            kept["x0"].append(x[:room].cpu())
-            kept["recon"].append(recon[:room])
-            if recon_uncond is not None:
-                kept["recon_uncond"].append(recon_uncond[:room])
-        done = start + len(chunk)
-        rate = done / (time.perf_counter() - start_time)
-        log.info(
-            "%d/%d images, %.2f images/s, ETA %.0f s",
-            done,
-            len(records),
-            rate,
-            (len(records) - done) / rate,
-        )
-    arrays = {k: np.concatenate(v) for k, v in out_rows.items()}
-    for key, tensors in kept.items():
-        arrays[key] = (
-            torch.cat(tensors).to(torch.float16).numpy() if tensors else np.zeros((0,), np.float16)
-        )
-    arrays["nfe_per_image"] = np.array(counter.unet_rows / max(len(records), 1))
-    io.write_npz(out, **arrays)
-    log.info(
-        "wrote %s: %.1f UNet evaluations/image, %.1f s",
-        out,
-        counter.unet_rows / max(len(records), 1),
-        time.perf_counter() - start_time,
-    )
 
 
 PER_IMAGE_COLUMNS = ("image_ids", "labels", "preds", "guide_labels", "rev_t", "start_index")

@@ -1,0 +1,72 @@
+"""Runtime helpers shared by the workflow stages: logging, devices, images, model loading."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffguard.data import ImageRecord, load_image
+
+log = logging.getLogger("diffguard")
+
+
+def setup_logging(log_file: str | Path | None) -> None:
+    """Log to the rule's log file (and stderr), with timestamps."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    log.info(
+        "diffguard %s, torch %s, python %s", _version(), torch.__version__, sys.version.split()[0]
+    )
+
+
+def _version() -> str:
+    from diffguard import __version__
+
+    return __version__
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def image_root(benchmark_json: str | Path) -> Path:
+    """Folder the image-list paths are relative to (recorded in ``benchmark.json``)."""
+    summary = json.loads(Path(benchmark_json).read_text())
+    return (Path(benchmark_json).parent / summary.get("image_root", "images")).resolve()
+
+
+def load_records_images(
+    records: Sequence[ImageRecord], root: Path, size: int, channels: int
+) -> torch.Tensor:
+    """Images of ``records`` as N x C x H x W in [0, 1] (errors name the failing file)."""
+    return torch.stack([load_image(root / r.path, size, channels) for r in records])
+
+
+def load_trained_classifier(weights: str | Path, device: torch.device) -> torch.nn.Module:
+    from diffguard.training import load_classifier
+
+    return load_classifier(Path(weights).parent).to(device).eval()
+
+
+def load_diffusion_model(model_dir: str | Path, device: torch.device) -> Any:
+    from diffguard.training import load_small_unet
+
+    return load_small_unet(Path(model_dir) / "weights").to(device).eval()
