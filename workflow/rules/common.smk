@@ -24,6 +24,7 @@ EVAL_SETS = [ID_SET, *OOD_SETS]
 ALL_SETS = list(config["datasets"])
 SEEDS = [int(s) for s in config.get("seeds", [0])]
 PKG = "workflow/scripts/diffguard"
+SPEED_TABLES = {}  # filled by workflow/rules/speed.smk when included
 CPUS_PER_JOB = int(config.get("cpus_per_job", 1))
 
 
@@ -105,6 +106,14 @@ def train_log_names():
 
 def train_logs():
     return [f"data/interim/{RUN}/models/{name}/train_log.csv" for name in train_log_names()]
+
+
+def paper_tables():
+    """Tables the paper inputs; the speed table once the benchmark rule is part of the workflow."""
+    tables = ["paper/tables/main_results.tex"]
+    if "speed" in SPEED_TABLES:
+        tables.append(SPEED_TABLES["speed"])
+    return tables
 
 
 def final_targets():

@@ -107,7 +107,7 @@ rule build_paper:
     input:
         tex="paper/ms.tex",
         numbers="paper/numbers.tex",
-        tables=["paper/tables/main_results.tex", "paper/tables/speed.tex"],
+        tables=paper_tables(),
         figures=figure_files(),
     output:
         report("paper/ms.pdf", caption="../report/paper.rst", category="Paper"),
