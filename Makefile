@@ -7,6 +7,8 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended latexmk lmodern
 SNAKEMAKE := $(VENV)/bin/snakemake
+# Rules call tools of the virtualenv (jupyter-nbconvert for the notebook rule).
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup run test lint format clean
 

@@ -24,7 +24,7 @@ def main_results(metrics: pd.DataFrame, seed_mean: bool = True) -> pd.DataFrame:
 
     Rows with several seeds are averaged (mean; the ``_sd`` columns hold the spread).
     """
-    frame = metrics.copy()
+    frame = metrics[~metrics["dataset"].isin(["average_near", "average_far"])].copy()
     frame["seed"] = frame["seed"].astype(str)
     keys = ["kind", "method", "dataset"]
     values = ["auroc", "fpr95_id_recall", "fpr95_ood_recall"]
@@ -115,9 +115,9 @@ def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
         r"\bottomrule",
         r"\end{tabular}}",
         r"\par\smallskip\raggedright $^{a}$"
-        + FPR_LABELS["fpr95_id_recall"]
+        + latex_escape(FPR_LABELS["fpr95_id_recall"])
         + r". $^{b}$"
-        + FPR_LABELS["fpr95_ood_recall"]
+        + latex_escape(FPR_LABELS["fpr95_ood_recall"])
         + ".",
         r"\end{table}",
     ]
