@@ -10,7 +10,7 @@ from torch import nn
 
 from diffguard.cam import cam_mask, gradcam_maps
 from diffguard.distances import SimilarityScorer, require_perceptual_weights
-from diffguard.pipeline import oracle_label
+from diffguard.reconstruction import oracle_label
 
 
 class TinyNet(nn.Module):

@@ -114,6 +114,8 @@ rule build_paper:
     log:
         f"data/logs/build_paper/{RUN}.log",
     localrule: True
+    conda:
+        "../../envs/tex.yaml"
     shell:
         "cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error ms.tex " "> ../{log} 2>&1"
 
