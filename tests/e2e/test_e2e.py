@@ -104,7 +104,9 @@ def test_finished_run_plans_nothing_and_plot_edit_reruns_only_plots(finished_run
     repo = finished_run
     dry = run(repo, "-n", *TINY)
     assert "Nothing to be done" in dry.stdout + dry.stderr
-    (repo / "workflow/scripts/diffguard/report_figures.py").touch()
+    # Snakemake skips inputs whose mtime changed but whose content did not, so edit the module.
+    module = repo / "workflow/scripts/diffguard/report_figures.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
     dry = run(repo, "-n", *TINY)
     planned = dry.stdout
     assert "rule plot_figures" in planned or "localrule plot_figures" in planned

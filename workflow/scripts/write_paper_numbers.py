@@ -1,14 +1,35 @@
-"""Rule write_paper_numbers: headline numbers as LaTeX macros."""
+"""Rule write_paper_numbers: ``paper/numbers.tex``, the macros behind every number of ms.tex.
 
-from diffguard.pipeline import setup_logging
-from diffguard.report_paper import write_paper_numbers
+Inputs ``metrics``, ``lists`` (one per ``params.datasets``, ID set first) and optional
+``benchmarks`` (Snakemake benchmark files adding up to the runtime); params ``run``,
+``figure_dir`` (relative to ``paper/``) and optional ``published_tables`` (LaTeX files relative
+to ``paper/``) and ``runtime_s``. Experiments and switches come from the workflow config.
+"""
+
+from diffguard.paper import write_paper_numbers
+from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
+params = dict(sm.params.items())
+inputs = dict(sm.input.items())
+
+
+def as_list(value: object) -> list:
+    """One file or a list of files -> a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 write_paper_numbers(
     sm.input.metrics,
-    sm.params.run,
-    sm.params.figure_dir,
-    dict(zip(sm.params.datasets, sm.input.lists, strict=True)),
     sm.output[0],
+    run=sm.params.run,
+    figure_dir=sm.params.figure_dir,
+    lists=dict(zip(sm.params.datasets, sm.input.lists, strict=True)),
+    benchmarks=as_list(inputs.get("benchmarks")),
+    runtime_s=params.get("runtime_s"),
+    config=sm.config,
+    published_tables=as_list(params.get("published_tables")),
 )

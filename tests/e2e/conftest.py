@@ -1,0 +1,457 @@
+"""Shared helpers of the end-to-end tests: temporary repository copies and snakemake runs.
+
+Workflow runs never happen in the checkout itself: every run gets a copy of the repository's
+tracked and untracked-but-not-ignored files (so no outputs, ``.venv`` or ``.snakemake``), with
+``../shared`` linked beside it. The session fixture :func:`tiny_run` builds
+``data/processed/tiny/metrics.csv`` once on the tiny config; the fault-injection and
+determinism tests compare against it or clone it (with its ``.snakemake`` metadata) to rerun
+only part of the workflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+LOGGER = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+TINY = "config/tiny.yaml"
+RUN = "tiny"
+METRICS = f"data/processed/{RUN}/metrics.csv"
+# Folder or file names never copied into a run folder, wherever they appear.
+EXCLUDED_PARTS = frozenset(
+    {".git", ".venv", ".snakemake", ".pytest_cache", ".ruff_cache", "__pycache__", "results"}
+)
+RUN_TIMEOUT_S = 900
+
+
+def repo_files(repo: Path) -> list[Path]:
+    """Tracked and untracked-but-not-ignored files of ``repo``, relative to it."""
+    proc = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    names = [Path(n) for n in proc.stdout.split("\0") if n]
+    return [
+        n
+        for n in names
+        if not EXCLUDED_PARTS.intersection(n.parts)
+        and ((repo / n).is_file() or (repo / n).is_symlink())
+    ]
+
+
+def copy_repo(dest: Path, src: Path = REPO_ROOT) -> Path:
+    """Copy the repository's source files to ``dest/repo``; link ``dest/shared`` to shared data.
+
+    Returns:
+        The run folder ``dest/repo``.
+    """
+    work = dest / "repo"
+    for rel in repo_files(src):
+        target = work / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, target, follow_symlinks=False)
+    # Configs may point at ../shared (the reference data beside the checkout).
+    shared = Path(os.environ.get("DIFFGUARD_SHARED", src.parent / "shared"))
+    if shared.is_dir() and not (dest / "shared").exists():
+        (dest / "shared").symlink_to(shared.resolve(), target_is_directory=True)
+    return work
+
+
+def clone_run(run_dir: Path, dest: Path) -> Path:
+    """Copy a finished run folder (outputs and ``.snakemake`` metadata, mtimes kept).
+
+    Snakemake then sees the clone as up to date and reruns only what a change invalidates.
+    """
+    work = dest / "repo"
+    shutil.copytree(run_dir, work, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    shared = run_dir.parent / "shared"
+    if shared.is_symlink() and not (dest / "shared").exists():
+        (dest / "shared").symlink_to(shared.resolve(), target_is_directory=True)
+    return work
+
+
+def run_env(work: Path) -> dict[str, str]:
+    """Environment of a workflow run: the venv first on PATH, fixed build timestamp."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["DIFFGUARD_SHARED"] = str(work.parent / "shared")
+    env["SOURCE_DATE_EPOCH"] = "1700000000"
+    return env
+
+
+def snakemake_cmd(*args: str, configfiles: Sequence[str] = (TINY,)) -> list[str]:
+    """The snakemake command line; targets go before ``--configfile`` (it takes several)."""
+    return [SNAKEMAKE, "--nocolor", *args, "--configfile", *configfiles]
+
+
+@dataclass(frozen=True)
+class SnakemakeResult:
+    """Outcome of one snakemake call."""
+
+    returncode: int
+    output: str
+    seconds: float
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs per rule from snakemake's "Job stats" table (empty when nothing ran)."""
+        if "Job stats:" not in self.output:
+            return {}
+        table = self.output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+        counts = {}
+        for line in table.splitlines():
+            match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+            if match:
+                counts[match.group(1)] = int(match.group(2))
+        return counts
+
+
+def snakemake(
+    work: Path,
+    *args: str,
+    configfiles: Sequence[str] = (TINY,),
+    check: bool = True,
+    timeout: float = RUN_TIMEOUT_S,
+) -> SnakemakeResult:
+    """Run snakemake in ``work``; with ``check``, fail the test with its log on error."""
+    cmd = snakemake_cmd(*args, configfiles=configfiles)
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=work,
+            env=run_env(work),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} timed out after {timeout}s in {work}:\n{exc.stderr!r}")
+    result = SnakemakeResult(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
+    LOGGER.info("%s: rc %d in %.1f s", " ".join(cmd[1:]), result.returncode, result.seconds)
+    if check:
+        assert result.returncode == 0, (
+            f"{' '.join(cmd)} failed (rc {result.returncode}) in {work}:\n{result.output[-6000:]}"
+        )
+    return result
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def output_files(work: Path, under: str = "data") -> list[Path]:
+    """Final-named files under ``work/under`` (relative), without logs and hidden temp files."""
+    root = work / under
+    return sorted(
+        p.relative_to(work)
+        for p in root.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and "logs" not in p.relative_to(work).parts
+    )
+
+
+def _check_readable(path: Path) -> None:
+    """Read ``path`` fully with the loader of its type; raise if it is truncated or corrupt."""
+    suffix = path.suffix
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            assert data.files, "no arrays"
+            for key in data.files:
+                data[key]  # noqa: B018  (decompresses and checks the member's CRC)
+    elif suffix == ".csv":
+        frame = pd.read_csv(path)
+        assert len(frame.columns) > 0, "no columns"
+    elif suffix == ".json":
+        json.loads(path.read_text())
+    elif suffix == ".txt":
+        from diffguard.data import read_imglist
+
+        read_imglist(path)
+    elif suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        assert load_file(str(path)), "no tensors"
+    elif suffix in {".png", ".jpg", ".jpeg"}:
+        with Image.open(path) as image:
+            image.load()
+    else:
+        assert path.stat().st_size > 0, "empty file"
+
+
+def unreadable_outputs(work: Path) -> tuple[int, dict[Path, str]]:
+    """Check every final-named output under ``work/data`` (logs and hidden temp files aside).
+
+    Returns:
+        How many files were checked, and the error of each file that failed to load.
+    """
+    problems: dict[Path, str] = {}
+    files = output_files(work)
+    for rel in files:
+        try:
+            _check_readable(work / rel)
+        except Exception as err:  # any failure to load is the finding
+            problems[rel] = f"{type(err).__name__}: {err}"
+    return len(files), problems
+
+
+def incomplete_outputs(work: Path) -> set[str]:
+    """Outputs snakemake marked as being written when it stopped (``.snakemake/incomplete``)."""
+    folder = work / ".snakemake" / "incomplete"
+    names = set()
+    for marker in folder.rglob("*") if folder.is_dir() else ():
+        if not marker.is_file() or marker.name == "migration_underway":
+            continue
+        # Long ids are split into folders whose names start with "@" (persistence/file.py).
+        encoded = "".join(part.removeprefix("@") for part in marker.relative_to(folder).parts)
+        try:
+            names.add(base64.urlsafe_b64decode(encoded).decode())
+        except ValueError:
+            LOGGER.warning("cannot decode incomplete marker %s", marker)
+    return names
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A completed tiny run: its folder and how long it took."""
+
+    work: Path
+    seconds: float
+    jobs: dict[str, int]
+
+    def files(self, pattern: str) -> list[Path]:
+        """Relative paths of files under the run folder that match a glob pattern."""
+        return sorted(p.relative_to(self.work) for p in self.work.glob(pattern))
+
+
+def score_tables(work: Path) -> list[Path]:
+    """Per-image score CSVs of a run, relative to it."""
+    return sorted(p.relative_to(work) for p in work.glob(f"data/processed/{RUN}/scores/**/*.csv"))
+
+
+def recon_shards(work: Path) -> list[Path]:
+    """Final-named reconstruction shards of a run, relative to it."""
+    return sorted(
+        p.relative_to(work)
+        for p in work.glob(f"data/interim/{RUN}/recon/*/*/seed-*/shard-*.npz")
+        if not p.name.startswith(".")
+    )
+
+
+def compare_bytes(a: Path, b: Path, names: Iterable[Path]) -> int:
+    """Assert that every file in ``names`` is byte-identical under ``a`` and ``b``.
+
+    Returns:
+        The number of bytes compared.
+    """
+    compared = 0
+    for rel in names:
+        left, right = (a / rel).read_bytes(), (b / rel).read_bytes()
+        assert left == right, f"{rel} differs between {a} and {b}"
+        compared += len(left)
+    return compared
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """One uninterrupted run of the tiny config up to ``metrics.csv`` (shared by the session)."""
+    work = copy_repo(tmp_path_factory.mktemp("tiny-run"))
+    result = snakemake(work, "--cores", "2", METRICS)
+    LOGGER.info("uninterrupted tiny run: %.1f s, jobs %s", result.seconds, result.job_counts())
+    assert (work / METRICS).is_file()
+    return FinishedRun(work, result.seconds, result.job_counts())
+
+
+# ------------------------------------------------------------------------ kill and resume
+KILL_POLL_S = 0.05
+KILL_WAIT_LIMIT_S = 600
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """A final-named shard as found after the kill."""
+
+    mtime_ns: int
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ResumedRun:
+    """A tiny run killed with SIGKILL during reconstruction, then resumed to completion.
+
+    Attributes:
+        work: The run folder.
+        expected_shards: Every shard of the workflow (from the uninterrupted run).
+        at_kill: Final-named shards present when the run was killed (relative path -> state).
+        marked_incomplete: Outputs snakemake had marked incomplete when it was killed.
+        hidden_temp_files: Leftover hidden temp files (``.name.XXXX.ext``) under ``data/``.
+        checked_at_kill: How many final-named outputs were loaded right after the kill.
+        unreadable_at_kill: Those that failed to load (path -> error): must be empty.
+        killed_after_s: Seconds from the start until the kill.
+        unlock: The ``--unlock`` call after the kill.
+        rerun: The resuming call.
+        rerun_args: Extra arguments the resuming call needed.
+    """
+
+    work: Path
+    expected_shards: list[Path]
+    at_kill: dict[Path, ShardState]
+    marked_incomplete: set[str]
+    hidden_temp_files: list[Path]
+    checked_at_kill: int
+    unreadable_at_kill: dict[Path, str]
+    killed_after_s: float
+    unlock: SnakemakeResult
+    rerun: SnakemakeResult
+    rerun_args: tuple[str, ...]
+
+    @property
+    def complete_at_kill(self) -> dict[Path, ShardState]:
+        """Shards that were final and not marked incomplete: these must be kept."""
+        return {p: s for p, s in self.at_kill.items() if str(p) not in self.marked_incomplete}
+
+
+def _processes_in(work: Path) -> list[int]:
+    """Pids of live processes whose working directory is inside ``work`` (Linux /proc)."""
+    pids = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(proc_dir / "cwd"))
+            state = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and cwd.is_relative_to(work):
+            pids.append(int(proc_dir.name))
+    return pids
+
+
+def _kill_group(proc: subprocess.Popen[bytes], work: Path) -> None:
+    """SIGKILL snakemake's whole process group (it and every job), then reap it."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while (left := _processes_in(work)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the killed run survived SIGKILL of its group: {left}"
+
+
+@pytest.fixture(scope="session")
+def resumed_run(tiny_run: FinishedRun, tmp_path_factory: pytest.TempPathFactory) -> ResumedRun:
+    """Start the tiny workflow, SIGKILL it once some but not all shards exist, then resume."""
+    expected = recon_shards(tiny_run.work)
+    assert len(expected) >= 2, f"the tiny run has {len(expected)} shards; need >= 2 to interrupt"
+    dest = tmp_path_factory.mktemp("resume")
+    work = copy_repo(dest)
+    log_path = dest / "killed_run.log"
+    start = time.monotonic()
+    with open(log_path, "wb") as log_handle:
+        proc = subprocess.Popen(
+            snakemake_cmd("--cores", "2", METRICS),
+            cwd=work,
+            env=run_env(work),
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: the kill reaches every job
+        )
+        try:
+            while True:
+                present = recon_shards(work)
+                if present and len(present) < len(expected):
+                    break
+                if proc.poll() is not None or time.monotonic() - start > KILL_WAIT_LIMIT_S:
+                    pytest.fail(
+                        f"run ended (rc {proc.returncode}) or timed out with {len(present)} of "
+                        f"{len(expected)} shards before the kill:\n{log_path.read_text()[-4000:]}"
+                    )
+                time.sleep(KILL_POLL_S)
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc, work)
+    killed_after = time.monotonic() - start
+    at_kill = {
+        rel: ShardState(
+            (work / rel).stat().st_mtime_ns, sha256(work / rel), (work / rel).stat().st_size
+        )
+        for rel in recon_shards(work)
+    }
+    marked = incomplete_outputs(work)
+    checked, unreadable = unreadable_outputs(work)
+    hidden = sorted(p.relative_to(work) for p in (work / "data").rglob(".*") if p.is_file())
+    LOGGER.info(
+        "killed after %.1f s: %d of %d shards final, %d outputs marked incomplete, "
+        "%d hidden temp files",
+        killed_after,
+        len(at_kill),
+        len(expected),
+        len(marked),
+        len(hidden),
+    )
+    unlock = snakemake(work, "--unlock", METRICS)
+    # A job killed between its atomic rename and snakemake's bookkeeping leaves a complete file
+    # still marked incomplete; snakemake then refuses to go on without --rerun-incomplete.
+    racy = [p for p in output_files(work) if str(p) in marked]
+    rerun_args = ("--rerun-incomplete",) if racy else ()
+    rerun = snakemake(work, "--cores", "2", *rerun_args, METRICS)
+    LOGGER.info("resumed in %.1f s (%s): jobs %s", rerun.seconds, rerun_args, rerun.job_counts())
+    return ResumedRun(
+        work=work,
+        expected_shards=expected,
+        at_kill=at_kill,
+        marked_incomplete=marked,
+        hidden_temp_files=hidden,
+        checked_at_kill=checked,
+        unreadable_at_kill=unreadable,
+        killed_after_s=killed_after,
+        unlock=unlock,
+        rerun=rerun,
+        rerun_args=rerun_args,
+    )
+
+
+@pytest.fixture(scope="session")
+def e2e() -> SimpleNamespace:
+    """This module's helpers for the test files (``from conftest import`` breaks when another
+    folder's conftest.py is loaded first)."""
+    return SimpleNamespace(
+        RUN=RUN,
+        TINY=TINY,
+        METRICS=METRICS,
+        copy_repo=copy_repo,
+        clone_run=clone_run,
+        snakemake=snakemake,
+        sha256=sha256,
+        output_files=output_files,
+        score_tables=score_tables,
+        recon_shards=recon_shards,
+        compare_bytes=compare_bytes,
+        unreadable_outputs=unreadable_outputs,
+    )

@@ -1,0 +1,432 @@
+"""``paper/numbers.tex``: every number and run-specific phrase the paper prints, as LaTeX macros.
+
+``paper/ms.tex`` never types a result: it uses the macros defined here (all of them are always
+defined, with ``--`` where a run has no such number), ``\\input``\\ s the generated tables and
+includes the figures from ``\\figdir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from diffguard.io import write_text
+from diffguard.tables import NO_PUBLISHED_NOTE, latex_escape, read_metrics
+
+log = logging.getLogger(__name__)
+
+MISSING = "--"
+
+# Released-code versus paper-text differences that are configuration switches:
+# (section, key, released code, paper text). ``section`` is gdm, cfg or the top level ("").
+SWITCHES: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "gdm",
+        "uncond_aux",
+        "score: guided vs. unguided regeneration (true)",
+        "guided regeneration vs. the input",
+    ),
+    ("gdm", "psnr_peak", "255 on $[-1,1]$ images (+42.11\\,dB)", "peak 2"),
+    (
+        "gdm",
+        "early_stop_thresholds",
+        "PSNR 48.5 (code units) or 1$-$DISTS 0.38, per image",
+        "PSNR 6.39 (paper units), DISTS 0.37 (Table 4)",
+    ),
+    (
+        "gdm",
+        "forback_skip_diff",
+        "3: sampling starts one level above the latent",
+        "not described",
+    ),
+    (
+        "gdm",
+        "cutouts_num",
+        "8 random resized crops, log-probabilities summed",
+        "``cutout''",
+    ),
+    (
+        "gdm",
+        "no_x0_hat",
+        "false: guide on the blend $f\\hat x_0+(1-f)x_t$, gradient w.r.t.\\ the blend "
+        "(not through the UNet)",
+        "Eq.~7: guide on $\\hat x_0$, gradient chained to $x_t$; blend weight not given",
+    ),
+    (
+        "gdm",
+        "clip_first_inversion_step",
+        "false: first inversion step unclamped",
+        "not described",
+    ),
+    (
+        "cfg",
+        "inversion_variant",
+        "next\\_t: UNet at the next timestep",
+        "standard DDIM inversion",
+    ),
+    ("cfg", "cam_cut", "0.3", "$\\approx 0.2$ (best in Fig.~7)"),
+    (
+        "cfg",
+        "decode_quantize",
+        "true: latent snapped to the VQ codebook before decoding",
+        "not described",
+    ),
+    (
+        "",
+        "take_best_over_distances",
+        "best distance per OOD set and metric (optimistic)",
+        "Table 4 only",
+    ),
+)
+
+
+def macro_name(text: str) -> str:
+    """Letters-only CamelCase for a LaTeX macro name (``near_digits`` -> ``NearDigits``,
+    ``cifar10`` -> ``CifarOneZero``)."""
+    digits = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
+    parts: list[str] = []
+    word = ""
+    for ch in str(text):
+        if ch.isascii() and ch.isalpha():
+            word += ch
+        else:
+            if word:
+                parts.append(word[0].upper() + word[1:])
+                word = ""
+            if ch.isdigit():
+                parts.append(digits[int(ch)])
+    if word:
+        parts.append(word[0].upper() + word[1:])
+    if not parts:
+        raise ValueError(f"cannot make a LaTeX macro name from {text!r}")
+    return "".join(parts)
+
+
+def _macro(name: str, value: str) -> str:
+    if not name.isalpha():
+        raise ValueError(f"LaTeX macro name must be letters only, got {name!r}")
+    return rf"\newcommand{{\{name}}}{{{value}}}"
+
+
+def _num(value: float | None, decimals: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{value:.{decimals}f}"
+
+
+def format_runtime(seconds: float | None) -> str:
+    """``5.2\\,s``, ``3.4\\,min`` or ``1.25\\,h`` (``--`` when unknown)."""
+    if seconds is None or math.isnan(seconds):
+        return MISSING
+    if seconds < 120:
+        return f"{seconds:.1f}\\,s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}\\,min"
+    return f"{seconds / 3600:.2f}\\,h"
+
+
+def _is_oracle(experiment: str, oracle_experiments: Sequence[str] | None) -> bool:
+    if oracle_experiments is not None:
+        return experiment in oracle_experiments
+    # Without the config: the workflow names its oracle-label experiments *oracle*.
+    return "oracle" in experiment.lower()
+
+
+def _best(frame: pd.DataFrame) -> tuple[str, float, float]:
+    """(method, AUROC, FPR@95 (a)) of the highest mean AUROC (seeds averaged); ties: first."""
+    if frame.empty:
+        return MISSING, math.nan, math.nan
+    means = frame.groupby("method", sort=False)[["auroc", "fpr95_id_recall"]].mean()
+    method = str(means["auroc"].idxmax())
+    return method, float(means.loc[method, "auroc"]), float(means.loc[method, "fpr95_id_recall"])
+
+
+def _role_rows(metrics: pd.DataFrame, role: str) -> pd.DataFrame:
+    """Per-method rows for one role: the ``average_<role>`` rows, else the mean of its sets."""
+    rows = metrics[metrics["dataset"] == f"average_{role}"]
+    if not rows.empty:
+        return rows
+    per_set = metrics[(metrics["role"] == role) & ~metrics["dataset"].str.startswith("average")]
+    if per_set.empty:
+        return per_set
+    keys = ["kind", "method", "experiment", "seed"]
+    keys = [k for k in keys if k in per_set]
+    return (
+        per_set.groupby(keys, dropna=False, sort=False)[["auroc", "fpr95_id_recall"]]
+        .mean()
+        .reset_index()
+    )
+
+
+def _method_macros(prefix: str, best: tuple[str, float, float]) -> list[str]:
+    method, auroc, fpr = best
+    return [
+        _macro(f"{prefix}Method", latex_escape(method)),
+        _macro(f"{prefix}AUROC", _num(auroc)),
+        _macro(f"{prefix}FPR", _num(fpr)),
+    ]
+
+
+def config_switch_table(
+    settings: Mapping[str, tuple[str, Mapping[str, Any]]], take_best_over_distances: bool = False
+) -> str:
+    """LaTeX ``tabular`` of the released-code/paper switches and this run's values.
+
+    Args:
+        settings: Experiment name -> (method ``gdm``/``cfg``, its full settings incl. defaults).
+        take_best_over_distances: The run's top-level switch.
+    """
+    lines = [
+        r"\begin{tabular}{@{}p{0.2\linewidth}p{0.27\linewidth}p{0.2\linewidth}"
+        r"p{0.2\linewidth}@{}}",
+        r"\toprule",
+        r"Switch & Released code (default) & Paper text & This run \\",
+        r"\midrule",
+    ]
+    for section, key, code, paper in SWITCHES:
+        if section:
+            values = {
+                name: _switch_value(key, spec)
+                for name, (method, spec) in settings.items()
+                if method == section and key in spec
+            }
+            if not values:
+                this_run = f"(no {section.upper()} experiment)"
+            elif len(set(values.values())) == 1:
+                this_run = f"{next(iter(values.values()))} (all)"
+            else:
+                this_run = "; ".join(f"{latex_escape(n)}: {v}" for n, v in values.items())
+        else:
+            this_run = _value(take_best_over_distances)
+        name = latex_escape(f"{section}.{key}" if section else key)
+        # long keys must break inside the narrow column
+        name = name.replace(r"\_", r"\_\allowbreak{}").replace(".", r".\allowbreak{}")
+        lines.append(rf"\texttt{{{name}}} & {code} & {paper} & {this_run} \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def _switch_value(key: str, spec: Mapping[str, Any]) -> str:
+    if key == "early_stop_thresholds" and "early_stop_metrics" in spec:
+        pairs = zip(spec["early_stop_metrics"], spec["early_stop_thresholds"], strict=False)
+        return ", ".join(f"{_value(m)} {_value(t)}" for m, t in pairs) or "off"
+    return _value(spec[key])
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ", ".join(_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return latex_escape(str(value))
+
+
+def paper_numbers(
+    metrics: pd.DataFrame,
+    *,
+    run: str,
+    figure_dir: str,
+    counts: Mapping[str, int] | None = None,
+    runtime_s: float | None = None,
+    settings: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
+    take_best_over_distances: bool = False,
+    headline: tuple[str, str] | None = None,
+    published_tables: Sequence[str] = (),
+    oracle_experiments: Sequence[str] | None = None,
+) -> str:
+    """Text of ``numbers.tex``.
+
+    Args:
+        metrics: Long metrics frame of the run.
+        run: Run name.
+        figure_dir: Figure folder relative to ``paper/`` (``../figures/<run>``).
+        counts: Dataset -> number of images (the ID set first, then OOD sets).
+        runtime_s: Wall time of the run in seconds, when known.
+        settings: Experiment -> (method, full settings), for the switch table.
+        take_best_over_distances: The run's ``take_best_over_distances``.
+        headline: (experiment, distance) of the headline DiffGuard configuration.
+        published_tables: LaTeX files (relative to ``paper/``) comparing with published numbers.
+        oracle_experiments: Experiments with oracle labels (excluded from "best DiffGuard");
+            default: experiments whose name contains "oracle".
+
+    Returns:
+        LaTeX source defining every macro ``ms.tex`` uses.
+    """
+    for column in ("method", "kind", "dataset", "auroc", "fpr95_id_recall"):
+        if column not in metrics:
+            raise ValueError(f"paper numbers: metrics have no column {column!r}")
+    metrics = metrics.copy()
+    metrics["dataset"] = metrics["dataset"].astype(str)
+    for column in ("experiment", "distance", "role"):
+        if column not in metrics:
+            metrics[column] = ""
+        metrics[column] = metrics[column].fillna("").astype(str)
+    oracle = metrics["experiment"].map(lambda e: bool(e) and _is_oracle(e, oracle_experiments))
+    fair = metrics[~oracle]
+    average = fair[fair["dataset"] == "average"]
+    lines = [
+        "% Generated by the workflow (rule write_paper_numbers); do not edit.",
+        _macro("runName", latex_escape(run)),
+        _macro("figdir", figure_dir),
+    ]
+    n_variants = average[average["kind"] == "diffguard"]["method"].nunique()
+    lines.append(_macro("nDiffGuardVariants", str(n_variants)))
+    lines.append(
+        _macro("nBaselines", str(average[average["kind"] == "baseline"]["method"].nunique()))
+    )
+    for kind, prefix in (
+        ("diffguard", "bestDiffGuard"),
+        ("baseline", "bestBaseline"),
+        ("combined", "bestCombined"),
+    ):
+        lines += _method_macros(prefix, _best(average[average["kind"] == kind]))
+    for role, word in (("near", "Near"), ("far", "Far")):
+        rows = _role_rows(fair, role)
+        for kind, prefix in (("diffguard", "bestDiffGuard"), ("baseline", "bestBaseline")):
+            subset = rows[rows["kind"] == kind] if not rows.empty else rows
+            lines += _method_macros(f"{prefix}{word}", _best(subset))
+    head = average.iloc[0:0]
+    if headline is not None:
+        head = average[
+            (average["kind"] == "diffguard")
+            & (average["experiment"] == headline[0])
+            & (average["distance"] == headline[1])
+        ]
+        if head.empty:
+            log.warning("headline %s / %s has no average row in the metrics", *headline)
+    lines += _method_macros("headline", _best(head))
+    oracle_rows = metrics[oracle & (metrics["dataset"] == "average")]
+    lines += _method_macros("bestOracle", _best(oracle_rows[oracle_rows["kind"] == "diffguard"]))
+
+    ood_sets = list(
+        dict.fromkeys(d for d in metrics["dataset"] if d and not d.startswith("average"))
+    )
+    lines.append(_macro("nOODSets", str(len(ood_sets))))
+    lines.append(_macro("oodSetNames", ", ".join(latex_escape(d) for d in ood_sets) or MISSING))
+    seeds = metrics["seed"].dropna().astype(str) if "seed" in metrics else pd.Series([], dtype=str)
+    lines.append(_macro("nSeeds", str(max(1, seeds[seeds != ""].nunique()))))
+    counts = dict(counts or {})
+    id_sets = [d for d in counts if d not in ood_sets]
+    lines.append(_macro("idSetName", latex_escape(id_sets[0]) if id_sets else MISSING))
+    lines.append(_macro("nImagesID", str(counts[id_sets[0]]) if id_sets else MISSING))
+    n_ood = sum(n for d, n in counts.items() if d in ood_sets)
+    lines.append(_macro("nImagesOOD", str(n_ood) if counts else MISSING))
+    lines.append(_macro("nImagesTotal", str(sum(counts.values())) if counts else MISSING))
+    for dataset, n in counts.items():
+        lines.append(_macro(f"nImages{macro_name(dataset)}", str(n)))
+    lines.append(_macro("totalRuntime", format_runtime(runtime_s)))
+    table = config_switch_table(settings or {}, take_best_over_distances)
+    lines.append(_macro("configSwitchTable", "%\n" + table + "%\n"))
+    if published_tables:
+        inputs = "".join(rf"\input{{{p}}}" + "\n" for p in published_tables)
+        lines.append(_macro("publishedComparison", "%\n" + inputs))
+    else:
+        lines.append(_macro("publishedComparison", latex_escape(NO_PUBLISHED_NOTE)))
+    return "\n".join(lines) + "\n"
+
+
+def count_list(path: str | Path) -> int:
+    """Number of non-empty lines of an image list."""
+    with open(path) as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def read_runtime(benchmarks: Sequence[str | Path]) -> float | None:
+    """Total seconds of Snakemake benchmark files (column ``s``); None without any."""
+    if not benchmarks:
+        return None
+    total = 0.0
+    for path in benchmarks:
+        frame = pd.read_csv(path, sep="\t")
+        if "s" not in frame:
+            raise ValueError(f"{path}: not a Snakemake benchmark file (no column 's')")
+        total += float(frame["s"].mean())  # repeated benchmarks: one run's worth
+    return total
+
+
+def experiment_settings(config: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Experiment -> (method, full settings with defaults) from a workflow config."""
+    import dataclasses
+
+    from diffguard.config import method_settings, resolve_experiment  # imports torch
+
+    out = {}
+    experiments = dict(config.get("experiments", {}))
+    for name in experiments:
+        resolved = resolve_experiment(experiments, name)
+        out[name] = (resolved["method"], dataclasses.asdict(method_settings(resolved)))
+    return out
+
+
+def write_paper_numbers(
+    metrics_csv: str | Path,
+    out: str | Path,
+    *,
+    run: str,
+    figure_dir: str,
+    lists: Mapping[str, str | Path] | None = None,
+    benchmarks: Sequence[str | Path] = (),
+    runtime_s: float | None = None,
+    config: Mapping[str, Any] | None = None,
+    published_tables: Sequence[str] = (),
+) -> Path:
+    """Write ``numbers.tex`` from the run's metrics, image lists, benchmarks and config.
+
+    Args:
+        metrics_csv: Long metrics CSV.
+        out: ``paper/numbers.tex``.
+        run: Run name.
+        figure_dir: Figure folder relative to ``paper/``.
+        lists: Dataset -> image list (ID set first), for the image counts.
+        benchmarks: Snakemake benchmark files whose times add up to the runtime.
+        runtime_s: Runtime in seconds (overrides ``benchmarks``).
+        config: Workflow config (experiments, headline distance, switches).
+        published_tables: Published-vs-reproduced LaTeX tables, relative to ``paper/``.
+    """
+    metrics = read_metrics(metrics_csv)
+    counts = {name: count_list(path) for name, path in (lists or {}).items()}
+    if runtime_s is None:
+        runtime_s = read_runtime(benchmarks)
+    config = dict(config or {})
+    settings = experiment_settings(config) if config.get("experiments") else None
+    headline = None
+    oracle = None
+    if settings:
+        first = config.get("headline_experiment", next(iter(settings)))
+        headline = (first, config.get("headline_distance", "l2"))
+        oracle = [name for name in settings if _extends_oracle(config["experiments"], name)]
+    text = paper_numbers(
+        metrics,
+        run=run,
+        figure_dir=figure_dir,
+        counts=counts,
+        runtime_s=runtime_s,
+        settings=settings,
+        take_best_over_distances=bool(config.get("take_best_over_distances", False)),
+        headline=headline,
+        published_tables=published_tables,
+        oracle_experiments=oracle,
+    )
+    write_text(out, text)
+    log.info("wrote %s (%d macros)", out, text.count(r"\newcommand"))
+    return Path(out)
+
+
+def _extends_oracle(experiments: Mapping[str, Mapping[str, Any]], name: str) -> bool:
+    """Whether ``name`` inherits ``oracle_labels: true`` through its ``extends`` chain."""
+    seen: set[str] = set()
+    current: str | None = name
+    while current is not None and current not in seen and current in experiments:
+        seen.add(current)
+        spec = experiments[current]
+        if "oracle_labels" in spec:
+            return bool(spec["oracle_labels"])
+        current = spec.get("extends")
+    return False

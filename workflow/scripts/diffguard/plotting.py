@@ -1,0 +1,612 @@
+"""Figures of a run (matplotlib Agg + seaborn; each saved as PDF and PNG, atomically).
+
+Every ``plot_*`` function is pure: it takes arrays / frames and an output stem
+(``<dir>/<name>`` without extension), writes ``<stem>.pdf`` and ``<stem>.png`` and returns
+their paths. :func:`plot_all` reads the workflow's files and draws every figure of
+:data:`FIGURES`. Scores are "InD-ness" scores: higher means more in-distribution.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from numpy.typing import ArrayLike  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+from diffguard.io import atomic_path, read_npz  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("score_histograms", "roc_curves", "recon_grid", "psnr_inversion", "training_curves")
+"""File stems :func:`plot_all` writes into its folder, each as ``.pdf`` and ``.png``."""
+
+FPR_LEGEND = {
+    "a": "FPR@95 (a): OOD accepted at 95% ID recall (DiffGuard / OpenOOD v1)",
+    "b": "FPR@95 (b): ID rejected at 95% OOD recall (OpenOOD v1.5)",
+}
+
+_DPI = 150
+
+
+def _theme() -> None:
+    sns.set_theme(style="whitegrid", context="paper", font_scale=0.9)
+
+
+def save_figure(fig: plt.Figure, out_stem: str | Path) -> list[Path]:
+    """Save ``fig`` as ``<out_stem>.pdf`` and ``.png`` atomically and close it.
+
+    The PDF carries no creation date and the PNG no software tag, so reruns on the same data
+    give the same bytes.
+    """
+    stem = Path(out_stem)
+    paths = []
+    for ext, metadata in (("pdf", {"CreationDate": None}), ("png", {"Software": None})):
+        path = stem.with_name(f"{stem.name}.{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=_DPI, bbox_inches="tight", metadata=metadata)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _as_1d(values: ArrayLike, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    finite = np.isfinite(arr)
+    if not finite.all():
+        log.warning("%s: dropping %d non-finite score(s)", what, int((~finite).sum()))
+    return arr[finite]
+
+
+def _auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    """AUROC in percent, ID positive (as :func:`diffguard.metrics.ood_metrics`)."""
+    labels = np.r_[np.ones(id_scores.size), np.zeros(ood_scores.size)]
+    return 100.0 * float(roc_auc_score(labels, np.r_[id_scores, ood_scores]))
+
+
+# --------------------------------------------------------------------------------------------
+# score histograms
+
+
+def plot_score_histograms(
+    scores: Mapping[str, ArrayLike],
+    out_stem: str | Path,
+    *,
+    id_name: str,
+    score_name: str,
+    title: str | None = None,
+    scale: str = "auto",
+) -> list[Path]:
+    """One panel per OOD set: histogram of a score on the ID set against that OOD set.
+
+    Args:
+        scores: Dataset name -> per-image scores; must contain ``id_name`` and >= 1 other set.
+        out_stem: Output path without extension.
+        id_name: The in-distribution set.
+        score_name: Axis label of the score (e.g. ``"DiffGuard ssim similarity"``).
+        title: Figure title.
+        scale: ``"linear"`` (the score), ``"gap_log"`` (``max - score`` on a log axis, for
+            similarities piled up just below their maximum) or ``"auto"`` (``gap_log`` when the
+            central 50% of the pooled scores span under 5% of their range).
+    """
+    if scale not in ("auto", "linear", "gap_log"):
+        raise ValueError(f"score histograms: scale {scale!r} not in auto, linear, gap_log")
+    if id_name not in scores:
+        raise KeyError(f"score histograms: ID set {id_name!r} not in {list(scores)}")
+    oods = [name for name in scores if name != id_name]
+    if not oods:
+        raise ValueError("score histograms: need at least one OOD set besides the ID set")
+    _theme()
+    id_scores = _as_1d(scores[id_name], id_name)
+    pooled = np.concatenate([_as_1d(v, k) for k, v in scores.items()])
+    top = float(pooled.max())
+    if scale == "auto":
+        spread = float(np.ptp(pooled))
+        central = float(np.subtract(*np.percentile(pooled, [75, 25])))
+        scale = "gap_log" if spread > 0 and central < 0.05 * spread else "linear"
+    gaps = top - pooled
+    # Images at the maximum would sit at log(0): put them half the smallest gap below.
+    floor = float(gaps[gaps > 0].min()) / 2 if (gaps > 0).any() else 1.0
+
+    def shown(values: np.ndarray) -> np.ndarray:
+        return np.maximum(top - values, floor) if scale == "gap_log" else values
+
+    fig, axes = plt.subplots(1, len(oods), figsize=(3.3 * len(oods), 2.7), squeeze=False)
+    palette = sns.color_palette("colorblind", 2)
+    for ax, ood in zip(axes[0], oods, strict=True):
+        ood_scores = _as_1d(scores[ood], ood)
+        frame = pd.concat(
+            [
+                pd.DataFrame({"score": shown(id_scores), "set": f"{id_name} (ID)"}),
+                pd.DataFrame({"score": shown(ood_scores), "set": f"{ood} (OOD)"}),
+            ],
+            ignore_index=True,
+        )
+        # Bins over the pooled range so both sets share the same edges.
+        n_bins = min(40, max(5, len(frame) // 8))
+        # gap_log: bins and densities in log10 space (seaborn's log_scale), so bar areas stay
+        # comparable; bins=int then spans the pooled range of this panel.
+        log_scale = scale == "gap_log"
+        bins = n_bins if log_scale else np.histogram_bin_edges(frame["score"], bins=n_bins)
+        sns.histplot(
+            frame,
+            x="score",
+            hue="set",
+            bins=bins,
+            stat="density",
+            common_norm=False,
+            element="step",
+            palette=palette,
+            log_scale=log_scale,
+            ax=ax,
+        )
+        ax.set_title(f"ID vs {ood}: AUROC {_auroc(id_scores, ood_scores):.1f}%", fontsize=8)
+        if log_scale:
+            ax.set_xlabel(f"max - {score_name} (log; lower = more ID)")
+        else:
+            ax.set_xlabel(f"{score_name} (higher = more ID)")
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.set_title(None)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+# --------------------------------------------------------------------------------------------
+# ROC curves
+
+
+def plot_roc_curves(
+    scores: Mapping[str, Mapping[str, ArrayLike]],
+    out_stem: str | Path,
+    *,
+    id_name: str,
+    title: str | None = None,
+) -> list[Path]:
+    """ROC curves (ID positive) of several methods, one panel per OOD set.
+
+    The two FPR@95 operating points are drawn as reference lines: the horizontal line at 95%
+    ID recall (convention (a): FPR@95 = the curve's x there) and the vertical line at 95% OOD
+    recall (convention (b): FPR@95 = 1 - the curve's y there).
+
+    Args:
+        scores: Method display name -> dataset -> per-image scores (ID set and OOD sets).
+        out_stem: Output path without extension.
+        id_name: The in-distribution set.
+        title: Figure title.
+    """
+    if not scores:
+        raise ValueError("ROC curves: no methods given")
+    oods: list[str] = []
+    for method, per_set in scores.items():
+        if id_name not in per_set:
+            raise KeyError(f"ROC curves: method {method!r} has no scores for ID set {id_name!r}")
+        oods += [d for d in per_set if d != id_name and d not in oods]
+    if not oods:
+        raise ValueError("ROC curves: need at least one OOD set besides the ID set")
+    _theme()
+    palette = sns.color_palette("colorblind", len(scores))
+    fig, axes = plt.subplots(1, len(oods), figsize=(3.3 * len(oods), 3.5), squeeze=False)
+    for ax, ood in zip(axes[0], oods, strict=True):
+        for color, (method, per_set) in zip(palette, scores.items(), strict=True):
+            if ood not in per_set:
+                continue
+            id_scores = _as_1d(per_set[id_name], f"{method}/{id_name}")
+            ood_scores = _as_1d(per_set[ood], f"{method}/{ood}")
+            labels = np.r_[np.ones(id_scores.size), np.zeros(ood_scores.size)]
+            fpr, tpr, _ = roc_curve(labels, np.r_[id_scores, ood_scores])
+            auroc = _auroc(id_scores, ood_scores)
+            ax.plot(fpr, tpr, color=color, lw=1.1, label=f"{method} ({auroc:.1f})")
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.6, ls=":")
+        ax.axhline(0.95, color="0.3", lw=0.6, ls="--")
+        ax.axvline(0.05, color="0.3", lw=0.6, ls="-.")
+        ax.text(0.98, 0.93, "95% ID recall (a)", ha="right", va="top", fontsize=6)
+        ax.text(0.07, 0.02, "95% OOD recall (b)", ha="left", va="bottom", fontsize=6, rotation=90)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel(f"OOD accepted ({ood})")
+        ax.set_ylabel(f"ID accepted ({id_name})")
+        ax.set_title(f"ID vs {ood}", fontsize=8)
+        ax.legend(fontsize=5.5, loc="lower right", title="method (AUROC %)", title_fontsize=6)
+    fig.text(
+        0.5,
+        -0.02,
+        f"{FPR_LEGEND['a']}: x where a curve crosses the dashed line.\n"
+        f"{FPR_LEGEND['b']}: 1 - y where a curve crosses the dash-dotted line.",
+        ha="center",
+        va="top",
+        fontsize=6,
+    )
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+# --------------------------------------------------------------------------------------------
+# reconstruction grid
+
+
+@dataclass(frozen=True)
+class GridColumn:
+    """One image of the reconstruction grid (arrays C x H x W in [-1, 1])."""
+
+    dataset: str
+    image_id: str
+    pred: int
+    score: float
+    x0: np.ndarray
+    recon: np.ndarray
+    recon_uncond: np.ndarray | None = None
+    is_id: bool = False
+
+
+def grid_columns(
+    shards: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    id_name: str,
+    score_key: str,
+    per_set: int = 4,
+) -> list[GridColumn]:
+    """Pick ``per_set`` images per dataset from reconstruction shards for :func:`plot_recon_grid`.
+
+    Shards store images for their first rows only (``len(x0)``); among those, the chosen images
+    are spread evenly over the score ranking (lowest to highest score), so a column set shows
+    both well and badly reconstructed images. The ID set comes first.
+
+    Args:
+        shards: Dataset -> shard arrays (``image_ids, guide_labels, x0, recon, <score_key>``,
+            optional ``recon_uncond`` which may have shape ``(0,)``).
+        id_name: The in-distribution set.
+        score_key: Score array to show and rank by, e.g. ``"score_ssim"``.
+        per_set: Images per dataset.
+    """
+    columns: list[GridColumn] = []
+    order = [id_name, *(d for d in shards if d != id_name)] if id_name in shards else list(shards)
+    for dataset in order:
+        shard = shards[dataset]
+        for key in ("image_ids", "guide_labels", "x0", "recon", score_key):
+            if key not in shard:
+                raise KeyError(f"reconstruction shard of {dataset!r}: no array {key!r}")
+        n = min(len(shard["x0"]), len(shard["recon"]))
+        if n == 0:
+            log.warning("reconstruction shard of %s stores no images", dataset)
+            continue
+        uncond = shard.get("recon_uncond")
+        has_uncond = uncond is not None and uncond.ndim == 4 and len(uncond) >= n
+        scores = np.asarray(shard[score_key][:n], dtype=np.float64)
+        ranked = np.argsort(scores, kind="stable")
+        picks = ranked[np.unique(np.linspace(0, n - 1, min(per_set, n)).round().astype(int))]
+        for i in picks:
+            columns.append(
+                GridColumn(
+                    dataset=dataset,
+                    image_id=str(shard["image_ids"][i]),
+                    pred=int(shard["guide_labels"][i]),
+                    score=float(scores[i]),
+                    x0=np.asarray(shard["x0"][i], dtype=np.float32),
+                    recon=np.asarray(shard["recon"][i], dtype=np.float32),
+                    recon_uncond=np.asarray(uncond[i], dtype=np.float32) if has_uncond else None,
+                    is_id=dataset == id_name,
+                )
+            )
+    return columns
+
+
+def _to_image(array: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """C x H x W in [-1, 1] -> an image for imshow (and its colour map)."""
+    arr = np.asarray(array, dtype=np.float32)
+    if arr.ndim != 3:
+        raise ValueError(f"expected an image of shape C x H x W, got {arr.shape}")
+    img = np.clip((arr + 1.0) / 2.0, 0.0, 1.0)
+    if img.shape[0] == 1:
+        return img[0], "gray"
+    return np.transpose(img[:3], (1, 2, 0)), None
+
+
+def plot_recon_grid(
+    columns: Sequence[GridColumn],
+    out_stem: str | Path,
+    *,
+    score_name: str = "score",
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """Grid of inputs and regenerations (cf. the paper's Fig. 1 and 6).
+
+    Rows: input, regeneration guided by the predicted label, and the unguided regeneration
+    when any column has one. Columns: the given images, titled with their set, predicted label
+    and score.
+    """
+    if not columns:
+        raise ValueError("reconstruction grid: no images")
+    rows = [("input", "x0"), ("guided by pred.", "recon")]
+    if any(c.recon_uncond is not None for c in columns):
+        rows.append(("unguided", "recon_uncond"))
+    _theme()
+    size = 1.15
+    fig, axes = plt.subplots(
+        len(rows),
+        len(columns),
+        figsize=(size * len(columns) + 0.6, size * len(rows) + 0.7),
+        squeeze=False,
+    )
+    for c, column in enumerate(columns):
+        label = (
+            class_names[column.pred]
+            if class_names is not None and 0 <= column.pred < len(class_names)
+            else str(column.pred)
+        )
+        for r, (_, attr) in enumerate(rows):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            image = getattr(column, attr)
+            if image is None:
+                ax.axis("off")
+                continue
+            img, cmap = _to_image(image)
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:blue" if column.is_id else "tab:red")
+                spine.set_linewidth(1.2)
+        kind = "ID" if column.is_id else "OOD"
+        axes[0][c].set_title(
+            f"{column.dataset} ({kind})\npred {label}\n{score_name} {column.score:.3g}",
+            fontsize=5.5,
+        )
+    for r, (name, _) in enumerate(rows):
+        axes[r][0].set_ylabel(name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+# --------------------------------------------------------------------------------------------
+# PSNR along the inversion
+
+
+def plot_psnr_inversion(
+    traces: Mapping[str, np.ndarray],
+    out_stem: str | Path,
+    *,
+    title: str | None = None,
+    min_images: int = 1,
+) -> list[Path]:
+    """PSNR(x_t, x_0) along the DDIM inversion, mean +- sd per dataset (the paper's Fig. 4).
+
+    Each trace is N x S (images x inversion steps, paper units, NaN after an image stopped
+    early). Statistics at a step use the images still inverting there; a lower panel shows that
+    fraction. Traces with no steps (methods without adaptive early stop) are skipped; with none
+    left the figure says so instead of failing.
+
+    Args:
+        traces: Dataset -> N x S array.
+        out_stem: Output path without extension.
+        title: Figure title.
+        min_images: Steps with fewer images still inverting are not drawn.
+    """
+    _theme()
+    usable = {k: np.asarray(v, dtype=np.float64) for k, v in traces.items()}
+    for name, trace in usable.items():
+        if trace.ndim != 2:
+            raise ValueError(f"PSNR trace of {name!r}: expected N x S, got shape {trace.shape}")
+    usable = {k: v for k, v in usable.items() if v.size and np.isfinite(v).any()}
+    fig, (ax, ax_n) = plt.subplots(
+        2, 1, figsize=(4.6, 3.8), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    if not usable:
+        ax.text(
+            0.5,
+            0.5,
+            "no PSNR trace recorded\n(this experiment has no adaptive early stop)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=8,
+        )
+        ax_n.set_xlabel("DDIM inversion step")
+    palette = sns.color_palette("colorblind", max(1, len(usable)))
+    for color, (name, trace) in zip(palette, usable.items(), strict=False):
+        running = np.isfinite(trace).sum(axis=0)
+        steps = np.arange(1, trace.shape[1] + 1)
+        keep = running >= min_images
+        with np.errstate(invalid="ignore"):
+            # all-NaN steps are masked by ``keep``; silence numpy's warning about them
+            mean = np.nanmean(np.where(keep, trace, 0.0), axis=0)
+            sd = np.nanstd(np.where(keep, trace, 0.0), axis=0)
+        mean[~keep] = np.nan
+        sd[~keep] = np.nan
+        ax.plot(steps, mean, color=color, lw=1.2, label=f"{name} (n={trace.shape[0]})")
+        ax.fill_between(steps, mean - sd, mean + sd, color=color, alpha=0.2, lw=0)
+        ax_n.plot(steps, running / trace.shape[0], color=color, lw=1.0)
+    if usable:
+        ax.legend(fontsize=6)
+    ax.set_ylabel("PSNR($x_t$, $x_0$) [dB, peak 2]")
+    ax_n.set_ylabel("still\ninverting", fontsize=7)
+    ax_n.set_ylim(0, 1.05)
+    ax_n.set_xlabel("DDIM inversion step")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+# --------------------------------------------------------------------------------------------
+# training curves
+
+
+def plot_training_curves(
+    logs: Mapping[str, pd.DataFrame], out_stem: str | Path, *, title: str | None = None
+) -> list[Path]:
+    """Training loss (and accuracy when logged) of each trained model, one panel per model.
+
+    Each log needs a ``loss`` column and a ``step`` or ``epoch`` column.
+    """
+    if not logs:
+        raise ValueError("training curves: no training logs given")
+    for name, frame in logs.items():
+        if "loss" not in frame or not ({"step", "epoch"} & set(frame.columns)):
+            raise ValueError(
+                f"training log of {name!r}: expected columns 'loss' and 'step' or 'epoch', "
+                f"got {list(frame.columns)}"
+            )
+    _theme()
+    fig, axes = plt.subplots(1, len(logs), figsize=(3.0 * len(logs), 2.5), squeeze=False)
+    for ax, (name, frame) in zip(axes[0], logs.items(), strict=True):
+        x = "step" if "step" in frame else "epoch"
+        loss = pd.to_numeric(frame["loss"], errors="coerce")
+        ax.plot(frame[x], loss, color="tab:blue", lw=1.1, marker="." if len(frame) < 30 else None)
+        if (loss.dropna() > 0).all() and len(loss.dropna()):
+            ax.set_yscale("log")
+        ax.set_xlabel(x)
+        ax.set_ylabel("training loss", color="tab:blue")
+        ax.set_title(name, fontsize=8)
+        if "accuracy" in frame:
+            twin = ax.twinx()
+            twin.plot(frame[x], frame["accuracy"], color="tab:orange", lw=1.0, ls="--")
+            twin.set_ylabel("train accuracy", color="tab:orange")
+            twin.grid(False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+# --------------------------------------------------------------------------------------------
+# every figure of a run
+
+
+def _baseline_label(name: str) -> str:
+    try:
+        from diffguard.pipeline import BASELINE_LABELS  # imports torch: only when needed
+    except (ImportError, AttributeError):
+        return name.upper()
+    return BASELINE_LABELS.get(name, name.upper())
+
+
+def _paths(value: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(value, str | Path):
+        return [Path(value)]
+    return [Path(v) for v in value]
+
+
+def _concat_shards(paths: Sequence[Path]) -> dict[str, np.ndarray]:
+    """Concatenate per-image arrays of several shards (images only from the first)."""
+    shards = [read_npz(p) for p in paths]
+    merged = dict(shards[0])
+    if len(shards) > 1 and "psnr_trace" in merged:
+        traces = [s["psnr_trace"] for s in shards if s["psnr_trace"].ndim == 2]
+        width = max((t.shape[1] for t in traces), default=0)
+        padded = [
+            np.pad(t.astype(np.float64), ((0, 0), (0, width - t.shape[1])), constant_values=np.nan)
+            for t in traces
+        ]
+        merged["psnr_trace"] = np.concatenate(padded) if padded else merged["psnr_trace"]
+    return merged
+
+
+def plot_all(
+    *,
+    id_set: str,
+    ood_sets: Sequence[str],
+    score_files: Mapping[str, str | Path],
+    shard_files: Mapping[str, str | Path | Sequence[str | Path]],
+    train_logs: Mapping[str, str | Path],
+    out_dir: str | Path,
+    baseline_files: Mapping[str, str | Path] | None = None,
+    baselines: Sequence[str] = (),
+    experiment: str = "",
+    distance: str = "ssim",
+    max_baselines: int = 3,
+    per_set: int = 4,
+) -> list[Path]:
+    """Draw every figure of :data:`FIGURES` into ``out_dir``; returns the files written.
+
+    Args:
+        id_set: The in-distribution set.
+        ood_sets: OOD sets, in table order.
+        score_files: Dataset -> per-image score CSV of the headline experiment.
+        shard_files: Dataset -> reconstruction shard(s) of the headline experiment (images are
+            shown from the first; PSNR traces pooled over all).
+        train_logs: Model name -> ``train_log.csv``.
+        out_dir: Figure folder.
+        baseline_files: Dataset -> per-image baseline score CSV (for the ROC figure).
+        baselines: Baseline columns to consider for the ROC figure.
+        experiment: Headline experiment name (titles).
+        distance: Headline similarity; the score column is ``score_<distance>``.
+        max_baselines: ROC curves of at most this many baselines (best mean AUROC first).
+        per_set: Images per dataset in the reconstruction grid.
+    """
+    out = Path(out_dir)
+    sets = [id_set, *ood_sets]
+    missing = [d for d in sets if d not in score_files or d not in shard_files]
+    if missing:
+        raise KeyError(f"plot_all: no score file or shard for dataset(s) {missing}")
+    column = f"score_{distance}"
+    scores: dict[str, np.ndarray] = {}
+    for d in sets:
+        frame = pd.read_csv(score_files[d])
+        if column not in frame:
+            raise KeyError(f"{score_files[d]}: no column {column!r}; columns {list(frame.columns)}")
+        scores[d] = frame[column].to_numpy()
+    name = f"DiffGuard ({experiment}, {distance})" if experiment else f"DiffGuard ({distance})"
+    written = plot_score_histograms(
+        scores,
+        out / "score_histograms",
+        id_name=id_set,
+        score_name=f"{distance} similarity",
+        title=name,
+    )
+
+    roc: dict[str, dict[str, np.ndarray]] = {name: scores}
+    if baseline_files and baselines:
+        frames = {d: pd.read_csv(baseline_files[d]) for d in sets}
+        candidates = [b for b in baselines if all(b in f for f in frames.values())]
+        dropped = sorted(set(baselines) - set(candidates))
+        if dropped:
+            log.warning("baselines %s missing from the baseline score files: not plotted", dropped)
+        ranked = sorted(
+            candidates,
+            key=lambda b: (
+                -np.mean(
+                    [
+                        _auroc(_as_1d(frames[id_set][b], b), _as_1d(frames[d][b], b))
+                        for d in ood_sets
+                    ]
+                )
+            ),
+        )
+        for b in ranked[:max_baselines]:
+            roc[_baseline_label(b)] = {d: frames[d][b].to_numpy() for d in sets}
+    written += plot_roc_curves(roc, out / "roc_curves", id_name=id_set)
+
+    shards = {d: _concat_shards(_paths(shard_files[d])) for d in sets}
+    columns = grid_columns(shards, id_name=id_set, score_key=column, per_set=per_set)
+    if not columns:
+        raise ValueError("plot_all: the reconstruction shards store no images to show")
+    written += plot_recon_grid(
+        columns, out / "recon_grid", score_name=distance, title=f"{name}: regenerations"
+    )
+    traces = {d: shards[d]["psnr_trace"] for d in sets if "psnr_trace" in shards[d]}
+    written += plot_psnr_inversion(
+        traces, out / "psnr_inversion", title=f"{experiment}: PSNR along the inversion"
+    )
+    logs = {model: pd.read_csv(path) for model, path in train_logs.items()}
+    written += plot_training_curves(logs, out / "training_curves")
+    log.info("wrote %d figure files to %s", len(written), out)
+    return written
