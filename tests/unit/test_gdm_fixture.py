@@ -77,7 +77,7 @@ def models(fixture: dict) -> tuple:
 # is checked stage by stage at 1e-4 -- inversion from the input, then guided + unguided sampling
 # from the released latent -- and end to end at the amplified rounding level.
 STAGE_TOL = 1e-4
-END_TO_END_TOL = 5e-3
+END_TO_END_TOL = 2e-3  # measured: 5.4e-4 (fixed_steps), 1.4e-3 (adaptive_early_stop)
 
 
 @pytest.mark.parametrize("case", ["fixed_steps", "adaptive_early_stop"])

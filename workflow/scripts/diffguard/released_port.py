@@ -257,7 +257,17 @@ def denoise_released(
         one_minus_alpha_sqrt = torch.sqrt(1 - alpha)
         grad = (
             cond_fn_released(
-                model, classifier, img, timesteps[index], labels, sched, post, settings, crops, k
+                model,
+                classifier,
+                img,
+                timesteps[index],
+                labels,
+                sched,
+                post,
+                settings,
+                crops,
+                k,
+                counter,
             )
             if classifier is not None and settings.classifier_scale != 0
             else torch.zeros_like(img)
@@ -415,7 +425,9 @@ def cfg_denoise_released(
             if activation_map is None:
                 e_t = e_g
             else:
-                amap = F.interpolate(activation_map.float(), size=e_u.shape[-2:], mode="nearest")
+                amap = F.interpolate(
+                    activation_map.float().to(z.device), size=e_u.shape[-2:], mode="nearest"
+                )
                 e_t = torch.where(amap > 0.5, e_g, e_u)
         a_t = float(sched.alphas[i])
         a_prev = float(sched.alphas_prev[i])

@@ -1,0 +1,170 @@
+"""Checkpoints that would run code when unpickled are refused by every loader, never executed.
+
+Each test writes a pickle whose ``__reduce__`` calls ``os.system("touch <marker>")``, hands it
+to a loader, and checks that the loader raises and that the marker file was not created. A
+control test shows that the payload does run under an unsafe ``torch.load``, so the marker
+check can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from diffguard.checkpoints import UnsafeCheckpointError, load_checkpoint
+from diffguard.classifiers import build_classifier
+from diffguard.convert.adm import load_adm_unet
+from diffguard.convert.diffnb import load_diffnb_unet
+from diffguard.convert.ldm import load_ldm
+from diffguard.training import SPEC_FILE, WEIGHTS_FILE, load_classifier, load_small_unet
+
+
+class _RunsCode:
+    """Unpickling this object runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[str]]:
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def _poisoned_torch_file(path: Path, marker: Path) -> Path:
+    """A torch.save zip checkpoint: a valid-looking state dict plus the payload."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"weight": torch.zeros(2)}, "extra": _RunsCode(marker)}, path)
+    return path
+
+
+def _poisoned_legacy_pickle(path: Path, marker: Path) -> Path:
+    """A bare pickle stream (pre-zip torch format) holding the payload."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        pickle.dump({"model": _RunsCode(marker)}, handle)
+    return path
+
+
+POISONERS = {"torch_zip": _poisoned_torch_file, "legacy_pickle": _poisoned_legacy_pickle}
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    return tmp_path / "code-ran.marker"
+
+
+@pytest.mark.parametrize("kind", sorted(POISONERS))
+def test_payload_runs_under_unsafe_load(tmp_path: Path, marker: Path, kind: str) -> None:
+    """Control: the payload is live, so a loader that executed it would create the marker."""
+    path = POISONERS[kind](tmp_path / "control.pt", marker)
+    if kind == "torch_zip":
+        torch.load(path, weights_only=False)
+    else:
+        with path.open("rb") as handle:
+            pickle.load(handle)  # noqa: S301  (deliberately unsafe: this is the control)
+    assert marker.is_file()
+
+
+@pytest.mark.parametrize("kind", sorted(POISONERS))
+def test_load_checkpoint_refuses_code(tmp_path: Path, marker: Path, kind: str) -> None:
+    path = POISONERS[kind](tmp_path / "evil.pt", marker)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "refusing" in message
+    assert "tensor" in message  # says what a loadable checkpoint is
+    assert not marker.exists()
+
+
+def test_load_checkpoint_accepts_plain_tensors(tmp_path: Path, marker: Path) -> None:
+    """The refusal is about code, not about .pt files: a tensors-only state dict loads."""
+    path = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"weight": torch.arange(3.0)}, "epoch": 3}, path)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["state_dict"]["weight"], torch.arange(3.0))
+
+
+LOADERS: dict[str, Callable[[Path], object]] = {
+    "adm": lambda p: load_adm_unet(p, {"image_size": 64}),
+    "ldm": lambda p: load_ldm(p, {}, {}, n_embed=16, embed_dim=3),
+    "diffnb": lambda p: load_diffnb_unet(p, {}),
+    "classifier_weights": lambda p: build_classifier(
+        {"arch": "small_cnn", "num_classes": 6, "in_channels": 1, "width": 8, "weights": str(p)}
+    ),
+    "classifier_resnet50": lambda p: build_classifier({"arch": "resnet50_tv", "weights": str(p)}),
+    "classifier_resnet18": lambda p: build_classifier(
+        {"arch": "resnet18_32x32", "weights": str(p)}
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(POISONERS))
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_converters_and_classifiers_refuse_code(
+    tmp_path: Path, marker: Path, loader: str, kind: str
+) -> None:
+    suffix = ".ckpt" if loader == "ldm" else ".pt"
+    path = POISONERS[kind](tmp_path / f"evil{suffix}", marker)
+    with pytest.raises(UnsafeCheckpointError, match=str(path)):
+        LOADERS[loader](path)
+    assert not marker.exists()
+
+
+def test_load_classifier_refuses_a_poisoned_weights_file(tmp_path: Path, marker: Path) -> None:
+    """A saved-classifier folder whose weights file was swapped for a pickle does not load."""
+    folder = tmp_path / "classifier"
+    folder.mkdir()
+    spec = {"arch": "small_cnn", "num_classes": 6, "in_channels": 1, "width": 8}
+    (folder / SPEC_FILE).write_text(json.dumps(spec))
+    _poisoned_torch_file(folder / WEIGHTS_FILE, marker)
+    with pytest.raises(Exception) as info:  # noqa: B017  (safetensors raises its own type)
+        load_classifier(folder)
+    assert not isinstance(info.value, (KeyError, AttributeError)), info.value
+    assert not marker.exists()
+
+
+def test_load_small_unet_ignores_pickled_weights(tmp_path: Path, marker: Path) -> None:
+    """diffusers is asked for safetensors only: a pickled ``.bin`` beside the config never loads."""
+    from diffusers import UNet2DModel
+
+    folder = tmp_path / "unet"
+    UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8,),
+        down_block_types=("DownBlock2D",),
+        up_block_types=("UpBlock2D",),
+        layers_per_block=1,
+        norm_num_groups=4,
+    ).save_pretrained(folder, safe_serialization=True)
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    _poisoned_torch_file(folder / "diffusion_pytorch_model.bin", marker)
+    with pytest.raises((OSError, EnvironmentError, ValueError)):
+        load_small_unet(folder)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("distance", ["dists", "lpips"])
+def test_perceptual_weights_refuse_code(tmp_path: Path, marker: Path, distance: str) -> None:
+    """piq loads the VGG16/DISTS/LPIPS files of the torch-hub folder with ``weights_only=False``:
+    the scorer must check them safely first, so a poisoned file there never runs."""
+    from diffguard.distances import PERCEPTUAL_WEIGHT_FILES, SimilarityScorer
+
+    hub = tmp_path / "hub"
+    for name in PERCEPTUAL_WEIGHT_FILES[distance]:
+        _poisoned_torch_file(hub / "checkpoints" / name, marker)
+    previous = torch.hub.get_dir()
+    try:
+        with pytest.raises(UnsafeCheckpointError):
+            SimilarityScorer([distance], torch_hub_dir=hub)
+    finally:
+        torch.hub.set_dir(previous)
+    assert not marker.exists()

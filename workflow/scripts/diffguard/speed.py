@@ -1,0 +1,591 @@
+"""Speed benchmark: the released code's execution of GDM / CFG against ours, same run and inputs.
+
+For each method, compute dtype and loader batch size, the images are split into loader batches;
+each batch is run through the released-execution port (:mod:`diffguard.released_port`) and then
+through our implementation, alternately, so that both see the same machine load. Timed: the
+reconstruction call (inversion, CAM mask for CFG, guided regeneration), with the device
+synchronised; not timed: image loading, the classifier's prediction of the guidance labels (the
+same for both) and the scores. Counted per image: UNet rows evaluated (NFE), classifier rows
+forward and backward (each crop is a row). Memory: the peak over the run's calls above the
+memory in use when each call starts (:class:`PeakMemory` says how it was measured).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import logging
+import os
+import re
+import resource
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from diffguard import cfg, gdm, io
+from diffguard import released_port as rp
+from diffguard.report_tables import latex_escape
+
+log = logging.getLogger("diffguard")
+
+SPEED_COLUMNS = (
+    "method",
+    "implementation",
+    "batch_size",
+    "device",
+    "dtype",
+    "images",
+    "seconds",
+    "images_per_s",
+    "nfe_per_image",
+    "classifier_fwd_per_image",
+    "classifier_bwd_per_image",
+    "peak_mem_mb",
+    "max_abs_score_diff",
+    "max_abs_recon_diff",
+    "speedup_vs_port",
+    "nfe_reduction_vs_port",
+    "threads",
+    "mem_method",
+)
+"""Columns of the benchmark table (one row per method x implementation x batch size x dtype)."""
+
+IMPLEMENTATIONS = ("released_port", "ours")
+PAPER_IMAGES_PER_S = {"GDM": 0.05, "CFG": 0.53}
+"""Paper, Sec. 5: images/s per V100 for GDM (ADM-256, 60 steps) and LDM (25 steps)."""
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_KIB = 1024
+
+
+# -------------------------------------------------------------------------------------- memory
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, flags=re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def _malloc_trim() -> None:
+    """Give freed heap pages back to the OS so that the next RSS baseline is honest."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak memory of a code block above the memory in use when it starts, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
+    allocated memory at the start. CPU (Linux): the resident-set high-water mark ``VmHWM``, reset
+    by writing 5 to ``/proc/self/clear_refs``, minus ``VmRSS`` at the start. Elsewhere:
+    ``getrusage`` ``ru_maxrss`` growth, which cannot be reset and so is only a lower bound.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            self.method = "cuda max_memory_allocated - allocated at start"
+        elif self._can_reset_hwm():
+            self.method = "peak RSS (VmHWM reset via /proc/self/clear_refs) - RSS at start"
+        else:
+            self.method = "getrusage ru_maxrss growth (lower bound)"
+        self._base = 0
+
+    @staticmethod
+    def _can_reset_hwm() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return _proc_status_kib("VmHWM") is not None and _proc_status_kib("VmRSS") is not None
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return
+        _malloc_trim()
+        if self.method.startswith("peak RSS"):
+            Path("/proc/self/clear_refs").write_text("5")
+            self._base = (_proc_status_kib("VmRSS") or 0) * _KIB
+        else:
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB
+
+    def stop(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.method.startswith("peak RSS"):
+            peak = (_proc_status_kib("VmHWM") or 0) * _KIB
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB
+        return max(peak - self._base, 0) / 2**20
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resolve_dtypes(spec: str | Sequence[str], device: torch.device) -> list[torch.dtype]:
+    """Compute dtypes to benchmark: ``auto`` = float32, plus bf16 (else fp16) on CUDA."""
+    if isinstance(spec, str) and spec == "auto":
+        if device.type != "cuda":
+            return [torch.float32]
+        half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return [torch.float32, half]
+    names = [spec] if isinstance(spec, str) else list(spec)
+    unknown = [n for n in names if n not in _DTYPES]
+    if unknown:
+        raise ValueError(f"speed dtypes: unknown {unknown}; expected 'auto' or some of {_DTYPES}")
+    return [_DTYPES[n] for n in names]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _unet_runs_in(unet: Any, dtype: torch.dtype, x: torch.Tensor, conditional: bool) -> bool:
+    """Whether the UNet gives a finite output in ``dtype`` on ``x``'s device."""
+    try:
+        with torch.no_grad():
+            t = torch.full((1,), 500, dtype=torch.long, device=x.device)
+            kwargs = {"class_labels": torch.zeros(1, dtype=torch.long, device=x.device)}
+            out = unet(x[:1].to(dtype), t, **(kwargs if conditional else {})).sample
+        return bool(torch.isfinite(out).all())
+    except (RuntimeError, TypeError) as err:
+        log.warning("UNet does not run in %s: %s", dtype, err)
+        return False
+
+
+def _uncond_eps(unet: Any, channels: int, dtype: torch.dtype) -> gdm.EpsModel:
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unet(x.to(dtype), t).sample[:, :channels].to(x.dtype)
+
+    return eps
+
+
+def _cond_eps(unet: Any, channels: int, dtype: torch.dtype) -> cfg.CondEpsModel:
+    def eps(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return unet(x.to(dtype), t, class_labels=y).sample[:, :channels].to(x.dtype)
+
+    return eps
+
+
+Runner = Callable[[torch.Tensor, torch.Tensor, gdm.CallCounter], tuple[torch.Tensor, torch.Tensor]]
+"""``run(x, labels, counter) -> (reference, recon)`` for one loader batch (x in [-1, 1])."""
+
+
+def method_runners(
+    method: str,
+    unet: Any,
+    settings: gdm.GdmSettings | cfg.CfgSettings,
+    classifier: torch.nn.Module,
+    channels: int,
+    num_classes: int,
+    dtype: torch.dtype = torch.float32,
+    denoise_batch_size: int = 5,
+) -> dict[str, Runner]:
+    """The released-execution and our runner of ``method`` (GDM or CFG) on one loader batch.
+
+    The score reference is the unguided twin with ``uncond_aux`` and the input otherwise, as in
+    the reconstruction jobs.
+    """
+    if method == "GDM":
+        if not isinstance(settings, gdm.GdmSettings):
+            raise TypeError(f"GDM needs GdmSettings, got {type(settings).__name__}")
+        eps = _uncond_eps(unet, channels, dtype)
+        s = settings
+
+        def gdm_port(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
+            res = rp.gdm_reconstruct_released(eps, classifier, x, y, s, {}, c, denoise_batch_size)
+            ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
+            return ref, res.recon
+
+        def gdm_ours(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
+            res = gdm.reconstruct(eps, classifier, x, y, s, {}, c)
+            ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
+            return ref, res.recon
+
+        return {"released_port": gdm_port, "ours": gdm_ours}
+    if method == "CFG":
+        if not isinstance(settings, cfg.CfgSettings):
+            raise TypeError(f"CFG needs CfgSettings, got {type(settings).__name__}")
+        from diffguard.cam import cam_mask
+
+        eps_c = _cond_eps(unet, channels, dtype)
+        c_s = settings
+
+        def mask_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            layer = classifier.cam_layer  # type: ignore[attr-defined]
+            return cam_mask(classifier, layer, (x + 1) / 2, y, c_s.cam_cut)
+
+        def cfg_port(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
+            res = rp.cfg_reconstruct_released(eps_c, x, y, num_classes, c_s, mask_fn, counter=c)
+            ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
+            return ref, res.recon
+
+        def cfg_ours(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
+            mask = mask_fn(x, y) if c_s.use_cam else None
+            res = cfg.reconstruct(eps_c, x, y, num_classes, c_s, mask, counter=c)
+            ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
+            return ref, res.recon
+
+        return {"released_port": cfg_port, "ours": cfg_ours}
+    raise ValueError(f"unknown method {method!r}; expected GDM or CFG")
+
+
+# ----------------------------------------------------------------------------------- benchmark
+def run_speed_benchmark(
+    images: torch.Tensor,
+    classifier: torch.nn.Module,
+    methods: Mapping[str, tuple[Any, gdm.GdmSettings | cfg.CfgSettings]],
+    num_classes: int,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    device: str | torch.device = "cpu",
+    dtypes: str | Sequence[str] = "auto",
+    distances: Sequence[str] = ("ssim", "l2", "logits"),
+    denoise_batch_size: int = 5,
+    torch_hub_dir: str | Path | None = None,
+    warmup: bool = True,
+) -> pd.DataFrame:
+    """Time the released execution and ours on the same images, weights and labels.
+
+    Args:
+        images: N x C x H x W in [0, 1].
+        classifier: The classifier under protection (float32; it guides GDM, masks CFG, scores).
+        methods: ``{"GDM" | "CFG": (diffusers UNet, settings)}``.
+        num_classes: Classifier classes; also the null label of the conditional UNet.
+        batch_sizes: Loader batch sizes to measure.
+        device: Where the models run.
+        dtypes: UNet compute dtypes (``auto``: float32 on CPU; float32 and bf16/fp16 on CUDA).
+        distances: Scores compared between the two implementations.
+        denoise_batch_size: The released denoising batch when adaptive early stop is off.
+        torch_hub_dir: Weights folder for DISTS/LPIPS, if those distances are asked for.
+        warmup: Run both implementations once on two images before measuring.
+
+    Returns:
+        One row per method x implementation x batch size x dtype, columns :data:`SPEED_COLUMNS`.
+    """
+    from diffguard.distances import SimilarityScorer
+
+    device = torch.device(device)
+    if images.ndim != 4 or images.min() < 0 or images.max() > 1:
+        raise ValueError(f"images must be N x C x H x W in [0, 1], got shape {tuple(images.shape)}")
+    classifier = classifier.to(device).eval()
+    x_all = (images.to(device) * 2 - 1).float()
+    with torch.no_grad():
+        labels_all = classifier(images.to(device).float()).argmax(1)
+    scorer = SimilarityScorer(list(distances), classifier, torch_hub_dir, device)
+    memory = PeakMemory(device)
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    n = x_all.shape[0]
+    rows: list[dict[str, Any]] = []
+    for method, (unet_in, settings) in methods.items():
+        conditional = method == "CFG"
+        for dtype in resolve_dtypes(dtypes, device):
+            unet = unet_in if dtype == torch.float32 else copy.deepcopy(unet_in)
+            unet = unet.to(device=device, dtype=dtype).eval()
+            if dtype != torch.float32 and not _unet_runs_in(unet, dtype, x_all, conditional):
+                log.warning("%s: skipping %s (the model does not run in it)", method, dtype)
+                continue
+            runners = method_runners(
+                method,
+                unet,
+                settings,
+                classifier,
+                x_all.shape[1],
+                num_classes,
+                dtype,
+                denoise_batch_size,
+            )
+            if warmup:
+                for run in runners.values():
+                    run(x_all[:2], labels_all[:2], gdm.CallCounter())
+            for batch_size in batch_sizes:
+                rows += _measure(
+                    method,
+                    runners,
+                    x_all,
+                    labels_all,
+                    int(batch_size),
+                    scorer,
+                    memory,
+                    device,
+                    dtype_name(dtype),
+                    threads,
+                )
+                port, ours = rows[-2], rows[-1]
+                log.info(
+                    "%s %s batch %d: port %.3f img/s %.1f NFE/img, ours %.3f img/s %.1f NFE/img,"
+                    " max |score diff| %.2e (%d images)",
+                    method,
+                    dtype_name(dtype),
+                    batch_size,
+                    port["images_per_s"],
+                    port["nfe_per_image"],
+                    ours["images_per_s"],
+                    ours["nfe_per_image"],
+                    ours["max_abs_score_diff"],
+                    n,
+                )
+    frame = pd.DataFrame(rows, columns=list(SPEED_COLUMNS))
+    return frame
+
+
+def _measure(
+    method: str,
+    runners: Mapping[str, Runner],
+    x_all: torch.Tensor,
+    labels_all: torch.Tensor,
+    batch_size: int,
+    scorer: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    memory: PeakMemory,
+    device: torch.device,
+    dtype: str,
+    threads: int,
+) -> list[dict[str, Any]]:
+    """Both implementations over all loader batches, alternating per batch."""
+    n = x_all.shape[0]
+    seconds = dict.fromkeys(IMPLEMENTATIONS, 0.0)
+    peak = dict.fromkeys(IMPLEMENTATIONS, 0.0)
+    counters = {impl: gdm.CallCounter() for impl in IMPLEMENTATIONS}
+    outputs: dict[str, dict[str, list[torch.Tensor]]] = {
+        impl: {"ref": [], "recon": []} for impl in IMPLEMENTATIONS
+    }
+    for first in range(0, n, batch_size):
+        x = x_all[first : first + batch_size]
+        y = labels_all[first : first + batch_size]
+        for impl in IMPLEMENTATIONS:
+            memory.start()
+            _sync(device)
+            start = time.perf_counter()
+            ref, recon = runners[impl](x, y, counters[impl])
+            _sync(device)
+            seconds[impl] += time.perf_counter() - start
+            peak[impl] = max(peak[impl], memory.stop())
+            outputs[impl]["ref"].append(ref.cpu())
+            outputs[impl]["recon"].append(recon.cpu())
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    recon_all: dict[str, torch.Tensor] = {}
+    for impl in IMPLEMENTATIONS:
+        ref = torch.cat(outputs[impl]["ref"]).to(device)
+        recon_all[impl] = torch.cat(outputs[impl]["recon"])
+        scores[impl] = scorer(ref, recon_all[impl].to(device))
+    rows = []
+    port_rate = n / seconds["released_port"]
+    port_nfe = counters["released_port"].unet_rows / n
+    for impl in IMPLEMENTATIONS:
+        counter = counters[impl]
+        score_diff = max(
+            float((scores[impl][k] - scores["released_port"][k]).abs().max()) for k in scores[impl]
+        )
+        recon_diff = float((recon_all[impl] - recon_all["released_port"]).abs().max())
+        rate = n / seconds[impl]
+        rows.append(
+            {
+                "method": method,
+                "implementation": impl,
+                "batch_size": batch_size,
+                "device": device.type,
+                "dtype": dtype,
+                "images": n,
+                "seconds": seconds[impl],
+                "images_per_s": rate,
+                "nfe_per_image": counter.unet_rows / n,
+                "classifier_fwd_per_image": counter.classifier_forward_rows / n,
+                "classifier_bwd_per_image": counter.classifier_backward_rows / n,
+                "peak_mem_mb": peak[impl],
+                "max_abs_score_diff": score_diff,
+                "max_abs_recon_diff": recon_diff,
+                "speedup_vs_port": rate / port_rate,
+                "nfe_reduction_vs_port": 1 - (counter.unet_rows / n) / port_nfe,
+                "threads": threads,
+                "mem_method": memory.method,
+            }
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------------- rendering
+_SHOWN = (
+    ("method", "Method", None),
+    ("implementation", "Implementation", None),
+    ("batch_size", "Batch", "{:d}"),
+    ("images_per_s", "img/s", "{:.3f}"),
+    ("speedup_vs_port", "Speed-up", "{:.2f}x"),
+    ("nfe_per_image", "NFE/img", "{:.1f}"),
+    ("classifier_fwd_per_image", "Clf fwd/img", "{:.1f}"),
+    ("classifier_bwd_per_image", "Clf bwd/img", "{:.1f}"),
+    ("peak_mem_mb", "Peak MiB", "{:.1f}"),
+    ("max_abs_score_diff", "max |dscore|", "{:.1e}"),
+)
+_IMPL_LABELS = {"released_port": "released (port)", "ours": "ours"}
+
+
+def _cells(frame: pd.DataFrame, with_dtype: bool) -> tuple[list[str], list[list[str]]]:
+    header = [h for _, h, _ in _SHOWN]
+    if with_dtype:
+        header.insert(2, "dtype")
+    body = []
+    for _, row in frame.iterrows():
+        cells = []
+        for col, _, fmt in _SHOWN:
+            value = row[col]
+            if col == "implementation":
+                cells.append(_IMPL_LABELS.get(value, str(value)))
+            elif fmt is None:
+                cells.append(str(value))
+            elif col == "max_abs_score_diff" and row["implementation"] == "released_port":
+                cells.append("--")
+            else:
+                cells.append(fmt.format(int(value) if fmt == "{:d}" else float(value)))
+        if with_dtype:
+            cells.insert(2, str(row["dtype"]))
+        body.append(cells)
+    return header, body
+
+
+def _summary(frame: pd.DataFrame, run: str) -> str:
+    first = frame.iloc[0]
+    device = first["device"]
+    where = f"{device}, {int(first['threads'])} threads" if device == "cpu" else device
+    dtypes = ", ".join(sorted(frame["dtype"].unique()))
+    return (
+        f"Run {run}: {int(first['images'])} images on {where} ({dtypes}). A port of the released "
+        "code's execution (batch 1 under adaptive early stop, a second UNet forward inside the "
+        "guidance function, the graph through the UNet kept) against this implementation, in "
+        "the same run on the same inputs, weights and guidance labels, alternating per loader "
+        "batch. NFE: UNet rows evaluated per image; classifier passes count every crop. Timed: "
+        "inversion, CAM mask (CFG) and guided regeneration. Peak memory: "
+        f"{first['mem_method']}. max |dscore|: the largest difference of any score from the "
+        "port's on the same images. The paper reports 0.05 (GDM) and 0.53 (LDM) images/s per "
+        "V100 with its full-size models; these models are the run's own, so only the ratios "
+        "carry over."
+    )
+
+
+def speed_markdown(frame: pd.DataFrame, run: str) -> str:
+    """GitHub Markdown of the benchmark table with its explanatory note."""
+    header, body = _cells(frame, frame["dtype"].nunique() > 1)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + _summary(frame, run)
+        + f" Load average (1 min) when the table was written: {load:.2f}.\n"
+    )
+
+
+def speed_latex(frame: pd.DataFrame, run: str) -> str:
+    """booktabs LaTeX of the benchmark table (the paper's speed table)."""
+    with_dtype = frame["dtype"].nunique() > 1
+    header, body = _cells(frame, with_dtype)
+    numeric = len(header) - (3 if with_dtype else 2)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering\scriptsize",
+        rf"\caption{{{latex_escape(_summary(frame, run))}}}",
+        r"\label{tab:speed}",
+        r"\resizebox{\linewidth}{!}{%",
+        r"\begin{tabular}{l" + ("l" * (len(header) - numeric - 1)) + "r" * numeric + "}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
+    previous = None
+    for (_, row), cells in zip(frame.iterrows(), body, strict=True):
+        key = (row["method"], row["dtype"])
+        if previous is not None and key != previous:
+            lines.append(r"\midrule")
+        previous = key
+        lines.append(" & ".join(latex_escape(c) for c in cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- stage
+def speed_stage(
+    *,
+    classifier_weights: str | Path,
+    experiments: Sequence[dict[str, Any]],
+    model_dirs: Sequence[str | Path],
+    imglist: str | Path,
+    benchmark_json: str | Path,
+    benchmark: dict[str, Any],
+    num_images: int,
+    batch_sizes: Sequence[int],
+    device_name: str,
+    dtypes: str | Sequence[str],
+    distances: Sequence[str],
+    run: str,
+    out_csv: str | Path,
+    out_md: str | Path,
+    out_tex: str | Path,
+    seed: int = 0,
+    denoise_batch_size: int = 5,
+    torch_hub_dir: str | None = None,
+) -> pd.DataFrame:
+    """Rule ``speed_benchmark``: load the run's models and images, benchmark, write the tables."""
+    from diffguard.config import method_settings
+    from diffguard.data import read_imglist
+    from diffguard.runtime import (
+        image_root,
+        load_diffusion_model,
+        load_records_images,
+        load_trained_classifier,
+        resolve_device,
+    )
+
+    torch.manual_seed(seed)
+    device = resolve_device(device_name)
+    records = read_imglist(imglist)
+    if num_images < 1:
+        raise ValueError(f"speed.images must be >= 1, got {num_images}")
+    if num_images > len(records):
+        log.warning("%s holds %d images; benchmarking all of them", imglist, len(records))
+    records = records[:num_images]
+    images = load_records_images(
+        records, image_root(benchmark_json), benchmark["image_size"], benchmark["channels"]
+    )
+    classifier = load_trained_classifier(classifier_weights, device)
+    methods: dict[str, tuple[Any, gdm.GdmSettings | cfg.CfgSettings]] = {}
+    labels = {"gdm": "GDM", "cfg": "CFG"}
+    for experiment, model_dir in zip(experiments, model_dirs, strict=True):
+        label = labels[experiment["method"]]
+        if label in methods:
+            raise ValueError(f"speed: two experiments of method {label}; give one of each")
+        unet = load_diffusion_model(model_dir, torch.device("cpu"))
+        methods[label] = (unet, method_settings(experiment, seed))
+        log.info("%s: experiment %s, model %s", label, experiment["name"], model_dir)
+    frame = run_speed_benchmark(
+        images,
+        classifier,
+        methods,
+        int(benchmark["num_classes"]),
+        batch_sizes=[int(b) for b in batch_sizes],
+        device=device,
+        dtypes=dtypes,
+        distances=distances,
+        denoise_batch_size=denoise_batch_size,
+        torch_hub_dir=torch_hub_dir,
+    )
+    io.write_csv(out_csv, frame)
+    io.write_text(out_md, speed_markdown(frame, run))
+    io.write_text(out_tex, speed_latex(frame, run))
+    log.info("wrote %s, %s and %s", out_csv, out_md, out_tex)
+    return frame
