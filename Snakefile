@@ -17,6 +17,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/speed.smk"
 include: "workflow/rules/report.smk"
 
 

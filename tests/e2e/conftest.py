@@ -45,17 +45,32 @@ EXCLUDED_PARTS = frozenset(
 RUN_TIMEOUT_S = 900
 
 
+# Generated folders skipped when the checkout is not a git repository (no .gitignore to ask).
+GENERATED = ("data/external", "data/interim", "data/processed", "data/logs", "data/benchmarks")
+
+
 def repo_files(repo: Path) -> list[Path]:
-    """Tracked and untracked-but-not-ignored files of ``repo``, relative to it."""
-    proc = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    names = [Path(n) for n in proc.stdout.split("\0") if n]
+    """Tracked and untracked-but-not-ignored files of ``repo``, relative to it.
+
+    Without git (an unpacked archive), every file except caches and generated outputs.
+    """
+    if (repo / ".git").exists() and shutil.which("git") is not None:
+        proc = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        names = [Path(n) for n in proc.stdout.split("\0") if n]
+    else:
+        names = [
+            p.relative_to(repo)
+            for p in repo.rglob("*")
+            if (p.is_file() or p.is_symlink())
+            and not any(p.relative_to(repo).is_relative_to(g) for g in GENERATED)
+        ]
     return [
         n
         for n in names
@@ -384,8 +399,12 @@ def resumed_run(tiny_run: FinishedRun, tmp_path_factory: pytest.TempPathFactory)
         )
         try:
             while True:
+                # Wait for a shard that is final *and* whose job snakemake has recorded as
+                # finished (no incomplete marker): that one must survive the kill untouched.
                 present = recon_shards(work)
-                if present and len(present) < len(expected):
+                if len(present) < len(expected) and set(map(str, present)) - incomplete_outputs(
+                    work
+                ):
                     break
                 if proc.poll() is not None or time.monotonic() - start > KILL_WAIT_LIMIT_S:
                     pytest.fail(

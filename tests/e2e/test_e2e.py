@@ -105,7 +105,7 @@ def test_finished_run_plans_nothing_and_plot_edit_reruns_only_plots(finished_run
     dry = run(repo, "-n", *TINY)
     assert "Nothing to be done" in dry.stdout + dry.stderr
     # Snakemake skips inputs whose mtime changed but whose content did not, so edit the module.
-    module = repo / "workflow/scripts/diffguard/report_figures.py"
+    module = repo / "workflow/scripts/diffguard/plotting.py"
     module.write_text(module.read_text() + "\n# an edit\n")
     dry = run(repo, "-n", *TINY)
     planned = dry.stdout

@@ -68,7 +68,13 @@ def test_default_dag_plans_every_artifact(repo_root: Path) -> None:
     counts = job_counts(result.stdout)
     # 4 experiments x (300 + 300 + 300 images in shards of 160 -> 2 + 2 + 2) x 1 seed
     assert counts["reconstruct"] == 4 * 6
-    for rule in ("render_tables", "plot_figures", "build_paper", "explore_notebook"):
+    for rule in (
+        "render_tables",
+        "plot_figures",
+        "build_paper",
+        "explore_notebook",
+        "speed_benchmark",
+    ):
         assert counts.get(rule) == 1, rule
 
 

@@ -13,7 +13,7 @@ HEADLINE_SEED = SEEDS[0]
 rule render_tables:
     input:
         metrics=f"data/processed/{RUN}/metrics.csv",
-        code=pkg("report_tables.py", "io.py"),
+        code=pkg("tables.py", "io.py"),
     output:
         csv=report(
             f"data/processed/{RUN}/tables/main_results.csv",
@@ -55,7 +55,7 @@ rule plot_figures:
             seed=HEADLINE_SEED,
         ),
         train_logs=train_logs(),
-        code=pkg("report_figures.py", "io.py"),
+        code=pkg("plotting.py", "io.py"),
     output:
         [
             report(
@@ -87,7 +87,7 @@ rule write_paper_numbers:
     input:
         metrics=f"data/processed/{RUN}/metrics.csv",
         lists=expand("data/interim/{run}/lists/{dataset}.txt", run=RUN, dataset=EVAL_SETS),
-        code=pkg("report_paper.py", "io.py"),
+        code=pkg("paper.py", "tables.py", "io.py"),
     output:
         "paper/numbers.tex",
     log:

@@ -8,6 +8,7 @@ Inputs ``scores``, ``baselines`` (one per dataset, in ``params.datasets`` order)
 
 from pathlib import Path
 
+from diffguard.pipeline import BASELINE_LABELS
 from diffguard.plotting import plot_all
 from diffguard.runtime import setup_logging
 
@@ -21,6 +22,7 @@ plot_all(
     score_files=dict(zip(datasets, sm.input.scores, strict=True)),
     baseline_files=dict(zip(datasets, sm.input.baselines, strict=True)),
     baselines=list(sm.params.baselines),
+    baseline_labels=BASELINE_LABELS,
     shard_files=shards,
     train_logs=dict(zip(sm.params.models, sm.input.train_logs, strict=True)),
     out_dir=Path(sm.output[0]).parent,

@@ -491,14 +491,6 @@ def plot_training_curves(
 # every figure of a run
 
 
-def _baseline_label(name: str) -> str:
-    try:
-        from diffguard.pipeline import BASELINE_LABELS  # imports torch: only when needed
-    except (ImportError, AttributeError):
-        return name.upper()
-    return BASELINE_LABELS.get(name, name.upper())
-
-
 def _paths(value: str | Path | Sequence[str | Path]) -> list[Path]:
     if isinstance(value, str | Path):
         return [Path(value)]
@@ -532,6 +524,7 @@ def plot_all(
     baselines: Sequence[str] = (),
     experiment: str = "",
     distance: str = "ssim",
+    baseline_labels: Mapping[str, str] | None = None,
     max_baselines: int = 3,
     per_set: int = 4,
 ) -> list[Path]:
@@ -549,6 +542,7 @@ def plot_all(
         baselines: Baseline columns to consider for the ROC figure.
         experiment: Headline experiment name (titles).
         distance: Headline similarity; the score column is ``score_<distance>``.
+        baseline_labels: Display name of each baseline column (default: upper case).
         max_baselines: ROC curves of at most this many baselines (best mean AUROC first).
         per_set: Images per dataset in the reconstruction grid.
     """
@@ -592,7 +586,8 @@ def plot_all(
             ),
         )
         for b in ranked[:max_baselines]:
-            roc[_baseline_label(b)] = {d: frames[d][b].to_numpy() for d in sets}
+            label = (baseline_labels or {}).get(b, b.upper())
+            roc[label] = {d: frames[d][b].to_numpy() for d in sets}
     written += plot_roc_curves(roc, out / "roc_curves", id_name=id_set)
 
     shards = {d: _concat_shards(_paths(shard_files[d])) for d in sets}

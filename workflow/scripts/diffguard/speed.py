@@ -29,7 +29,7 @@ import torch
 
 from diffguard import cfg, gdm, io
 from diffguard import released_port as rp
-from diffguard.report_tables import latex_escape
+from diffguard.tables import latex_escape
 
 log = logging.getLogger("diffguard")
 
@@ -293,8 +293,11 @@ def run_speed_benchmark(
     for method, (unet_in, settings) in methods.items():
         conditional = method == "CFG"
         for dtype in resolve_dtypes(dtypes, device):
-            unet = unet_in if dtype == torch.float32 else copy.deepcopy(unet_in)
-            unet = unet.to(device=device, dtype=dtype).eval()
+            # diffusers warns on any .to(dtype=...); a float32 run keeps the loaded weights
+            unet = unet_in.to(device) if dtype == torch.float32 else copy.deepcopy(unet_in)
+            if dtype != torch.float32:
+                unet = unet.to(device=device, dtype=dtype)
+            unet.eval()
             if dtype != torch.float32 and not _unet_runs_in(unet, dtype, x_all, conditional):
                 log.warning("%s: skipping %s (the model does not run in it)", method, dtype)
                 continue
@@ -362,10 +365,11 @@ def _measure(
     outputs: dict[str, dict[str, list[torch.Tensor]]] = {
         impl: {"ref": [], "recon": []} for impl in IMPLEMENTATIONS
     }
-    for first in range(0, n, batch_size):
+    for k, first in enumerate(range(0, n, batch_size)):
         x = x_all[first : first + batch_size]
         y = labels_all[first : first + batch_size]
-        for impl in IMPLEMENTATIONS:
+        # alternate who goes first, so that neither always pays for new shapes or cold caches
+        for impl in IMPLEMENTATIONS if k % 2 == 0 else IMPLEMENTATIONS[::-1]:
             memory.start()
             _sync(device)
             start = time.perf_counter()

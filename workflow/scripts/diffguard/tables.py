@@ -472,7 +472,8 @@ def published_vs_reproduced(
     Returns:
         One row per mapped cell: ``published_row, method, dataset, metric, convention,
         reproduced, published, published_sd, delta`` (delta = reproduced - published). A set
-        the run did not evaluate gives an empty ``reproduced`` and ``delta``.
+        the run did not evaluate gives an empty ``reproduced`` and ``delta``, and so does the
+        average unless the run evaluated every published OOD set of that row.
 
     Raises:
         KeyError: A mapped published row or reproduced method does not exist.
@@ -497,6 +498,15 @@ def published_vs_reproduced(
             )
         pub_row = published.iloc[keys.index(pub_key)]
         our_row = reproduced.iloc[by_method[method]]
+        # The averages are comparable only when the run evaluated every published OOD set.
+        pub_sets = {
+            _DATASET_ALIASES.get(m["dataset"], m["dataset"])
+            for c in published.columns
+            if (m := _PUBLISHED_METRIC.match(c)) and not m["std"] and not pd.isna(pub_row[c])
+        } - {"average"}
+        same_sets = all(
+            f"{d}_auroc" in our_row.index and not pd.isna(our_row[f"{d}_auroc"]) for d in pub_sets
+        )
         for column in published.columns:
             match = _PUBLISHED_METRIC.match(column)
             if not match or match["std"] or pd.isna(pub_row[column]):
@@ -504,7 +514,14 @@ def published_vs_reproduced(
             dataset = _DATASET_ALIASES.get(match["dataset"], match["dataset"])
             ours = f"{dataset}_{_PUBLISHED_TO_OURS[match['metric']]}"
             value = float(our_row[ours]) if ours in our_row.index else float("nan")
-            if math.isnan(value):
+            if dataset == "average" and not same_sets:
+                value = float("nan")
+                log.warning(
+                    "%s: %s average not compared (the run lacks some of the published OOD sets)",
+                    published_csv,
+                    method,
+                )
+            elif math.isnan(value):
                 log.warning("%s: no reproduced value for %s / %s", published_csv, method, ours)
             std_column = f"{column}_std"
             sd = pub_row.get(std_column, np.nan) if std_column in published.columns else np.nan
@@ -538,14 +555,20 @@ def published_vs_reproduced(
     )
 
 
-def comparison_notes(published_csv: str | Path) -> list[str]:
+def comparison_notes(
+    published_csv: str | Path, comparison: pd.DataFrame | None = None
+) -> list[str]:
     """Notes of a published-vs-reproduced table (source, sign of delta, FPR convention)."""
+    empty = []
+    if comparison is not None and comparison["reproduced"].isna().all():
+        empty = ["This run evaluated none of the published cells: nothing is compared."]
     return [
+        *empty,
         f"Published: DiffGuard paper, {Path(published_csv).stem} (config/published).",
         "delta = reproduced - published, in percentage points.",
         FPR_CONVENTIONS["fpr95_id_recall"],
-        "The published average covers the paper's OOD sets; the reproduced average covers "
-        "the sets this run evaluated.",
+        "Averages are compared only when the run evaluated every published OOD set; "
+        "missing cells (--) were not evaluated, nothing is filled in.",
     ]
 
 
@@ -690,7 +713,7 @@ def render_tables(
             )
         comparison = published_vs_reproduced(table, published_csv, cells)
         name = f"{stem.split('_')[0]}_published_vs_reproduced"
-        notes = comparison_notes(published_csv)
+        notes = comparison_notes(published_csv, comparison)
         paths = [out_csv / f"{name}.csv", out_md / f"{name}.md", out_tex / f"{name}.tex"]
         write_csv(paths[0], comparison)
         write_text(
@@ -702,6 +725,11 @@ def render_tables(
             rf"Published ({latex_escape(stem)}) versus reproduced (\texttt{{{latex_escape(run)}}})."
         )
         write_text(paths[2], comparison_to_latex(comparison, caption, f"tab:{stem}", notes))
-        log.info("%s: %d cells compared", name, len(comparison))
+        log.info(
+            "%s: %d published cells, %d with a reproduced value",
+            name,
+            len(comparison),
+            int(comparison["reproduced"].notna().sum()),
+        )
         written += paths
     return written
