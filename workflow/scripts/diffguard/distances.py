@@ -16,6 +16,8 @@ from pathlib import Path
 import piq
 import torch
 
+from diffguard.checkpoints import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 DISTANCES = ("dists", "lpips", "ssim", "gmsd", "l2", "logits")
@@ -52,6 +54,9 @@ def require_perceptual_weights(name: str, hub_dir: str | Path | None) -> Path:
             f"distance {name!r} needs these weight files (download rule `download_weights`): "
             + ", ".join(str(p) for p in missing)
         )
+    for name_ in PERCEPTUAL_WEIGHT_FILES[name]:
+        # piq unpickles these through torch.hub; check first that they hold tensors only.
+        load_checkpoint(hub / "checkpoints" / name_, map_location="cpu")
     torch.hub.set_dir(str(hub))
     return hub
 

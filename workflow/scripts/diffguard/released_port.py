@@ -192,7 +192,7 @@ def cond_fn_released(
             x0_hat = sr * x_in - srm1 * eps  # clip_denoised=False
             post.mean(x0_hat, x_in, index)
             fac = torch.sqrt(1 - sched.coef("alphas_cumprod", index, x.ndim))
-            x_in = x_in * 1.0  # the reassigned tensor the gradient is for
+            x_in = x0_hat * fac + x_in * (1 - fac)  # the reassigned tensor the gradient is for
         images = (x_in.to(clf_dtype) + 1) / 2
         if crops is not None:
             images = crops(images, local_step)
