@@ -21,10 +21,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -303,54 +304,105 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     return FinishedRun(work, result.seconds, result.job_counts())
 
 
+# -------------------------------------------------------------- comparing two runs' outputs
+# Outputs that record wall-clock facts: compared without those fields (never skipped).
+TIMESTAMP_FILES = ("model.done",)
+TIME_COLUMNS = {"train_log.csv": ("elapsed_s",)}
+TIME_KEYS = {"diffguard.json": ("train_seconds",)}
+
+
+def comparable_content(work: Path, rel: Path) -> Any:
+    """Content of an output with its wall-clock fields removed, for comparing two runs."""
+    path = work / rel
+    if rel.name in TIMESTAMP_FILES:
+        return path.read_text().split(" ", 1)[0]  # "trained <time>"
+    if rel.name in TIME_COLUMNS:
+        frame = pd.read_csv(path)
+        return frame.drop(columns=[c for c in TIME_COLUMNS[rel.name] if c in frame]).to_csv()
+    if rel.name in TIME_KEYS:
+        data = json.loads(path.read_text())
+        for key in TIME_KEYS[rel.name]:
+            data.pop(key, None)
+        return data
+    return path.read_bytes()
+
+
+def differing_outputs(reference: Path, work: Path, names: Iterable[Path]) -> list[Path]:
+    """Outputs of ``work`` whose content (wall-clock fields aside) differs from ``reference``."""
+    return [
+        rel for rel in names if comparable_content(reference, rel) != comparable_content(work, rel)
+    ]
+
+
 # ------------------------------------------------------------------------ kill and resume
 KILL_POLL_S = 0.05
 KILL_WAIT_LIMIT_S = 600
+# Kill 1 comes this long after a training job started (its outputs were marked incomplete):
+# the tiny config trains each model for about 10 s, imports included.
+TRAINING_KILL_AFTER_S = 5.0
 
 
 @dataclass(frozen=True)
-class ShardState:
-    """A final-named shard as found after the kill."""
+class FileState:
+    """An output as found right after a kill."""
 
     mtime_ns: int
     sha256: str
-    size: int
+
+
+@dataclass(frozen=True)
+class Kill:
+    """What one SIGKILL of the whole run left behind.
+
+    Attributes:
+        phase: ``training`` or ``reconstruction``: what the run was doing.
+        after_s: Seconds from the (re)start of the run to the kill.
+        complete: Final-named outputs snakemake had recorded as finished -> their state.
+        marked_incomplete: Outputs snakemake had marked as being written.
+        checked: How many final-named outputs were loaded after the kill.
+        unreadable: Those that failed to load (path -> error).
+        differing: Final-named outputs whose content differs from the uninterrupted run's
+            (wall-clock fields aside): partial, or not deterministic.
+        hidden_temp_files: Leftover hidden temp files (``.name.XXXX.ext``) under ``data/``.
+        shards: Final-named reconstruction shards.
+        unlock: The ``--unlock`` call after the kill.
+    """
+
+    phase: str
+    after_s: float
+    complete: dict[Path, FileState]
+    marked_incomplete: set[str]
+    checked: int
+    unreadable: dict[Path, str]
+    differing: list[Path]
+    hidden_temp_files: list[Path]
+    shards: list[Path]
+    unlock: SnakemakeResult
 
 
 @dataclass(frozen=True)
 class ResumedRun:
-    """A tiny run killed with SIGKILL during reconstruction, then resumed to completion.
+    """A tiny run killed twice with SIGKILL (in training, then in reconstruction) and resumed.
 
     Attributes:
         work: The run folder.
         expected_shards: Every shard of the workflow (from the uninterrupted run).
-        at_kill: Final-named shards present when the run was killed (relative path -> state).
-        marked_incomplete: Outputs snakemake had marked incomplete when it was killed.
-        hidden_temp_files: Leftover hidden temp files (``.name.XXXX.ext``) under ``data/``.
-        checked_at_kill: How many final-named outputs were loaded right after the kill.
-        unreadable_at_kill: Those that failed to load (path -> error): must be empty.
-        killed_after_s: Seconds from the start until the kill.
-        unlock: The ``--unlock`` call after the kill.
-        rerun: The resuming call.
-        rerun_args: Extra arguments the resuming call needed.
+        kills: The two kills, in order.
+        restarts: The snakemake call after each kill: the second run (killed too; its log
+            holds the jobs it planned) and the call that finishes the run.
+        rerun_args: Extra arguments each of those calls needed.
     """
 
     work: Path
     expected_shards: list[Path]
-    at_kill: dict[Path, ShardState]
-    marked_incomplete: set[str]
-    hidden_temp_files: list[Path]
-    checked_at_kill: int
-    unreadable_at_kill: dict[Path, str]
-    killed_after_s: float
-    unlock: SnakemakeResult
-    rerun: SnakemakeResult
-    rerun_args: tuple[str, ...]
+    kills: list[Kill]
+    restarts: list[SnakemakeResult]
+    rerun_args: list[tuple[str, ...]]
 
     @property
-    def complete_at_kill(self) -> dict[Path, ShardState]:
-        """Shards that were final and not marked incomplete: these must be kept."""
-        return {p: s for p, s in self.at_kill.items() if str(p) not in self.marked_incomplete}
+    def rerun(self) -> SnakemakeResult:
+        """The call that finished the run."""
+        return self.restarts[-1]
 
 
 def _processes_in(work: Path) -> list[int]:
@@ -379,18 +431,37 @@ def _kill_group(proc: subprocess.Popen[bytes], work: Path) -> None:
     assert not left, f"processes of the killed run survived SIGKILL of its group: {left}"
 
 
-@pytest.fixture(scope="session")
-def resumed_run(tiny_run: FinishedRun, tmp_path_factory: pytest.TempPathFactory) -> ResumedRun:
-    """Start the tiny workflow, SIGKILL it once some but not all shards exist, then resume."""
-    expected = recon_shards(tiny_run.work)
-    assert len(expected) >= 2, f"the tiny run has {len(expected)} shards; need >= 2 to interrupt"
-    dest = tmp_path_factory.mktemp("resume")
-    work = copy_repo(dest)
-    log_path = dest / "killed_run.log"
+def _training_running(work: Path, since: dict[str, float]) -> bool:
+    """True once a training job's outputs have been marked incomplete for a while."""
+    now = time.monotonic()
+    marked = {m for m in incomplete_outputs(work) if f"/{RUN}/models/" in m}
+    for name in marked:
+        since.setdefault(name, now)
+    return any(now - since[name] >= TRAINING_KILL_AFTER_S for name in marked)
+
+
+def _shard_finished(work: Path, expected: int) -> bool:
+    """True once a shard is final *and* recorded as finished, while others are still missing.
+
+    A shard without an incomplete marker had its job fully booked by snakemake: it must
+    survive the kill untouched.
+    """
+    present = recon_shards(work)
+    return len(present) < expected and bool(set(map(str, present)) - incomplete_outputs(work))
+
+
+def _run_until(
+    work: Path, log_path: Path, args: Sequence[str], condition: Callable[[], bool]
+) -> float:
+    """Start snakemake in its own process group, SIGKILL the group once ``condition`` holds.
+
+    Returns:
+        Seconds from the start to the kill.
+    """
     start = time.monotonic()
     with open(log_path, "wb") as log_handle:
         proc = subprocess.Popen(
-            snakemake_cmd("--cores", "2", METRICS),
+            snakemake_cmd(*args),
             cwd=work,
             env=run_env(work),
             stdout=log_handle,
@@ -398,62 +469,102 @@ def resumed_run(tiny_run: FinishedRun, tmp_path_factory: pytest.TempPathFactory)
             start_new_session=True,  # own process group: the kill reaches every job
         )
         try:
-            while True:
-                # Wait for a shard that is final *and* whose job snakemake has recorded as
-                # finished (no incomplete marker): that one must survive the kill untouched.
-                present = recon_shards(work)
-                if len(present) < len(expected) and set(map(str, present)) - incomplete_outputs(
-                    work
-                ):
-                    break
+            while not condition():
                 if proc.poll() is not None or time.monotonic() - start > KILL_WAIT_LIMIT_S:
                     pytest.fail(
-                        f"run ended (rc {proc.returncode}) or timed out with {len(present)} of "
-                        f"{len(expected)} shards before the kill:\n{log_path.read_text()[-4000:]}"
+                        f"run ended (rc {proc.returncode}) or timed out before the kill:\n"
+                        f"{log_path.read_text()[-4000:]}"
                     )
                 time.sleep(KILL_POLL_S)
         finally:
             if proc.poll() is None:
                 _kill_group(proc, work)
-    killed_after = time.monotonic() - start
-    at_kill = {
-        rel: ShardState(
-            (work / rel).stat().st_mtime_ns, sha256(work / rel), (work / rel).stat().st_size
-        )
-        for rel in recon_shards(work)
-    }
+    return time.monotonic() - start
+
+
+def _inspect_kill(phase: str, after_s: float, work: Path, reference: Path) -> Kill:
+    """Check what the kill left, then unlock the run folder."""
     marked = incomplete_outputs(work)
+    files = output_files(work)
     checked, unreadable = unreadable_outputs(work)
-    hidden = sorted(p.relative_to(work) for p in (work / "data").rglob(".*") if p.is_file())
-    LOGGER.info(
-        "killed after %.1f s: %d of %d shards final, %d outputs marked incomplete, "
-        "%d hidden temp files",
-        killed_after,
-        len(at_kill),
-        len(expected),
-        len(marked),
-        len(hidden),
-    )
-    unlock = snakemake(work, "--unlock", METRICS)
-    # A job killed between its atomic rename and snakemake's bookkeeping leaves a complete file
-    # still marked incomplete; snakemake then refuses to go on without --rerun-incomplete.
-    racy = [p for p in output_files(work) if str(p) in marked]
-    rerun_args = ("--rerun-incomplete",) if racy else ()
-    rerun = snakemake(work, "--cores", "2", *rerun_args, METRICS)
-    LOGGER.info("resumed in %.1f s (%s): jobs %s", rerun.seconds, rerun_args, rerun.job_counts())
-    return ResumedRun(
-        work=work,
-        expected_shards=expected,
-        at_kill=at_kill,
+    kill = Kill(
+        phase=phase,
+        after_s=after_s,
+        complete={
+            rel: FileState((work / rel).stat().st_mtime_ns, sha256(work / rel))
+            for rel in files
+            if str(rel) not in marked
+        },
         marked_incomplete=marked,
-        hidden_temp_files=hidden,
-        checked_at_kill=checked,
-        unreadable_at_kill=unreadable,
-        killed_after_s=killed_after,
-        unlock=unlock,
-        rerun=rerun,
-        rerun_args=rerun_args,
+        checked=checked,
+        unreadable=unreadable,
+        differing=differing_outputs(reference, work, [f for f in files if f not in unreadable]),
+        hidden_temp_files=sorted(
+            p.relative_to(work) for p in (work / "data").rglob(".*") if p.is_file()
+        ),
+        shards=recon_shards(work),
+        unlock=snakemake(work, "--unlock", METRICS),
     )
+    LOGGER.info(
+        "kill in %s after %.1f s: %d outputs (%d final, %d unreadable, %d differ from the "
+        "uninterrupted run), %d marked incomplete, %d shards, %d hidden temp files",
+        phase,
+        after_s,
+        checked,
+        len(kill.complete),
+        len(unreadable),
+        len(kill.differing),
+        len(marked),
+        len(kill.shards),
+        len(kill.hidden_temp_files),
+    )
+    return kill
+
+
+def _resume_args(work: Path, kill: Kill) -> tuple[str, ...]:
+    """``--rerun-incomplete`` when a final-named output is still marked incomplete.
+
+    That happens when a job was killed after its atomic rename but before snakemake booked
+    it, or when a job writes an output in place; snakemake then stops without the flag.
+    """
+    racy = [p for p in output_files(work) if str(p) in kill.marked_incomplete]
+    if racy:
+        LOGGER.info("final-named outputs marked incomplete after the kill: %s", racy)
+    return ("--rerun-incomplete",) if racy else ()
+
+
+@pytest.fixture(scope="session")
+def resumed_run(tiny_run: FinishedRun, tmp_path_factory: pytest.TempPathFactory) -> ResumedRun:
+    """Start the tiny workflow, SIGKILL it in training, restart it, SIGKILL it again once some
+    but not all shards exist, then resume it to the end."""
+    expected = recon_shards(tiny_run.work)
+    assert len(expected) >= 2, f"the tiny run has {len(expected)} shards; need >= 2 to interrupt"
+    dest = tmp_path_factory.mktemp("resume")
+    work = copy_repo(dest)
+    kills: list[Kill] = []
+    rerun_args: list[tuple[str, ...]] = []
+
+    since: dict[str, float] = {}
+    after = _run_until(
+        work, dest / "run1.log", ["--cores", "2", METRICS], lambda: _training_running(work, since)
+    )
+    kills.append(_inspect_kill("training", after, work, tiny_run.work))
+
+    rerun_args.append(_resume_args(work, kills[-1]))
+    after = _run_until(
+        work,
+        dest / "run2.log",
+        ["--cores", "2", *rerun_args[-1], METRICS],
+        lambda: _shard_finished(work, len(expected)),
+    )
+    second_log = (dest / "run2.log").read_text()
+    kills.append(_inspect_kill("reconstruction", after, work, tiny_run.work))
+
+    rerun_args.append(_resume_args(work, kills[-1]))
+    final = snakemake(work, "--cores", "2", *rerun_args[-1], METRICS)
+    restarts = [SnakemakeResult(-9, second_log, kills[-1].after_s), final]
+    LOGGER.info("resumed in %.1f s %s: jobs %s", final.seconds, rerun_args, final.job_counts())
+    return ResumedRun(work, expected, kills, restarts, rerun_args)
 
 
 @pytest.fixture(scope="session")
@@ -473,4 +584,7 @@ def e2e() -> SimpleNamespace:
         recon_shards=recon_shards,
         compare_bytes=compare_bytes,
         unreadable_outputs=unreadable_outputs,
+        comparable_content=comparable_content,
+        differing_outputs=differing_outputs,
+        TIMESTAMP_FILES=TIMESTAMP_FILES,
     )

@@ -38,7 +38,7 @@ SLURM_SCRIPTS = REPO_ROOT / "tests" / "slurm"
 # config whose GPU count is 0, so that the GPU rules run on the CPU-only test node.
 SLURM_CONFIGFILE = "config/tiny.yaml"
 # Targets (files or rule names) to build; empty means the workflow's default target (rule all).
-SLURM_TARGETS: list[str] = []
+SLURM_TARGETS: list[str] = ["data/processed/tiny/metrics.csv"]
 # Glob patterns (fnmatch, relative to the repository root) of outputs that must exist after
 # both runs but whose bytes are not compared, e.g. executed notebooks, which store wall-clock
 # timestamps. Keep this empty unless a format cannot be made deterministic.

@@ -124,3 +124,23 @@ def final_targets():
         "paper/ms.pdf",
         f"data/processed/{RUN}/exploration_summary.csv",
     ]
+
+
+SPEED = config.get("speed", {})
+
+
+def speed_experiments():
+    """One GDM and one CFG experiment: `speed.experiments`, else gdm_main / cfg_main, else the
+    first experiment of each method."""
+    names = SPEED.get("experiments")
+    if names is None:
+        names = []
+        for method, default in (("gdm", "gdm_main"), ("cfg", "cfg_main")):
+            if default in EXPERIMENTS:
+                names.append(default)
+            else:
+                names += [n for n, e in EXPERIMENTS.items() if e["method"] == method][:1]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"speed.experiments: unknown experiment(s) {unknown}")
+    return names

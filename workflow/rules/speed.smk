@@ -4,26 +4,6 @@ Settings come from an optional `speed:` config block (images, batch_sizes, dtype
 experiments, denoise_batch_size, threads); the defaults below apply without it.
 """
 
-SPEED = config.get("speed", {})
-
-
-def speed_experiments():
-    """One GDM and one CFG experiment: `speed.experiments`, else gdm_main / cfg_main, else the
-    first experiment of each method."""
-    names = SPEED.get("experiments")
-    if names is None:
-        names = []
-        for method, default in (("gdm", "gdm_main"), ("cfg", "cfg_main")):
-            if default in EXPERIMENTS:
-                names.append(default)
-            else:
-                names += [n for n, e in EXPERIMENTS.items() if e["method"] == method][:1]
-    unknown = [n for n in names if n not in EXPERIMENTS]
-    if unknown:
-        raise ValueError(f"speed.experiments: unknown experiment(s) {unknown}")
-    return names
-
-
 SPEED_EXPERIMENTS = speed_experiments()
 SPEED_OUTPUTS = {
     "csv": f"data/processed/{RUN}/speed.csv",

@@ -422,37 +422,41 @@ def _measure(
 
 # ----------------------------------------------------------------------------------- rendering
 _SHOWN = (
-    ("method", "Method", None),
-    ("implementation", "Implementation", None),
-    ("batch_size", "Batch", "{:d}"),
-    ("images_per_s", "img/s", "{:.3f}"),
-    ("speedup_vs_port", "Speed-up", "{:.2f}x"),
-    ("nfe_per_image", "NFE/img", "{:.1f}"),
-    ("classifier_fwd_per_image", "Clf fwd/img", "{:.1f}"),
-    ("classifier_bwd_per_image", "Clf bwd/img", "{:.1f}"),
-    ("peak_mem_mb", "Peak MiB", "{:.1f}"),
-    ("max_abs_score_diff", "max |dscore|", "{:.1e}"),
+    # column, Markdown header, LaTeX header, number format
+    ("method", "Method", "Method", None),
+    ("implementation", "Implementation", "Implementation", None),
+    ("batch_size", "Batch", "Batch", "{:d}"),
+    ("images_per_s", "img/s", "img/s", "{:.3f}"),
+    ("speedup_vs_port", "Speed-up", "Speed-up", "{:.2f}x"),
+    ("nfe_per_image", "NFE/img", "NFE/img", "{:.1f}"),
+    ("classifier_fwd_per_image", "Clf fwd/img", "Clf fwd/img", "{:.1f}"),
+    ("classifier_bwd_per_image", "Clf bwd/img", "Clf bwd/img", "{:.1f}"),
+    ("peak_mem_mb", "Peak MiB", "Peak MiB", "{:.1f}"),
+    ("max_abs_score_diff", "max \\|Δscore\\|", r"max $|\Delta\mathrm{score}|$", "{:.1e}"),
 )
 _IMPL_LABELS = {"released_port": "released (port)", "ours": "ours"}
 
 
-def _cells(frame: pd.DataFrame, with_dtype: bool) -> tuple[list[str], list[list[str]]]:
-    header = [h for _, h, _ in _SHOWN]
+def _cells(frame: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells; a dtype column when the frame holds more than one dtype."""
+    with_dtype = frame["dtype"].nunique() > 1
+    header = [tex if latex else md for _, md, tex, _ in _SHOWN]
     if with_dtype:
         header.insert(2, "dtype")
     body = []
     for _, row in frame.iterrows():
         cells = []
-        for col, _, fmt in _SHOWN:
+        for col, _, _, fmt in _SHOWN:
             value = row[col]
             if col == "implementation":
-                cells.append(_IMPL_LABELS.get(value, str(value)))
+                text = _IMPL_LABELS.get(value, str(value))
             elif fmt is None:
-                cells.append(str(value))
+                text = str(value)
             elif col == "max_abs_score_diff" and row["implementation"] == "released_port":
-                cells.append("--")
+                text = "--"
             else:
-                cells.append(fmt.format(int(value) if fmt == "{:d}" else float(value)))
+                text = fmt.format(int(value) if fmt == "{:d}" else float(value))
+            cells.append(latex_escape(text) if latex else text)
         if with_dtype:
             cells.insert(2, str(row["dtype"]))
         body.append(cells)
@@ -480,7 +484,7 @@ def _summary(frame: pd.DataFrame, run: str) -> str:
 
 def speed_markdown(frame: pd.DataFrame, run: str) -> str:
     """GitHub Markdown of the benchmark table with its explanatory note."""
-    header, body = _cells(frame, frame["dtype"].nunique() > 1)
+    header, body = _cells(frame, latex=False)
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -497,9 +501,8 @@ def speed_markdown(frame: pd.DataFrame, run: str) -> str:
 
 def speed_latex(frame: pd.DataFrame, run: str) -> str:
     """booktabs LaTeX of the benchmark table (the paper's speed table)."""
-    with_dtype = frame["dtype"].nunique() > 1
-    header, body = _cells(frame, with_dtype)
-    numeric = len(header) - (3 if with_dtype else 2)
+    header, body = _cells(frame, latex=True)
+    numeric = len(header) - (3 if frame["dtype"].nunique() > 1 else 2)
     lines = [
         r"\begin{table}[t]",
         r"\centering\scriptsize",
@@ -508,7 +511,7 @@ def speed_latex(frame: pd.DataFrame, run: str) -> str:
         r"\resizebox{\linewidth}{!}{%",
         r"\begin{tabular}{l" + ("l" * (len(header) - numeric - 1)) + "r" * numeric + "}",
         r"\toprule",
-        " & ".join(latex_escape(h) for h in header) + r" \\",
+        " & ".join(header) + r" \\",
         r"\midrule",
     ]
     previous = None
@@ -517,7 +520,7 @@ def speed_latex(frame: pd.DataFrame, run: str) -> str:
         if previous is not None and key != previous:
             lines.append(r"\midrule")
         previous = key
-        lines.append(" & ".join(latex_escape(c) for c in cells) + r" \\")
+        lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
