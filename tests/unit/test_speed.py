@@ -364,3 +364,26 @@ def test_speed_stage_writes_the_table(tmp_path: Path) -> None:
     assert "unit\\_test" in tex  # the run name is escaped
     md = out["md"].read_text()
     assert md.count("\n| GDM |") == 4 and "images/s" in md
+
+
+def test_repeats_keep_counts_and_take_the_fastest_pass(tmp_path: Path) -> None:
+    """Best-of-R timing: counts and scores of a repeated benchmark equal a single pass's."""
+    unet, clf = tiny_unet(False), tiny_classifier()
+    images = (tiny_images()[:4] + 1) / 2
+    # scale 3: the strong test scale (300) amplifies float32 batch rounding past 1e-5
+    settings = gdm_settings(56.0, 2, classifier_scale=3.0)
+    kwargs = {"batch_sizes": [2], "distances": ["l2", "logits"], "warmup": False}
+    once = speed.run_speed_benchmark(images, clf, {"GDM": (unet, settings)}, NUM_CLASSES, **kwargs)
+    twice = speed.run_speed_benchmark(
+        images, clf, {"GDM": (unet, settings)}, NUM_CLASSES, repeats=2, **kwargs
+    )
+    assert (twice["repeats"] == 2).all() and (once["repeats"] == 1).all()
+    for col in ("nfe_per_image", "classifier_fwd_per_image", "classifier_bwd_per_image"):
+        assert twice[col].tolist() == once[col].tolist()
+    assert (twice["max_abs_score_diff"] <= 1e-5).all()
+    assert (twice["cpu_seconds"] > 0).all() and (twice["seconds"] > 0).all()
+    port, ours = twice.set_index("implementation").loc[["released_port", "ours"]].itertuples()
+    assert ours.cpu_speedup_vs_port == pytest.approx(port.cpu_seconds / ours.cpu_seconds)
+    assert port.cpu_speedup_vs_port == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="repeats"):
+        speed.run_speed_benchmark(images, clf, {"GDM": (unet, settings)}, NUM_CLASSES, repeats=0)

@@ -1,7 +1,7 @@
 """Speed benchmark (target `speed`): the released code's execution of GDM / CFG against ours.
 
 Settings come from an optional `speed:` config block (images, batch_sizes, dtypes, distances,
-experiments, denoise_batch_size, threads); the defaults below apply without it.
+experiments, denoise_batch_size, repeats, threads); the defaults below apply without it.
 """
 
 SPEED_EXPERIMENTS = speed_experiments()
@@ -60,6 +60,7 @@ rule speed_benchmark:
         dtypes=SPEED.get("dtypes", "auto"),
         distances=SPEED.get("distances", ["ssim", "l2", "logits"]),
         denoise_batch_size=SPEED.get("denoise_batch_size", 5),
+        repeats=SPEED.get("repeats", 1),
         device=config.get("device", "auto"),
         run=RUN,
         seed=SEEDS[0],

@@ -27,4 +27,5 @@ speed_stage(
     seed=int(sm.params.seed),
     denoise_batch_size=int(sm.params.denoise_batch_size),
     torch_hub_dir=sm.params.torch_hub_dir,
+    repeats=int(sm.params.repeats),
 )

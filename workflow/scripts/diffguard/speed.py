@@ -40,7 +40,9 @@ SPEED_COLUMNS = (
     "device",
     "dtype",
     "images",
+    "repeats",
     "seconds",
+    "cpu_seconds",
     "images_per_s",
     "nfe_per_image",
     "classifier_fwd_per_image",
@@ -49,6 +51,7 @@ SPEED_COLUMNS = (
     "max_abs_score_diff",
     "max_abs_recon_diff",
     "speedup_vs_port",
+    "cpu_speedup_vs_port",
     "nfe_reduction_vs_port",
     "threads",
     "mem_method",
@@ -257,6 +260,7 @@ def run_speed_benchmark(
     denoise_batch_size: int = 5,
     torch_hub_dir: str | Path | None = None,
     warmup: bool = True,
+    repeats: int = 1,
 ) -> pd.DataFrame:
     """Time the released execution and ours on the same images, weights and labels.
 
@@ -272,6 +276,8 @@ def run_speed_benchmark(
         denoise_batch_size: The released denoising batch when adaptive early stop is off.
         torch_hub_dir: Weights folder for DISTS/LPIPS, if those distances are asked for.
         warmup: Run both implementations once on two images before measuring.
+        repeats: Timed passes over all images; the fastest pass counts (best-of-R, so that a
+            busy machine slows neither implementation more than the other).
 
     Returns:
         One row per method x implementation x batch size x dtype, columns :data:`SPEED_COLUMNS`.
@@ -279,6 +285,8 @@ def run_speed_benchmark(
     from diffguard.distances import SimilarityScorer
 
     device = torch.device(device)
+    if repeats < 1:
+        raise ValueError(f"speed.repeats must be >= 1, got {repeats}")
     if images.ndim != 4 or images.min() < 0 or images.max() > 1:
         raise ValueError(f"images must be N x C x H x W in [0, 1], got shape {tuple(images.shape)}")
     classifier = classifier.to(device).eval()
@@ -326,11 +334,12 @@ def run_speed_benchmark(
                     device,
                     dtype_name(dtype),
                     threads,
+                    repeats,
                 )
                 port, ours = rows[-2], rows[-1]
                 log.info(
                     "%s %s batch %d: port %.3f img/s %.1f NFE/img, ours %.3f img/s %.1f NFE/img,"
-                    " max |score diff| %.2e (%d images)",
+                    " CPU-time speed-up %.2fx, max |score diff| %.2e (%d images, best of %d)",
                     method,
                     dtype_name(dtype),
                     batch_size,
@@ -338,8 +347,10 @@ def run_speed_benchmark(
                     port["nfe_per_image"],
                     ours["images_per_s"],
                     ours["nfe_per_image"],
+                    ours["cpu_speedup_vs_port"],
                     ours["max_abs_score_diff"],
                     n,
+                    repeats,
                 )
     frame = pd.DataFrame(rows, columns=list(SPEED_COLUMNS))
     return frame
@@ -356,29 +367,53 @@ def _measure(
     device: torch.device,
     dtype: str,
     threads: int,
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
-    """Both implementations over all loader batches, alternating per batch."""
+    """Both implementations over all loader batches, alternating per batch, ``repeats`` times.
+
+    Wall and CPU seconds are each the fastest pass; counts, memory and outputs come from every
+    pass (counts are per pass, outputs must agree across passes as both are deterministic).
+    """
     n = x_all.shape[0]
-    seconds = dict.fromkeys(IMPLEMENTATIONS, 0.0)
+    seconds = dict.fromkeys(IMPLEMENTATIONS, float("inf"))
+    cpu_seconds = dict.fromkeys(IMPLEMENTATIONS, float("inf"))
     peak = dict.fromkeys(IMPLEMENTATIONS, 0.0)
     counters = {impl: gdm.CallCounter() for impl in IMPLEMENTATIONS}
-    outputs: dict[str, dict[str, list[torch.Tensor]]] = {
-        impl: {"ref": [], "recon": []} for impl in IMPLEMENTATIONS
-    }
-    for k, first in enumerate(range(0, n, batch_size)):
-        x = x_all[first : first + batch_size]
-        y = labels_all[first : first + batch_size]
-        # alternate who goes first, so that neither always pays for new shapes or cold caches
-        for impl in IMPLEMENTATIONS if k % 2 == 0 else IMPLEMENTATIONS[::-1]:
-            memory.start()
-            _sync(device)
-            start = time.perf_counter()
-            ref, recon = runners[impl](x, y, counters[impl])
-            _sync(device)
-            seconds[impl] += time.perf_counter() - start
-            peak[impl] = max(peak[impl], memory.stop())
-            outputs[impl]["ref"].append(ref.cpu())
-            outputs[impl]["recon"].append(recon.cpu())
+    outputs: dict[str, dict[str, list[torch.Tensor]]] = {}
+    for repeat in range(repeats):
+        pass_wall = dict.fromkeys(IMPLEMENTATIONS, 0.0)
+        pass_cpu = dict.fromkeys(IMPLEMENTATIONS, 0.0)
+        pass_counters = {impl: gdm.CallCounter() for impl in IMPLEMENTATIONS}
+        pass_outputs: dict[str, dict[str, list[torch.Tensor]]] = {
+            impl: {"ref": [], "recon": []} for impl in IMPLEMENTATIONS
+        }
+        for k, first in enumerate(range(0, n, batch_size)):
+            x = x_all[first : first + batch_size]
+            y = labels_all[first : first + batch_size]
+            # alternate who goes first, so that neither always pays for new shapes or cold caches
+            for impl in IMPLEMENTATIONS if (k + repeat) % 2 == 0 else IMPLEMENTATIONS[::-1]:
+                memory.start()
+                _sync(device)
+                cpu_start = time.process_time()
+                start = time.perf_counter()
+                ref, recon = runners[impl](x, y, pass_counters[impl])
+                _sync(device)
+                pass_wall[impl] += time.perf_counter() - start
+                pass_cpu[impl] += time.process_time() - cpu_start
+                peak[impl] = max(peak[impl], memory.stop())
+                pass_outputs[impl]["ref"].append(ref.cpu())
+                pass_outputs[impl]["recon"].append(recon.cpu())
+        for impl in IMPLEMENTATIONS:
+            seconds[impl] = min(seconds[impl], pass_wall[impl])
+            cpu_seconds[impl] = min(cpu_seconds[impl], pass_cpu[impl])
+            if repeat == 0:
+                counters[impl] = pass_counters[impl]
+                outputs[impl] = pass_outputs[impl]
+            elif pass_counters[impl].unet_rows != counters[impl].unet_rows:
+                raise RuntimeError(
+                    f"{method} {impl}: UNet rows differ between passes "
+                    f"({counters[impl].unet_rows} vs {pass_counters[impl].unet_rows})"
+                )
     scores: dict[str, dict[str, torch.Tensor]] = {}
     recon_all: dict[str, torch.Tensor] = {}
     for impl in IMPLEMENTATIONS:
@@ -403,7 +438,9 @@ def _measure(
                 "device": device.type,
                 "dtype": dtype,
                 "images": n,
+                "repeats": repeats,
                 "seconds": seconds[impl],
+                "cpu_seconds": cpu_seconds[impl],
                 "images_per_s": rate,
                 "nfe_per_image": counter.unet_rows / n,
                 "classifier_fwd_per_image": counter.classifier_forward_rows / n,
@@ -412,6 +449,7 @@ def _measure(
                 "max_abs_score_diff": score_diff,
                 "max_abs_recon_diff": recon_diff,
                 "speedup_vs_port": rate / port_rate,
+                "cpu_speedup_vs_port": cpu_seconds["released_port"] / cpu_seconds[impl],
                 "nfe_reduction_vs_port": 1 - (counter.unet_rows / n) / port_nfe,
                 "threads": threads,
                 "mem_method": memory.method,
@@ -428,6 +466,7 @@ _SHOWN = (
     ("batch_size", "Batch", "Batch", "{:d}"),
     ("images_per_s", "img/s", "img/s", "{:.3f}"),
     ("speedup_vs_port", "Speed-up", "Speed-up", "{:.2f}x"),
+    ("cpu_speedup_vs_port", "CPU-time speed-up", "CPU-time speed-up", "{:.2f}x"),
     ("nfe_per_image", "NFE/img", "NFE/img", "{:.1f}"),
     ("classifier_fwd_per_image", "Clf fwd/img", "Clf fwd/img", "{:.1f}"),
     ("classifier_bwd_per_image", "Clf bwd/img", "Clf bwd/img", "{:.1f}"),
@@ -440,13 +479,15 @@ _IMPL_LABELS = {"released_port": "released (port)", "ours": "ours"}
 def _cells(frame: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str]]]:
     """Header and body cells; a dtype column when the frame holds more than one dtype."""
     with_dtype = frame["dtype"].nunique() > 1
-    header = [tex if latex else md for _, md, tex, _ in _SHOWN]
+    # CPU seconds say little about a GPU run (the host mostly waits)
+    shown = [c for c in _SHOWN if c[0] != "cpu_speedup_vs_port" or set(frame["device"]) == {"cpu"}]
+    header = [tex if latex else md for _, md, tex, _ in shown]
     if with_dtype:
         header.insert(2, "dtype")
     body = []
     for _, row in frame.iterrows():
         cells = []
-        for col, _, _, fmt in _SHOWN:
+        for col, _, _, fmt in shown:
             value = row[col]
             if col == "implementation":
                 text = _IMPL_LABELS.get(value, str(value))
@@ -473,8 +514,10 @@ def _summary(frame: pd.DataFrame, run: str) -> str:
         "code's execution (batch 1 under adaptive early stop, a second UNet forward inside the "
         "guidance function, the graph through the UNet kept) against this implementation, in "
         "the same run on the same inputs, weights and guidance labels, alternating per loader "
-        "batch. NFE: UNet rows evaluated per image; classifier passes count every crop. Timed: "
-        "inversion, CAM mask (CFG) and guided regeneration. Peak memory: "
+        f"batch; times are the fastest of {int(first['repeats'])} pass(es) over all images. "
+        "CPU-time speed-up: the ratio of process CPU seconds, which a busy machine distorts "
+        "less than wall time. NFE: UNet rows evaluated per image; classifier passes count "
+        "every crop. Timed: inversion, CAM mask (CFG) and guided regeneration. Peak memory: "
         f"{first['mem_method']}. max |dscore|: the largest difference of any score from the "
         "port's on the same images. The paper reports 0.05 (GDM) and 0.53 (LDM) images/s per "
         "V100 with its full-size models; these models are the run's own, so only the ratios "
@@ -546,6 +589,7 @@ def speed_stage(
     seed: int = 0,
     denoise_batch_size: int = 5,
     torch_hub_dir: str | None = None,
+    repeats: int = 1,
 ) -> pd.DataFrame:
     """Rule ``speed_benchmark``: load the run's models and images, benchmark, write the tables."""
     from diffguard.config import method_settings
@@ -590,6 +634,7 @@ def speed_stage(
         distances=distances,
         denoise_batch_size=denoise_batch_size,
         torch_hub_dir=torch_hub_dir,
+        repeats=repeats,
     )
     io.write_csv(out_csv, frame)
     io.write_text(out_md, speed_markdown(frame, run))
