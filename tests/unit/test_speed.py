@@ -387,3 +387,30 @@ def test_repeats_keep_counts_and_take_the_fastest_pass(tmp_path: Path) -> None:
     assert port.cpu_speedup_vs_port == pytest.approx(1.0)
     with pytest.raises(ValueError, match="repeats"):
         speed.run_speed_benchmark(images, clf, {"GDM": (unet, settings)}, NUM_CLASSES, repeats=0)
+
+
+def test_channels_last_variant_computes_the_same() -> None:
+    """A speed variant is timed beside ours with the same counts and scores."""
+    unet, clf = tiny_unet(False), tiny_classifier()
+    images = (tiny_images()[:2] + 1) / 2
+    settings = gdm_settings(56.0, 0, classifier_scale=3.0)
+    frame = speed.run_speed_benchmark(
+        images,
+        clf,
+        {"GDM": (unet, settings)},
+        NUM_CLASSES,
+        batch_sizes=[2],
+        distances=["l2"],
+        warmup=False,
+        variants=["channels_last"],
+    ).set_index("implementation")
+    assert list(frame.index) == ["released_port", "ours", "ours+channels_last"]
+    assert frame.loc["ours+channels_last", "nfe_per_image"] == frame.loc["ours", "nfe_per_image"]
+    # NHWC convolutions round differently: measured 1.1e-5 on this random model, vs ~1e-2 for
+    # any algorithmic difference
+    assert frame.loc["ours+channels_last", "max_abs_score_diff"] <= 1e-4
+    assert "ours + channels last" in speed.speed_markdown(frame.reset_index(), "t")
+    with pytest.raises(ValueError, match="variants"):
+        speed.run_speed_benchmark(
+            images, clf, {"GDM": (unet, settings)}, NUM_CLASSES, variants=["turbo"]
+        )

@@ -1,7 +1,7 @@
 """Speed benchmark (target `speed`): the released code's execution of GDM / CFG against ours.
 
 Settings come from an optional `speed:` config block (images, batch_sizes, dtypes, distances,
-experiments, denoise_batch_size, repeats, threads); the defaults below apply without it.
+experiments, denoise_batch_size, repeats, variants, threads); the defaults below apply without it.
 """
 
 SPEED_EXPERIMENTS = speed_experiments()
@@ -61,6 +61,7 @@ rule speed_benchmark:
         distances=SPEED.get("distances", ["ssim", "l2", "logits"]),
         denoise_batch_size=SPEED.get("denoise_batch_size", 5),
         repeats=SPEED.get("repeats", 1),
+        variants=SPEED.get("variants", []),
         device=config.get("device", "auto"),
         run=RUN,
         seed=SEEDS[0],

@@ -28,4 +28,5 @@ speed_stage(
     denoise_batch_size=int(sm.params.denoise_batch_size),
     torch_hub_dir=sm.params.torch_hub_dir,
     repeats=int(sm.params.repeats),
+    variants=list(sm.params.variants),
 )

@@ -59,6 +59,10 @@ SPEED_COLUMNS = (
 """Columns of the benchmark table (one row per method x implementation x batch size x dtype)."""
 
 IMPLEMENTATIONS = ("released_port", "ours")
+VARIANTS = ("channels_last", "compile")
+"""Optional variants of our implementation (``speed.variants``), each timed as ``ours+<name>``:
+``channels_last`` (NHWC memory format for the UNet), ``compile`` (``torch.compile`` of the UNet,
+compilation excluded by the warm-up). Measured, not assumed: keep one only where it wins."""
 PAPER_IMAGES_PER_S = {"GDM": 0.05, "CFG": 0.53}
 """Paper, Sec. 5: images/s per V100 for GDM (ADM-256, 60 steps) and LDM (25 steps)."""
 
@@ -184,6 +188,20 @@ def _cond_eps(unet: Any, channels: int, dtype: torch.dtype) -> cfg.CondEpsModel:
     return eps
 
 
+def variant_unet(unet: Any, variant: str) -> Any:
+    """``unet`` prepared for a speed variant (a callable with the UNet's signature)."""
+    if variant == "channels_last":
+        nhwc = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+
+        def call(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> Any:
+            return nhwc(x.contiguous(memory_format=torch.channels_last), t, **kwargs)
+
+        return call
+    if variant == "compile":
+        return torch.compile(unet)
+    raise ValueError(f"speed.variants: unknown variant {variant!r}; expected one of {VARIANTS}")
+
+
 Runner = Callable[[torch.Tensor, torch.Tensor, gdm.CallCounter], tuple[torch.Tensor, torch.Tensor]]
 """``run(x, labels, counter) -> (reference, recon)`` for one loader batch (x in [-1, 1])."""
 
@@ -261,6 +279,7 @@ def run_speed_benchmark(
     torch_hub_dir: str | Path | None = None,
     warmup: bool = True,
     repeats: int = 1,
+    variants: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Time the released execution and ours on the same images, weights and labels.
 
@@ -287,6 +306,9 @@ def run_speed_benchmark(
     device = torch.device(device)
     if repeats < 1:
         raise ValueError(f"speed.repeats must be >= 1, got {repeats}")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"speed.variants: unknown {unknown}; expected a subset of {VARIANTS}")
     if images.ndim != 4 or images.min() < 0 or images.max() > 1:
         raise ValueError(f"images must be N x C x H x W in [0, 1], got shape {tuple(images.shape)}")
     classifier = classifier.to(device).eval()
@@ -319,6 +341,17 @@ def run_speed_benchmark(
                 dtype,
                 denoise_batch_size,
             )
+            for variant in variants:
+                runners[f"ours+{variant}"] = method_runners(
+                    method,
+                    variant_unet(unet, variant),
+                    settings,
+                    classifier,
+                    x_all.shape[1],
+                    num_classes,
+                    dtype,
+                    denoise_batch_size,
+                )["ours"]
             if warmup:
                 for run in runners.values():
                     run(x_all[:2], labels_all[:2], gdm.CallCounter())
@@ -336,7 +369,7 @@ def run_speed_benchmark(
                     threads,
                     repeats,
                 )
-                port, ours = rows[-2], rows[-1]
+                port, ours = rows[-len(runners)], rows[-len(runners) + 1]
                 log.info(
                     "%s %s batch %d: port %.3f img/s %.1f NFE/img, ours %.3f img/s %.1f NFE/img,"
                     " CPU-time speed-up %.2fx, max |score diff| %.2e (%d images, best of %d)",
@@ -375,23 +408,24 @@ def _measure(
     pass (counts are per pass, outputs must agree across passes as both are deterministic).
     """
     n = x_all.shape[0]
-    seconds = dict.fromkeys(IMPLEMENTATIONS, float("inf"))
-    cpu_seconds = dict.fromkeys(IMPLEMENTATIONS, float("inf"))
-    peak = dict.fromkeys(IMPLEMENTATIONS, 0.0)
-    counters = {impl: gdm.CallCounter() for impl in IMPLEMENTATIONS}
+    names = list(runners)  # released_port, ours, then any variants of ours
+    seconds = dict.fromkeys(names, float("inf"))
+    cpu_seconds = dict.fromkeys(names, float("inf"))
+    peak = dict.fromkeys(names, 0.0)
+    counters = {impl: gdm.CallCounter() for impl in names}
     outputs: dict[str, dict[str, list[torch.Tensor]]] = {}
     for repeat in range(repeats):
-        pass_wall = dict.fromkeys(IMPLEMENTATIONS, 0.0)
-        pass_cpu = dict.fromkeys(IMPLEMENTATIONS, 0.0)
-        pass_counters = {impl: gdm.CallCounter() for impl in IMPLEMENTATIONS}
+        pass_wall = dict.fromkeys(names, 0.0)
+        pass_cpu = dict.fromkeys(names, 0.0)
+        pass_counters = {impl: gdm.CallCounter() for impl in names}
         pass_outputs: dict[str, dict[str, list[torch.Tensor]]] = {
-            impl: {"ref": [], "recon": []} for impl in IMPLEMENTATIONS
+            impl: {"ref": [], "recon": []} for impl in names
         }
         for k, first in enumerate(range(0, n, batch_size)):
             x = x_all[first : first + batch_size]
             y = labels_all[first : first + batch_size]
             # alternate who goes first, so that neither always pays for new shapes or cold caches
-            for impl in IMPLEMENTATIONS if (k + repeat) % 2 == 0 else IMPLEMENTATIONS[::-1]:
+            for impl in names if (k + repeat) % 2 == 0 else names[::-1]:
                 memory.start()
                 _sync(device)
                 cpu_start = time.process_time()
@@ -403,7 +437,7 @@ def _measure(
                 peak[impl] = max(peak[impl], memory.stop())
                 pass_outputs[impl]["ref"].append(ref.cpu())
                 pass_outputs[impl]["recon"].append(recon.cpu())
-        for impl in IMPLEMENTATIONS:
+        for impl in names:
             seconds[impl] = min(seconds[impl], pass_wall[impl])
             cpu_seconds[impl] = min(cpu_seconds[impl], pass_cpu[impl])
             if repeat == 0:
@@ -416,14 +450,14 @@ def _measure(
                 )
     scores: dict[str, dict[str, torch.Tensor]] = {}
     recon_all: dict[str, torch.Tensor] = {}
-    for impl in IMPLEMENTATIONS:
+    for impl in names:
         ref = torch.cat(outputs[impl]["ref"]).to(device)
         recon_all[impl] = torch.cat(outputs[impl]["recon"])
         scores[impl] = scorer(ref, recon_all[impl].to(device))
     rows = []
     port_rate = n / seconds["released_port"]
     port_nfe = counters["released_port"].unet_rows / n
-    for impl in IMPLEMENTATIONS:
+    for impl in names:
         counter = counters[impl]
         score_diff = max(
             float((scores[impl][k] - scores["released_port"][k]).abs().max()) for k in scores[impl]
@@ -473,7 +507,9 @@ _SHOWN = (
     ("peak_mem_mb", "Peak MiB", "Peak MiB", "{:.1f}"),
     ("max_abs_score_diff", "max \\|Δscore\\|", r"max $|\Delta\mathrm{score}|$", "{:.1e}"),
 )
-_IMPL_LABELS = {"released_port": "released (port)", "ours": "ours"}
+_IMPL_LABELS = {"released_port": "released (port)", "ours": "ours"} | {
+    f"ours+{v}": f"ours + {v.replace('_', ' ')}" for v in VARIANTS
+}
 
 
 def _cells(frame: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str]]]:
@@ -590,6 +626,7 @@ def speed_stage(
     denoise_batch_size: int = 5,
     torch_hub_dir: str | None = None,
     repeats: int = 1,
+    variants: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Rule ``speed_benchmark``: load the run's models and images, benchmark, write the tables."""
     from diffguard.config import method_settings
@@ -635,6 +672,7 @@ def speed_stage(
         denoise_batch_size=denoise_batch_size,
         torch_hub_dir=torch_hub_dir,
         repeats=repeats,
+        variants=variants,
     )
     io.write_csv(out_csv, frame)
     io.write_text(out_md, speed_markdown(frame, run))
