@@ -101,7 +101,7 @@ def test_standin_shapes_are_scaled_manifest_shapes(
     for name, shape in shapes.items():
         scaled = tuple(d // 256 * 32 if d % 256 == 0 else d for d in shape)
         assert tuple(adm[name].shape) == scaled, name
-    assert standins["adm"]["options"]["attention_resolutions"] == "8,4,2"  # 32,16,8 at 256 -> 64
+    assert standins["adm"]["options"]["attention_resolutions"] == "4,2,1"  # 32,16,8 at 256 -> 32
     _, shapes = read_manifest(checkpoints_dir / LDM_MANIFEST)
     sd = load_checkpoint(standins["ldm"]["path"])["state_dict"]
     assert sd["cond_stage_model.embedding.weight"].shape == (1001, 64)
@@ -129,12 +129,12 @@ def test_backend_json(prepared: dict[str, Path], standins: dict[str, dict[str, A
         assert not list(model_dir.glob("**/*.pt")) and not list(model_dir.glob("**/*.ckpt"))
         assert list(model_dir.glob("weights/**/*.safetensors"))
     adm = json.loads((prepared["adm"] / "backend.json").read_text())
-    assert (adm["sample_size"], adm["channels"], adm["out_channels"]) == (64, 3, 6)
+    assert (adm["sample_size"], adm["channels"], adm["out_channels"]) == (32, 3, 6)
     assert adm["null_label"] is None and adm["use_released_attention"] is True
     nb = json.loads((prepared["diffnb"] / "backend.json").read_text())
     assert (nb["sample_size"], nb["null_label"]) == (32, 10)
     ldm = json.loads((prepared["ldm"] / "backend.json").read_text())
-    assert (ldm["sample_size"], ldm["null_label"], ldm["scale_factor"]) == (64, 1000, 1.0)
+    assert (ldm["sample_size"], ldm["null_label"], ldm["scale_factor"]) == (32, 1000, 1.0)
     assert ldm["schedule"]["beta_start"] == 0.0015
 
 
@@ -147,13 +147,13 @@ def test_adm_backend_equals_converter(
     config = {k: v for k, v in standins["adm"]["options"].items() if k != "use_released_attention"}
     direct = use_released_attention(load_adm_unet(standins["adm"]["path"], config))
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 64, 64, generator=gen)
+    x = torch.randn(2, 3, 32, 32, generator=gen)
     t = torch.tensor([10, 700])
     with torch.no_grad():
         want = direct(x, t).sample
         got = backend.eps(x, t)
-    assert want.shape == (2, 6, 64, 64)  # learned sigma: eps is the first half
-    assert got.shape == (2, 3, 64, 64)
+    assert want.shape == (2, 6, 32, 32)  # learned sigma: eps is the first half
+    assert got.shape == (2, 3, 32, 32)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want[:, :3], atol=EXACT, rtol=0)
     with pytest.raises(BackendError, match="unconditional"):
@@ -230,11 +230,11 @@ def test_ldm_backend_equals_converter(
         cfg["embed_dim"],
     )
     gen = torch.Generator().manual_seed(2)
-    x = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
+    x = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
     with torch.no_grad():
         for quantize in (False, True):
             z = backend.encode(x, quantize=quantize)
-            assert z.shape == (2, 3, 16, 16)
+            assert z.shape == (2, 3, 8, 8)
             torch.testing.assert_close(
                 z, ldm_encode(parts, x, quantize=quantize), atol=EXACT, rtol=0
             )
