@@ -135,7 +135,14 @@ def test_backend_json(prepared: dict[str, Path], standins: dict[str, dict[str, A
     assert (nb["sample_size"], nb["null_label"]) == (32, 10)
     ldm = json.loads((prepared["ldm"] / "backend.json").read_text())
     assert (ldm["sample_size"], ldm["null_label"], ldm["scale_factor"]) == (32, 1000, 1.0)
-    assert ldm["schedule"]["beta_start"] == 0.0015
+    assert ldm["schedule"] == {
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.0015,
+        "beta_end": 0.0195,
+        "num_train_steps": 1000,
+    }
+    assert adm["schedule"]["beta_schedule"] == nb["schedule"]["beta_schedule"] == "linear"
+    assert nb["schedule"]["beta_end"] == 0.02
 
 
 def test_adm_backend_equals_converter(
@@ -265,6 +272,21 @@ def test_trained_model_directory_loads_as_backend(tmp_path: Path) -> None:
     save_model(unet, tmp_path / "m" / "weights")
     backend = load_backend(tmp_path / "m", "cpu")
     assert backend.source == "train" and backend.null_label == 6 and backend.sample_size == 16
+    assert "schedule" not in backend.info  # saved without diffguard.json: nothing to check
+    unet.diffguard_info = {  # what train_diffusion records
+        "beta_schedule": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "num_train_timesteps": 1000,
+    }
+    save_model(unet, tmp_path / "m" / "weights")
+    schedule = load_backend(tmp_path / "m", "cpu").info["schedule"]
+    assert schedule == {
+        "beta_schedule": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "num_train_steps": 1000,
+    }
     x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([3, 900]), torch.tensor([0, 6])
     with torch.no_grad():
         torch.testing.assert_close(
