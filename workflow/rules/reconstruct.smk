@@ -22,6 +22,7 @@ rule reconstruct:
             "io.py",
             "classifiers.py",
             "training.py",
+            "backends.py",
         ),
     output:
         f"data/interim/{RUN}/recon/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.npz",
@@ -43,6 +44,7 @@ rule reconstruct:
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
         model_dir=experiment_model_dir,
+        torch_hub_dir=config.get("weights", {}).get("torch_hub_dir"),
     script:
         "../scripts/reconstruct.py"
 
