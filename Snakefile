@@ -13,6 +13,7 @@ if not config:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/reconstruct.smk"

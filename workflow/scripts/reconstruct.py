@@ -24,4 +24,5 @@ reconstruct_shard(
     save_images=sm.params.save_images,
     device_name=sm.params.device,
     out=sm.output[0],
+    torch_hub_dir=sm.params.torch_hub_dir,
 )

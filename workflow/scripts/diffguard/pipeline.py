@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +306,7 @@ def evaluate_stage(
     id_set: str,
     ood_sets: dict[str, str],
     experiments: dict[str, str],
-    seeds: Sequence[int],
+    seeds: Sequence[int] | Mapping[str, Sequence[int]],
     distances: Sequence[str],
     baselines: Sequence[str],
     combinations: Sequence[dict[str, Any]],
@@ -346,7 +346,8 @@ def evaluate_stage(
         return pd.read_csv(score_map[f"{exp}/{dataset}/seed-{seed}"])
 
     for exp, method in experiments.items():
-        for seed in seeds:
+        # seeds per experiment (a mapping) or one list for all
+        for seed in seeds[exp] if isinstance(seeds, Mapping) else seeds:
             frames = {d: exp_scores(exp, d, seed) for d in [id_set, *ood_sets]}
             for dist in distances:
                 col = f"score_{dist}"
