@@ -14,6 +14,7 @@ if "run" not in config:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/reconstruct.smk"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,11 @@ def train_classifier_stage(
 
     records = read_imglist(imglist)
     images = load_records_images(
-        records, image_root(benchmark_json), benchmark["image_size"], benchmark["channels"]
+        records,
+        image_root(benchmark_json),
+        benchmark["image_size"],
+        benchmark["channels"],
+        benchmark.get("pre_size"),
     )
     labels = torch.tensor([r.label for r in records])
     spec = {
@@ -115,7 +119,11 @@ def train_diffusion_stage(
         raise ValueError(f"train_diffusion only trains models with source 'train', got {spec}")
     records = read_imglist(imglist)
     images = load_records_images(
-        records, image_root(benchmark_json), benchmark["image_size"], benchmark["channels"]
+        records,
+        image_root(benchmark_json),
+        benchmark["image_size"],
+        benchmark["channels"],
+        benchmark.get("pre_size"),
     )
     conditional = bool(spec.get("conditional", False))
     labels = torch.tensor([r.label for r in records]) if conditional else None
@@ -160,9 +168,9 @@ def cache_predictions(
     logits, feats, mc = [], [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        x = load_records_images(chunk, root, benchmark["image_size"], benchmark["channels"]).to(
-            device
-        )
+        x = load_records_images(
+            chunk, root, benchmark["image_size"], benchmark["channels"], benchmark.get("pre_size")
+        ).to(device)
         f = model.features(x)
         logits.append(model.fc(f).cpu())
         feats.append(f.cpu())
@@ -306,7 +314,7 @@ def evaluate_stage(
     id_set: str,
     ood_sets: dict[str, str],
     experiments: dict[str, str],
-    seeds: Sequence[int],
+    seeds: Sequence[int] | Mapping[str, Sequence[int]],
     distances: Sequence[str],
     baselines: Sequence[str],
     combinations: Sequence[dict[str, Any]],
@@ -346,7 +354,8 @@ def evaluate_stage(
         return pd.read_csv(score_map[f"{exp}/{dataset}/seed-{seed}"])
 
     for exp, method in experiments.items():
-        for seed in seeds:
+        # seeds per experiment (a mapping) or one list for all
+        for seed in seeds[exp] if isinstance(seeds, Mapping) else seeds:
             frames = {d: exp_scores(exp, d, seed) for d in [id_set, *ood_sets]}
             for dist in distances:
                 col = f"score_{dist}"
