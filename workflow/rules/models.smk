@@ -83,6 +83,7 @@ def converted_checkpoints(wildcards):
 
 
 rule prepare_diffusion_model:
+    """Convert a released diffusion checkpoint once (safetensors + backend.json)."""
     input:
         checkpoints=converted_checkpoints,
         verified=lambda wildcards: [
@@ -93,7 +94,6 @@ rule prepare_diffusion_model:
         done=f"data/interim/{RUN}/models/{{model}}/model.done",
     log:
         f"data/logs/prepare_diffusion_model/{RUN}/{{model}}.log",
-    """Convert a released diffusion checkpoint once (safetensors + backend.json)."""
     wildcard_constraints:
         model=alternatives(CONVERTED_MODELS),
     retries: RETRIES
