@@ -4,9 +4,13 @@
 fresh ``git clone`` gives every source file (rule scripts, package modules: inputs of the rules)
 the time of the clone. Snakemake reruns a job whose input is newer than its output, so a plain
 pull would rerun reconstruction. This module records the mtime of every stored file and folder
-when the run is stored and, after a pull, sets them again *shifted* so that the newest stored
-file gets the current time: their order, and hence Snakemake's view of which output came after
-which input, is the original one, and everything restored is newer than the checked-out sources.
+when the run is stored and, after a pull, sets them again in their original *order*, packed
+into the last moments before now (one microsecond per distinct recorded time): Snakemake's view
+of which output came after which input is the original one, and everything restored is newer
+than the sources checked out before the pull. (Keeping the original gaps would not do: a run
+lasting days would put its first outputs days before a fresh checkout of the code they depend
+on.) On a file system with coarser timestamps equal times may result, and Snakemake reruns a
+job only for a strictly newer input.
 
 Usage (from the repository root; ``dvc`` on PATH)::
 
@@ -86,8 +90,15 @@ def record_mtimes(paths: Sequence[str | Path], manifest: str | Path) -> int:
     return len(entries)
 
 
-def restore_mtimes(manifest: str | Path, now_ns: int | None = None) -> tuple[int, list[str]]:
-    """Set the recorded mtimes again, shifted so that the newest entry gets ``now_ns``.
+STEP_NS = 1_000
+"""Time between consecutive distinct restored mtimes (1 µs: 1 s per million stored times)."""
+
+
+def restore_mtimes(
+    manifest: str | Path, now_ns: int | None = None, step_ns: int = STEP_NS
+) -> tuple[int, list[str]]:
+    """Set the recorded mtimes again in their order, the newest at ``now_ns`` and each earlier
+    distinct time ``step_ns`` before the next (ties stay ties).
 
     Files first, then folders deepest first (setting a file's time does not touch its
     folder's). A file whose size differs from the recorded one is left alone and reported.
@@ -115,7 +126,9 @@ def restore_mtimes(manifest: str | Path, now_ns: int | None = None) -> tuple[int
     if not entries:
         return 0, []
     now = time.time_ns() if now_ns is None else now_ns
-    shift = now - max(mtime for mtime, _ in entries.values())
+    distinct = sorted({mtime for mtime, _ in entries.values()})
+    rank = {mtime: i for i, mtime in enumerate(distinct)}
+    packed = {mtime: now - (len(distinct) - 1 - i) * step_ns for mtime, i in rank.items()}
     problems: list[str] = []
     restored = 0
     files = [(p, e) for p, e in entries.items() if e[1] >= 0]
@@ -131,11 +144,17 @@ def restore_mtimes(manifest: str | Path, now_ns: int | None = None) -> tuple[int
         if size >= 0 and os.path.getsize(path) != size:
             problems.append(f"{path}: size {os.path.getsize(path)} != recorded {size}")
             continue
-        os.utime(path, ns=(mtime + shift, mtime + shift), follow_symlinks=False)
+        os.utime(path, ns=(packed[mtime], packed[mtime]), follow_symlinks=False)
         restored += 1
     if problems:
         log.warning("%d entries not restored, e.g. %s", len(problems), problems[:5])
-    log.info("restored %d mtimes from %s (shift %.0f s)", restored, manifest, shift / 1e9)
+    log.info(
+        "restored %d mtimes from %s (%d distinct, over the last %.3f s)",
+        restored,
+        manifest,
+        len(distinct),
+        (len(distinct) - 1) * step_ns / 1e9,
+    )
     return restored, problems
 
 
