@@ -48,7 +48,7 @@ def test_restore_keeps_order_and_gaps_shifted_to_now(tmp_path: Path, monkeypatch
     source.parent.mkdir(parents=True)
     source.write_text("")
     now = 1_800_000_000_000_000_000
-    os.utime(source, ns=(now - 10, now - 10))
+    os.utime(source, ns=(now - 10**9, now - 10**9))  # checked out a second before
     restored, problems = restore_mtimes(manifest, now_ns=now)
     assert problems == [] and restored == n
     after = {k: p.stat().st_mtime_ns for k, p in files.items()}
