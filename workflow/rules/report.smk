@@ -1,6 +1,7 @@
 """Tables, figures, the reproduction check, the paper PDF and the exploration notebook (CPU)."""
 
 import yaml
+from snakemake.logging import logger
 
 from diffguard.plotting import sweep_spec
 
@@ -11,7 +12,8 @@ def load_report():
     if "report" in config:
         section, where = dict(config["report"]), "config key report"
     else:
-        path = config.get("report_config") or f"config/report/{RUN}.yaml"
+        default = Path(workflow.basedir) / "config" / "report" / f"{RUN}.yaml"
+        path = config.get("report_config") or str(default)
         if not Path(path).is_file():
             if "report_config" in config:
                 raise ValueError(f"report_config: {path} does not exist")
@@ -29,10 +31,9 @@ def load_report():
                 known = EXPERIMENTS if key == "experiment" else config.get("baselines", [])
                 if key in selector and selector[key] not in known:
                     # a table may name experiments this (sub)config leaves out: a missing cell
-                    print(
+                    logger.warning(
                         f"{where}: report.tables.{name}.rows.{row}: {key} {selector[key]!r} "
-                        "is not part of this run; its cells will be 'missing'",
-                        file=sys.stderr,
+                        "is not part of this run; its cells will be 'missing'"
                     )
     return section
 
