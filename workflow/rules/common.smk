@@ -87,7 +87,8 @@ def download_file(key):
 
 
 def verified_stamp(key):
-    return download_file(key) + ".verified"
+    """Written by verify_download after re-hashing the file (redone whenever the file changes)."""
+    return f"data/external/verified/{key}.sha256"
 
 
 def extracted_dir(key):

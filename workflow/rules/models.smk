@@ -24,8 +24,8 @@ if CLASSIFIER_SOURCE == "train":
 
 else:
 
+    # The released classifier checkpoint -> the files train_classifier would write.
     rule prepare_classifier:
-        """The released classifier checkpoint -> the files train_classifier would write."""
         input:
             checkpoint=download_file(config["classifier"]["checkpoint"]),
             verified=verified_stamp(config["classifier"]["checkpoint"]),
@@ -48,7 +48,7 @@ else:
                     "input_size", config["benchmark"]["image_size"]
                 ),
             },
-            out_dir=f"data/interim/{RUN}/models/classifier",
+            out_dir=lambda wildcards, output: str(Path(output.weights).parent.parent),
         script:
             "../scripts/prepare_classifier.py"
 
@@ -78,13 +78,12 @@ rule train_diffusion:
         "../scripts/train_diffusion.py"
 
 
-def converted_checkpoints(wildcards):
-    return [download_file(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()]
-
-
+# Convert a released diffusion checkpoint once (safetensors + backend.json).
 rule prepare_diffusion_model:
     input:
-        checkpoints=converted_checkpoints,
+        checkpoints=lambda wildcards: [
+            download_file(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()
+        ],
         verified=lambda wildcards: [
             verified_stamp(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()
         ],
@@ -93,7 +92,6 @@ rule prepare_diffusion_model:
         done=f"data/interim/{RUN}/models/{{model}}/model.done",
     log:
         f"data/logs/prepare_diffusion_model/{RUN}/{{model}}.log",
-    """Convert a released diffusion checkpoint once (safetensors + backend.json)."""
     wildcard_constraints:
         model=alternatives(CONVERTED_MODELS),
     retries: RETRIES
@@ -105,7 +103,7 @@ rule prepare_diffusion_model:
         source=lambda wildcards: DIFFUSION_MODELS[wildcards.model]["source"],
         roles=lambda wildcards: list(DIFFUSION_MODELS[wildcards.model]["checkpoints"]),
         options=lambda wildcards: DIFFUSION_MODELS[wildcards.model].get("options", {}),
-        out_dir=f"data/interim/{RUN}/models/{{model}}",
+        out_dir=lambda wildcards, output: str(Path(output.done).parent),
     script:
         "../scripts/prepare_diffusion_model.py"
 

@@ -46,7 +46,9 @@ rule reconstruct:
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
         model_dir=experiment_model_dir,
-        torch_hub_dir=TORCH_HUB_DIR if perceptual_weights() else None,
+        torch_hub_dir=lambda wildcards, input: (
+            str(Path(input.perceptual[0]).parent.parent) if input.perceptual else None
+        ),
     script:
         "../scripts/reconstruct.py"
 
