@@ -152,16 +152,6 @@ def job_mem_mb(wildcards, attempt):
 RETRIES = int(config.get("retries", 2))
 
 
-def experiment_benchmark(wildcards):
-    """Benchmark settings seen by one experiment (its own input size, e.g. LDM 256)."""
-    bench = dict(config["benchmark"])
-    size = EXPERIMENTS[wildcards.exp].get("image_size")
-    if size is not None:
-        bench["image_size"] = int(size)
-        bench["pre_size"] = max(int(size), int(bench.get("pre_size", size)))
-    return bench
-
-
 def perceptual_weights():
     """torch-hub files the configured distances or early-stop metrics need (DISTS, LPIPS)."""
     needed = set(config.get("distances", [])) & {"dists", "lpips"}

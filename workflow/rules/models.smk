@@ -41,7 +41,11 @@ else:
             mem_mb=job_mem_mb,
         params:
             spec={
-                **config["classifier"],
+                **{
+                    k: v
+                    for k, v in config["classifier"].items()
+                    if k not in ("source", "checkpoint")
+                },
                 "num_classes": config["benchmark"]["num_classes"],
                 "in_channels": config["benchmark"]["channels"],
                 "input_size": config["classifier"].get(

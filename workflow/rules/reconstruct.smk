@@ -23,6 +23,7 @@ rule reconstruct:
             "io.py",
             "classifiers.py",
             "training.py",
+            "backends.py",
         ),
     output:
         f"data/interim/{RUN}/recon/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.npz",
@@ -38,7 +39,7 @@ rule reconstruct:
         runtime=reconstruct_runtime,
     params:
         experiment=experiment_spec,
-        benchmark=experiment_benchmark,
+        benchmark=config["benchmark"],
         shard_size=config.get("shard_size", 500),
         batch_size=config.get("batch_size", 64),
         distances=config.get("distances", ["l2"]),

@@ -25,4 +25,5 @@ reconstruct_shard(
     device_name=sm.params.device,
     out=sm.output[0],
     torch_hub_dir=sm.params.torch_hub_dir,
+    dtype=sm.params.dtype,
 )

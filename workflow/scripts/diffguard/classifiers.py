@@ -219,9 +219,11 @@ def _load_weights(spec: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         return None
     path = Path(weights)
     state = state_dict_of(load_checkpoint(path), path)
-    # Checkpoints saved from DataParallel / DDP carry a 'module.' prefix.
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    # Checkpoints saved from DataParallel / DDP carry a 'module.' prefix; OpenOOD wrappers and
+    # this package's own TorchvisionResNet50 (saved by save_model) put the network under 'net.'.
+    for prefix in ("module.", "net."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     return state
 
 

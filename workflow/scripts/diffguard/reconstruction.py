@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,31 @@ def oracle_label(image_id: str, label: int, num_classes: int, seed: int) -> int:
     return int(rng.integers(0, num_classes))
 
 
+def dists_similarity(
+    torch_hub_dir: str | None, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Early-stop similarity ``1 - DISTS(x/2 + 0.5, x0/2 + 0.5)``, the noisy image unclamped.
+
+    As the released ``CombinedMetrics``: unlike the final score, the noisy sample is not
+    clamped to [0, 1] before DISTS.
+    """
+    import piq
+
+    from diffguard.distances import require_perceptual_weights
+
+    require_perceptual_weights("dists", torch_hub_dir)
+    metric = piq.DISTS(reduction="none").to(device).eval()
+
+    @torch.no_grad()
+    def similarity(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        a, b = x.float() / 2 + 0.5, x0.float() / 2 + 0.5
+        if a.shape[1] == 1:
+            a, b = a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)
+        return 1 - metric(a, b)
+
+    return similarity
+
+
 def reconstruct_shard(
     *,
     imglist: str | Path,
@@ -54,9 +79,19 @@ def reconstruct_shard(
     device_name: str,
     out: str | Path,
     torch_hub_dir: str | None = None,
+    dtype: str = "float32",
 ) -> None:
-    """Run DiffGuard on one shard of a dataset and write per-image scores (npz)."""
+    """Run DiffGuard on one shard of a dataset and write per-image scores (npz).
+
+    Images are loaded at the experiment's ``input_size`` (else the classifier spec's
+    ``input_size``, else ``benchmark.image_size``; ``benchmark.resize_size`` is the shorter side
+    before the centre crop), resized to the diffusion model's ``sample_size`` for inversion and
+    regeneration and back to the input size for scoring, as the released code does
+    (224 -> 256 -> 224 for ADM). The experiment's ``dtype`` (else ``dtype``) sets the
+    precision of the diffusion network (GPU only; see :func:`diffguard.backends.resolve_dtype`).
+    """
     from diffguard import cfg, gdm
+    from diffguard.backends import resize_images
     from diffguard.cam import cam_mask
     from diffguard.config import method_settings
     from diffguard.distances import SimilarityScorer
@@ -68,24 +103,46 @@ def reconstruct_shard(
     preds_npz = io.read_npz(predictions)
     pred_of = dict(zip(preds_npz["image_ids"].tolist(), preds_npz["preds"].tolist(), strict=True))
     classifier = load_trained_classifier(classifier_weights, device)
-    unet = load_diffusion_model(model_dir, device)
+    backend = load_diffusion_model(model_dir, device, experiment.get("dtype", dtype))
     channels = benchmark["channels"]
+    input_size = int(
+        experiment.get("input_size")
+        or getattr(classifier, "spec", {}).get("input_size")
+        or benchmark["image_size"]
+    )
+    pre_size = benchmark.get("resize_size")
+    if experiment["method"] == "gdm" and backend.latent:
+        raise ValueError(
+            f"experiments.{experiment['name']}: method gdm needs a pixel-space model, "
+            f"got a latent ({backend.source}) one"
+        )
+    if experiment["method"] == "cfg" and not backend.conditional:
+        raise ValueError(
+            f"experiments.{experiment['name']}: method cfg needs a class-conditional model, "
+            f"got an unconditional {backend.source} one"
+        )
     num_classes = benchmark["num_classes"]
     scorer = SimilarityScorer(list(distances), classifier, torch_hub_dir, device)
     root = image_root(benchmark_json)
     log.info(
-        "experiment %s on %d images (shard %d), device %s",
+        "experiment %s on %d images (shard %d), device %s, input %d px, model %d px",
         experiment["name"],
         len(records),
         shard,
         device,
+        input_size,
+        backend.sample_size,
     )
 
     def eps_uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return unet(x, t).sample[:, :channels]
+        if backend.conditional:  # a conditional model's unconditional branch: the null label
+            null = torch.full((x.shape[0],), backend.null_label, dtype=torch.long)
+            return backend.eps(x, t, null.to(x.device))
+        return backend.eps(x, t)
 
-    def eps_cond(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return unet(x, t, class_labels=y).sample[:, :channels]
+    extra_similarities = {}
+    if isinstance(settings, gdm.GdmSettings) and "dists" in settings.early_stop_metrics:
+        extra_similarities["dists"] = dists_similarity(torch_hub_dir, device)
 
     out_rows: dict[str, list[np.ndarray]] = {}
     kept: dict[str, list[torch.Tensor]] = {"x0": [], "recon": [], "recon_uncond": []}
@@ -93,8 +150,9 @@ def reconstruct_shard(
     counter = gdm.CallCounter()
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        x01 = load_records_images(chunk, root, benchmark["image_size"], channels).to(device)
+        x01 = load_records_images(chunk, root, input_size, channels, pre_size).to(device)
         x = x01 * 2 - 1
+        x_model = resize_images(x, backend.sample_size)
         preds = torch.tensor([pred_of[r.image_id] for r in chunk])
         if experiment.get("oracle_labels"):
             guide = torch.tensor(
@@ -105,7 +163,13 @@ def reconstruct_shard(
         if experiment["method"] == "gdm":
             assert isinstance(settings, gdm.GdmSettings)
             res = gdm.reconstruct(
-                eps_uncond, classifier, x, guide.to(device), settings, {}, counter
+                eps_uncond,
+                classifier,
+                x_model,
+                guide.to(device),
+                settings,
+                extra_similarities,
+                counter,
             )
             recon, recon_uncond = res.recon, res.recon_uncond
             rev_t, start_index, trace = res.rev_t, res.start_index, res.psnr_trace
@@ -117,13 +181,25 @@ def reconstruct_shard(
                 else None
             )
             res_c = cfg.reconstruct(
-                eps_cond, x, guide, num_classes, settings, mask, counter=counter
+                backend.eps,
+                x_model,
+                guide,
+                int(backend.null_label),
+                settings,
+                mask,
+                encode=lambda v: backend.encode(v, quantize=settings.encode_quantize),
+                decode=lambda z: backend.decode(z, quantize=settings.decode_quantize),
+                counter=counter,
             )
             recon, recon_uncond = res_c.recon, res_c.recon_uncond
             n = len(chunk)
             rev_t = torch.full((n,), settings.ddim_steps - 1)
             start_index = rev_t.clone()
             trace = torch.zeros((n, 0))
+        # Back to the input resolution: scores compare images at the classifier's size.
+        recon = resize_images(recon, input_size)
+        if recon_uncond is not None:
+            recon_uncond = resize_images(recon_uncond, input_size)
         reference_kind = experiment.get("score_reference", "auto")
         if reference_kind == "auto":
             reference_kind = "uncond_recon" if recon_uncond is not None else "input"

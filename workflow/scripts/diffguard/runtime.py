@@ -7,11 +7,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from diffguard.data import ImageRecord, load_image
+
+if TYPE_CHECKING:
+    from diffguard.backends import DiffusionBackend
 
 log = logging.getLogger("diffguard")
 
@@ -54,19 +57,31 @@ def image_root(benchmark_json: str | Path) -> Path:
 
 
 def load_records_images(
-    records: Sequence[ImageRecord], root: Path, size: int, channels: int
+    records: Sequence[ImageRecord],
+    root: Path,
+    size: int,
+    channels: int,
+    pre_size: int | None = None,
 ) -> torch.Tensor:
-    """Images of ``records`` as N x C x H x W in [0, 1] (errors name the failing file)."""
-    return torch.stack([load_image(root / r.path, size, channels) for r in records])
+    """Images of ``records`` as N x C x H x W in [0, 1] (errors name the failing file).
+
+    ``Resize(pre_size)`` (shorter side) then ``CenterCrop(size)``; ``pre_size`` None means
+    ``size`` (e.g. ImageNet: 256 then a 224 crop for GDM, a 256 crop for the LDM).
+    """
+    return torch.stack([load_image(root / r.path, size, channels, pre_size) for r in records])
 
 
 def load_trained_classifier(weights: str | Path, device: torch.device) -> torch.nn.Module:
+    """A classifier directory's ``model.safetensors`` + ``spec.json`` (trained or prepared)."""
     from diffguard.training import load_classifier
 
     return load_classifier(Path(weights).parent).to(device).eval()
 
 
-def load_diffusion_model(model_dir: str | Path, device: torch.device) -> Any:
-    from diffguard.training import load_small_unet
+def load_diffusion_model(
+    model_dir: str | Path, device: torch.device, dtype: str | torch.dtype = "float32"
+) -> DiffusionBackend:
+    """The diffusion model of ``model_dir`` as a backend (trained or converted; see backends)."""
+    from diffguard.backends import load_backend
 
-    return load_small_unet(Path(model_dir) / "weights").to(device).eval()
+    return load_backend(model_dir, device, dtype)

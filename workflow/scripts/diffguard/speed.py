@@ -657,7 +657,8 @@ def speed_stage(
         label = labels[experiment["method"]]
         if label in methods:
             raise ValueError(f"speed: two experiments of method {label}; give one of each")
-        unet = load_diffusion_model(model_dir, torch.device("cpu"))
+        # The speed benchmark times the raw pixel-space UNet (it casts dtypes itself).
+        unet = load_diffusion_model(model_dir, torch.device("cpu")).unet
         methods[label] = (unet, method_settings(experiment, seed))
         log.info("%s: experiment %s, model %s", label, experiment["name"], model_dir)
     frame = run_speed_benchmark(

@@ -1,0 +1,393 @@
+"""Test stand-ins for the paper-scale checkpoints: original formats, random weights, small shapes.
+
+Nothing can be downloaded here, so tests that exercise the real conversion and loading code need
+files that look like the released checkpoints. Each writer produces the *original* file format
+(``torch.save`` of the original key names, the original container: bare state dict, Lightning
+``{"state_dict": ...}`` or the DDIM runner's ``[model, optimizer, epoch, step, ema]`` list), with
+the tensor names of the real checkpoint's manifest (``shared/reference/checkpoints``) and its
+shapes scaled down: every width that is a multiple of the real channel unit is rescaled to the
+stand-in's unit; the structure (levels, blocks, attention placement) stays that of the real
+model, so the names are exactly the manifest's. Weights are random (seeded).
+
+Each writer returns a dict with ``path`` (the main checkpoint), ``paths`` (role -> file, as
+``diffusion_models.<name>.checkpoints`` / ``classifier`` need them), ``sha256`` (role -> hex)
+and ``options`` (the ``options`` of the config entry, or the classifier spec).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+ADM_MANIFEST = "adm256_uncond_manifest.tsv"
+LDM_MANIFEST = "ldm_cin256_v2_manifest.tsv"
+DIFFNB_MANIFEST = "diffnb_cifar10_cond_manifest.tsv"
+
+
+def manifest_dir() -> Path:
+    """``shared/reference/checkpoints`` (``$DIFFGUARD_SHARED`` overrides ``../shared``)."""
+    env = os.environ.get("DIFFGUARD_SHARED")
+    shared = Path(env) if env else REPO_ROOT.parent / "shared"
+    path = shared / "reference" / "checkpoints"
+    if not path.is_dir():
+        raise FileNotFoundError(f"manifests not found at {path}; set DIFFGUARD_SHARED")
+    return path
+
+
+def _manifest(name: str, directory: Path | None) -> tuple[dict[str, Any], dict[str, tuple]]:
+    from diffguard.convert.manifest import read_manifest
+
+    return read_manifest((directory or manifest_dir()) / name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _scale(d: int, unit: int, new_unit: int) -> int:
+    return d // unit * new_unit if d % unit == 0 and d >= unit else d
+
+
+def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Random values in a sane range: norms ~1, biases small, weights ~1/sqrt(fan_in)."""
+    leaf = name.rsplit(".", 1)[-1]
+    parent = name.rsplit(".", 2)[-2] if name.count(".") else ""
+    if len(shape) == 1 and leaf == "weight" and ("norm" in parent or parent.startswith("bn")):
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    if len(shape) == 1 and leaf in ("bias", "running_mean"):
+        return 0.02 * torch.randn(shape, generator=gen)
+    if leaf == "running_var":
+        return 1.0 + 0.1 * torch.rand(shape, generator=gen)
+    if leaf == "num_batches_tracked":
+        return torch.tensor(1000, dtype=torch.long)
+    if len(shape) >= 2:
+        fan_in = math.prod(shape[1:])
+        return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+    return 0.1 * torch.randn(shape, generator=gen)
+
+
+def _random_state(
+    shapes: dict[str, tuple[int, ...]], scale: Callable[[str, tuple[int, ...]], tuple], seed: int
+) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {name: _random_tensor(name, scale(name, shape), gen) for name, shape in shapes.items()}
+
+
+def _save(obj: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path)
+    return path
+
+
+def _result(paths: dict[str, Path], options: dict[str, Any], main: str = "model") -> dict:
+    return {
+        "path": paths[main],
+        "paths": paths,
+        "sha256": {role: _sha256(p) for role, p in paths.items()},
+        "options": options,
+    }
+
+
+# ------------------------------------------------------------------------------ ADM (GDM)
+
+
+def write_adm(
+    out_dir: str | Path,
+    *,
+    image_size: int = 64,
+    num_channels: int = 32,
+    seed: int = 0,
+    filename: str = "256x256_diffusion_uncond.pt",
+    manifest: Path | None = None,
+) -> dict[str, Any]:
+    """``256x256_diffusion_uncond.pt`` in miniature: a bare ADM state dict (``torch.save``).
+
+    The real config (header of the manifest) with ``num_channels`` instead of 256 (heads keep
+    their count: ``num_head_channels`` scales too) and ``image_size`` instead of 256 (attention
+    resolutions scale with it, so attention sits at the same levels). ``options`` is the
+    guided-diffusion flag set for ``diffusion_models.<name>.options``.
+    """
+    headers, shapes = _manifest(ADM_MANIFEST, manifest)
+    real = dict(headers["config"])
+    unit = int(real["num_channels"])
+    if num_channels % 32 or image_size % 32:
+        raise ValueError("write_adm: num_channels and image_size must be multiples of 32")
+    from diffguard.convert.adm import _DEFAULT_CHANNEL_MULT
+
+    size_ratio = int(real["image_size"]) // image_size
+    options = {
+        **real,
+        "image_size": image_size,
+        "num_channels": num_channels,
+        "num_head_channels": int(real["num_head_channels"]) * num_channels // unit,
+        # The default channel_mult depends on image_size; pin the real model's one.
+        "channel_mult": ",".join(
+            str(int(m)) for m in _DEFAULT_CHANNEL_MULT[int(real["image_size"])]
+        ),
+        "attention_resolutions": ",".join(
+            str(int(r) // size_ratio) for r in str(real["attention_resolutions"]).split(",")
+        ),
+        "use_released_attention": True,
+    }
+    state = _random_state(
+        shapes, lambda _n, s: tuple(_scale(d, unit, num_channels) for d in s), seed
+    )
+    path = _save(state, Path(out_dir) / filename)
+    return _result({"model": path}, options)
+
+
+# ------------------------------------------------------------------------------ LDM
+
+
+def _ldm_schedule_buffers(start: float, end: float, steps: int) -> dict[str, torch.Tensor]:
+    """The DDPM schedule buffers LatentDiffusion keeps in its state dict (float32)."""
+    betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float64) ** 2
+    alphas = 1.0 - betas
+    ac = torch.cumprod(alphas, 0)
+    ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+    post_var = betas * (1 - ac_prev) / (1 - ac)
+    buffers = {
+        "betas": betas,
+        "alphas_cumprod": ac,
+        "alphas_cumprod_prev": ac_prev,
+        "sqrt_alphas_cumprod": ac.sqrt(),
+        "sqrt_one_minus_alphas_cumprod": (1 - ac).sqrt(),
+        "log_one_minus_alphas_cumprod": (1 - ac).log(),
+        "sqrt_recip_alphas_cumprod": (1 / ac).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1 / ac - 1).sqrt(),
+        "posterior_variance": post_var,
+        "posterior_log_variance_clipped": post_var.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * ac_prev.sqrt() / (1 - ac),
+        "posterior_mean_coef2": (1 - ac_prev) * alphas.sqrt() / (1 - ac),
+    }
+    return {k: v.float() for k, v in buffers.items()}
+
+
+def write_ldm(
+    out_dir: str | Path,
+    *,
+    model_channels: int = 32,
+    context_dim: int = 64,
+    vq_channels: int = 32,
+    n_embed: int = 64,
+    resolution: int = 64,
+    n_classes: int = 1001,
+    seed: int = 0,
+    manifest: Path | None = None,
+) -> dict[str, Any]:
+    """``cin256-v2/model.ckpt`` + ``cin256-v2.yaml`` in miniature (Lightning checkpoint).
+
+    Manifest names; the UNet's channel unit 192 -> ``model_channels``, context 512 ->
+    ``context_dim``, the VQ unit 128 -> ``vq_channels``, codebook 8192 -> ``n_embed`` rows,
+    pixel resolution 256 -> ``resolution`` (the latent is resolution / 4, as f=4);
+    ``n_classes`` embedding rows (the last one the null class). The schedule buffers of the
+    real checkpoint are included. Roles: ``model`` and ``config``.
+    """
+    headers, shapes = _manifest(LDM_MANIFEST, manifest)
+    unet_real, first_real = dict(headers["unet"]), dict(headers["first_stage"])
+    extra = headers["first_stage_extra"]
+    unet_unit, ctx_real = int(unet_real["model_channels"]), int(unet_real["context_dim"])
+    vq_unit = int(first_real["ch"])
+
+    def scale(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if name == "cond_stage_model.embedding.weight":
+            return (n_classes, context_dim)
+        if name == "first_stage_model.quantize.embedding.weight":
+            return (n_embed, shape[1])
+        if name.startswith("first_stage_model."):
+            return tuple(_scale(d, vq_unit, vq_channels) for d in shape)
+        out = [_scale(d, unet_unit, model_channels) for d in shape]
+        if name.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) and shape[1] == ctx_real:
+            out[1] = context_dim
+        return tuple(out)
+
+    state = _random_state(shapes, scale, seed)
+    state.update(_ldm_schedule_buffers(0.0015, 0.0195, 1000))
+    factor = 2 ** (len(first_real["ch_mult"]) - 1)
+    unet_params = {
+        **unet_real,
+        "image_size": resolution // factor,
+        "model_channels": model_channels,
+        "context_dim": context_dim,
+    }
+    ddconfig = {**first_real, "ch": vq_channels, "resolution": resolution}
+    config = {
+        "model": {
+            "base_learning_rate": 0.0001,
+            "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+            "params": {
+                "linear_start": 0.0015,
+                "linear_end": 0.0195,
+                "num_timesteps_cond": 1,
+                "log_every_t": 200,
+                "timesteps": 1000,
+                "first_stage_key": "image",
+                "cond_stage_key": "class_label",
+                "image_size": resolution // factor,
+                "channels": int(unet_real["in_channels"]),
+                "cond_stage_trainable": True,
+                "conditioning_key": "crossattn",
+                "monitor": "val/loss_simple_ema",
+                "unet_config": {
+                    "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+                    "params": unet_params,
+                },
+                "first_stage_config": {
+                    "target": "ldm.models.autoencoder.VQModelInterface",
+                    "params": {
+                        "embed_dim": int(extra["embed_dim"]),
+                        "n_embed": n_embed,
+                        "ddconfig": ddconfig,
+                        "lossconfig": {"target": "torch.nn.Identity"},
+                    },
+                },
+                "cond_stage_config": {
+                    "target": "ldm.modules.encoders.modules.ClassEmbedder",
+                    "params": {
+                        "n_classes": n_classes,
+                        "embed_dim": context_dim,
+                        "key": "class_label",
+                    },
+                },
+            },
+        }
+    }
+    out = Path(out_dir)
+    model = _save(
+        {
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": "1.4.2",
+            "state_dict": state,
+        },
+        out / "model.ckpt",
+    )
+    config_path = out / "cin256-v2.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return _result({"model": model, "config": config_path}, {})
+
+
+# ------------------------------------------------------------------------------ DiffNB
+
+
+def write_diffnb(
+    out_dir: str | Path,
+    *,
+    ch: int = 32,
+    seed: int = 0,
+    filename: str = "ema_cifar10.ckpt",
+    manifest: Path | None = None,
+) -> dict[str, Any]:
+    """DiffNB's conditional CIFAR-10 UNet in miniature + its yml (DiffNB layout).
+
+    Saved as the DDIM runner does: ``[model_state ('module.' prefixed, DataParallel),
+    optimizer_state, epoch, step, ema_state (no prefix)]``; model and EMA weights differ, and
+    the loader must take the EMA ones. Channel unit 128 -> ``ch``. Roles: ``model``, ``config``.
+    """
+    headers, shapes = _manifest(DIFFNB_MANIFEST, manifest)
+    real = dict(headers["config"])
+    unit = int(real["ch"])
+
+    def scale(_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(_scale(d, unit, ch) for d in shape)
+
+    ema = _random_state(shapes, scale, seed)
+    raw = _random_state(shapes, scale, seed + 1)
+    optimizer = {
+        "state": {},
+        "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": list(range(len(raw)))}],
+    }
+    states = [{f"module.{k}": v for k, v in raw.items()}, optimizer, 100, 1000, ema]
+    out = Path(out_dir)
+    model = _save(states, out / filename)
+    model_cfg = {**real, "ch": ch, "struc": "DDIM", "var_type": "fixedlarge"}
+    doc = {
+        "Dataset": {
+            "name": "CIFAR10",
+            "image_size": int(real["image_size"]),
+            "num_classes": int(real["num_classes"]),
+            "channels": int(real["in_channels"]),
+        },
+        "Model": model_cfg,
+        "Schedule": {
+            "type": "linear",
+            "beta_start": 0.0001,
+            "beta_end": 0.02,
+            "diffusion_step": 1000,
+        },
+        "Train": {"cond_ratio": 0.9},
+    }
+    config_path = out / "ddim_cifar10_cond.yml"
+    config_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return _result({"model": model, "config": config_path}, {})
+
+
+# ------------------------------------------------------------------------------ classifiers
+
+
+def write_resnet18_32x32(
+    out_dir: str | Path,
+    *,
+    num_classes: int = 10,
+    seed: int = 0,
+    prefix: str = "",
+    filename: str = "cifar10_res18_acc94.30.ckpt",
+) -> dict[str, Any]:
+    """OpenOOD v1's CIFAR ResNet-18 checkpoint: ``torch.save(net.state_dict())``.
+
+    OpenOOD key names (``conv1``, ``layer1.0.shortcut.0``, ``fc``, BN running stats); an optional
+    ``prefix`` (``module.`` / ``net.``) as wrapped checkpoints carry. ``options`` is the spec.
+    """
+    from diffguard.classifiers import ResNet18_32x32
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ResNet18_32x32(num_classes=num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, v in net.state_dict().items():
+        state[prefix + k] = (
+            _random_tensor(k, tuple(v.shape), gen) if "running" in k or "bn" in k else v
+        )
+    path = _save(state, Path(out_dir) / filename)
+    spec = {"arch": "resnet18_32x32", "num_classes": num_classes, "input_size": 32}
+    return _result({"model": path}, spec)
+
+
+def write_resnet50_tv(
+    out_dir: str | Path,
+    *,
+    num_classes: int = 1000,
+    seed: int = 0,
+    filename: str = "resnet50-0676ba61.pth",
+) -> dict[str, Any]:
+    """torchvision's ResNet-50 V1 weights file: a bare torchvision state dict (random values).
+
+    Full size (torchvision's architecture has no width knob); ``num_classes`` sizes ``fc``.
+    """
+    from torchvision.models import resnet50
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = resnet50(weights=None, num_classes=num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    state = {
+        k: (_random_tensor(k, tuple(v.shape), gen) if "running" in k else v)
+        for k, v in net.state_dict().items()
+    }
+    path = _save(state, Path(out_dir) / filename)
+    spec = {"arch": "resnet50_tv", "num_classes": num_classes, "input_size": 224}
+    return _result({"model": path}, spec)
