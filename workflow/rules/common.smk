@@ -51,7 +51,8 @@ HASHED_KEYS_RE = alternatives(HASHED_KEYS)
 ARCHIVE_KEYS_RE = alternatives(ARCHIVE_KEYS)
 WEIGHTS = config.get("weights", {})
 TORCH_HUB_DIR = WEIGHTS.get("torch_hub_dir", "data/external/torch_hub")
-HUB_KEYS = list(WEIGHTS.get("downloads", []))
+HUB_FILES = dict(WEIGHTS.get("files", {}))  # name piq/torchvision expect -> download key
+HUB_KEYS = list(HUB_FILES.values())
 CLASSIFIER_SOURCE = config["classifier"].get("source", "train")
 DIFFUSION_MODELS = config.get("diffusion_models", {})
 TRAINED_MODELS = [n for n, m in DIFFUSION_MODELS.items() if m.get("source", "train") == "train"]
@@ -62,7 +63,7 @@ CLASSIFIER_SPEC = f"data/interim/{RUN}/models/classifier/weights/spec.json"
 
 def _check_download_refs():
     """Every download key the config refers to exists (fail at parse time, naming the key)."""
-    refs = [(f"weights.downloads", k) for k in HUB_KEYS]
+    refs = [(f"weights.files.{name}", k) for name, k in HUB_FILES.items()]
     if CLASSIFIER_SOURCE == "download":
         refs.append(("classifier.checkpoint", config["classifier"].get("checkpoint")))
     for name in CONVERTED_MODELS:
@@ -164,9 +165,9 @@ def perceptual_weights():
     if not HUB_KEYS:
         raise ValueError(
             f"distances/early-stop metrics {sorted(needed)} need VGG16/DISTS weights: list their "
-            "download keys in `weights.downloads`"
+            "download keys in `weights.files`"
         )
-    return [f"{TORCH_HUB_DIR}/checkpoints/{DOWNLOADS[k]['filename']}" for k in HUB_KEYS]
+    return [f"{TORCH_HUB_DIR}/checkpoints/{name}" for name in HUB_FILES]
 
 
 def experiment_model(wildcards):

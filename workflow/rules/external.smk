@@ -94,17 +94,17 @@ rule extract_download:
 # The torch.hub folder piq reads DISTS/LPIPS weights from (no download at run time).
 rule torch_hub:
     input:
-        files=[download_file(key) for key in HUB_KEYS],
+        files=[download_file(key) for key in HUB_FILES.values()],
         verified=[verified_stamp(key) for key in HUB_KEYS],
     output:
-        [f"{TORCH_HUB_DIR}/checkpoints/{DOWNLOADS[key]['filename']}" for key in HUB_KEYS],
+        [f"{TORCH_HUB_DIR}/checkpoints/{name}" for name in HUB_FILES],
     log:
         "data/logs/torch_hub.log",
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
-        names=[DOWNLOADS[key]["filename"] for key in HUB_KEYS],
+        names=list(HUB_FILES),
         hub_dir=lambda wildcards, output: str(Path(output[0]).parent.parent),
     script:
         "../scripts/link_torch_hub.py"
