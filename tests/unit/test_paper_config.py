@@ -95,6 +95,10 @@ def test_imagenet_contract_names_and_hyperparameters() -> None:
     assert es.early_stop_metrics == ("psnr", "dists") and es.early_stop_thresholds == (48.5, 0.37)
     assert experiment_seeds(config, exps["gdm_x0_only"]) == [0]
     assert config["distances"][0] == "dists" and config["headline_distance"] == "dists"
+    speed = method_settings(exps["gdm_speed"], 0)  # released exp/speed/exp6.1.yaml
+    assert speed.early_stop_metrics == () and speed.early_stop_steps == 40
+    assert not speed.uncond_aux and exps["gdm_speed"]["speed_only"]
+    assert config["speed"]["experiments"] == ["gdm_speed", "ldm_main"]
 
 
 def test_cifar10_contract_names() -> None:
