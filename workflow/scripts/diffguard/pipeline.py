@@ -78,7 +78,7 @@ def train_classifier_stage(
         image_root(benchmark_json),
         benchmark["image_size"],
         benchmark["channels"],
-        benchmark.get("pre_size"),
+        benchmark.get("resize_size"),
     )
     labels = torch.tensor([r.label for r in records])
     spec = {
@@ -124,7 +124,7 @@ def train_diffusion_stage(
         image_root(benchmark_json),
         benchmark["image_size"],
         benchmark["channels"],
-        benchmark.get("pre_size"),
+        benchmark.get("resize_size"),
     )
     conditional = bool(spec.get("conditional", False))
     labels = torch.tensor([r.label for r in records]) if conditional else None
@@ -184,7 +184,7 @@ def cache_predictions(
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         x = load_records_images(
-            chunk, root, benchmark["image_size"], benchmark["channels"], benchmark.get("pre_size")
+            chunk, root, benchmark["image_size"], benchmark["channels"], benchmark.get("resize_size")
         ).to(device)
         f = model.features(x)
         logits.append(model.fc(f).cpu())

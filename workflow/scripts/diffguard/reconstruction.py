@@ -114,7 +114,7 @@ def reconstruct_shard(
     """Run DiffGuard on one shard of a dataset and write per-image scores (npz).
 
     Images are loaded at the experiment's ``input_size`` (else the classifier spec's
-    ``input_size``, else ``benchmark.image_size``; ``benchmark.pre_size`` is the shorter side
+    ``input_size``, else ``benchmark.image_size``; ``benchmark.resize_size`` is the shorter side
     before the centre crop), resized to the diffusion model's ``sample_size`` for inversion and
     regeneration and back to the input size for scoring, as the released code does
     (224 -> 256 -> 224 for ADM). The experiment's ``dtype`` (else ``dtype``) sets the
@@ -142,7 +142,7 @@ def reconstruct_shard(
         or benchmark["image_size"]
     )
     # Resize(pre_size) then CenterCrop(input_size): a larger crop (LDM 256) resizes to itself
-    pre_size = max(int(benchmark.get("pre_size") or input_size), input_size)
+    pre_size = max(int(benchmark.get("resize_size") or input_size), input_size)
     if experiment["method"] == "gdm" and backend.latent:
         raise ValueError(
             f"experiments.{experiment['name']}: method gdm needs a pixel-space model, "
