@@ -184,7 +184,11 @@ def cache_predictions(
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         x = load_records_images(
-            chunk, root, benchmark["image_size"], benchmark["channels"], benchmark.get("resize_size")
+            chunk,
+            root,
+            benchmark["image_size"],
+            benchmark["channels"],
+            benchmark.get("resize_size"),
         ).to(device)
         f = model.features(x)
         logits.append(model.fc(f).cpu())
