@@ -6,13 +6,15 @@ min_version("9.0")
 
 
 # A --configfile replaces the default instead of being deep-merged into it, so a paper or test
-# config never inherits the embedded benchmark's experiments.
-if not config:
+# config never inherits the embedded benchmark's experiments; `--config key=value` alone still
+# overrides the default.
+if "run" not in config:
 
     configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/reconstruct.smk"

@@ -1,25 +1,29 @@
-"""Image sets: build (embedded) or locate (OpenOOD) them, then fix the seeded subsamples."""
+"""Image sets: build (embedded) or assemble (OpenOOD, external.smk) them, then fix the seeded
+subsamples."""
+
+if BENCHMARK_KIND == "embedded":
+
+    rule build_embedded_benchmark:
+        output:
+            summary=f"data/external/{RUN}/benchmark/benchmark.json",
+            lists=expand(
+                "data/external/{run}/benchmark/imglists/{name}.txt",
+                run=RUN,
+                name=sorted({v["list"] for v in config["datasets"].values()}),
+            ),
+        log:
+            f"data/logs/build_embedded_benchmark/{RUN}.log",
+        conda:
+            "../../envs/diffguard.yaml"
+        params:
+            benchmark=config["benchmark"],
+        script:
+            "../scripts/build_embedded_benchmark.py"
 
 
-rule build_embedded_benchmark:
-    output:
-        summary=f"data/external/{RUN}/benchmark/benchmark.json",
-        lists=expand(
-            "data/external/{run}/benchmark/imglists/{name}.txt",
-            run=RUN,
-            name=sorted({v["list"] for v in config["datasets"].values()}),
-        ),
-    log:
-        f"data/logs/build_embedded_benchmark/{RUN}.log",
-    conda:
-        "../../envs/diffguard.yaml"
-    params:
-        benchmark=config["benchmark"],
-    script:
-        "../scripts/build_embedded_benchmark.py"
-
-
-rule select_images:
+# A checkpoint: with `n: null` (the full list) the number of reconstruction shards is known only
+# once the list exists; with `n` set it is known up front and the DAG is static.
+checkpoint select_images:
     input:
         imglist=benchmark_list,
         code=pkg("data.py", "io.py"),

@@ -5,8 +5,8 @@ rule baseline_scores:
     input:
         train=f"data/interim/{RUN}/predictions/train.npz",
         test=expand("data/interim/{run}/predictions/{dataset}.npz", run=RUN, dataset=EVAL_SETS),
-        classifier=rules.train_classifier.output.weights,
-        classifier_spec=rules.train_classifier.output.spec,
+        classifier=CLASSIFIER_WEIGHTS,
+        classifier_spec=CLASSIFIER_SPEC,
         code=pkg("baselines.py", "pipeline.py"),
     output:
         expand("data/processed/{run}/baselines/{dataset}.csv", run=RUN, dataset=EVAL_SETS),
@@ -35,8 +35,8 @@ rule evaluate:
     params:
         id_set=ID_SET,
         ood_sets={name: config["datasets"][name]["role"] for name in OOD_SETS},
-        experiments={name: exp["method"] for name, exp in EXPERIMENTS.items()},
-        seeds=SEEDS,
+        experiments={name: exp["method"] for name, exp in EVAL_EXPERIMENTS.items()},
+        seeds=EXP_SEEDS,
         distances=config.get("distances", ["l2"]),
         baselines=config.get("baselines", ["msp"]),
         combinations=config.get("combinations", []),

@@ -6,9 +6,10 @@ rule reconstruct:
         imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
         benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
         predictions=f"data/interim/{RUN}/predictions/{{dataset}}.npz",
-        classifier=rules.train_classifier.output.weights,
-        classifier_spec=rules.train_classifier.output.spec,
+        classifier=CLASSIFIER_WEIGHTS,
+        classifier_spec=CLASSIFIER_SPEC,
         model=experiment_model,
+        perceptual=perceptual_weights(),
         code=pkg(
             "gdm.py",
             "cfg.py",
@@ -28,11 +29,13 @@ rule reconstruct:
         f"data/interim/{RUN}/recon/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.npz",
     log:
         f"data/logs/reconstruct/{RUN}/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.log",
+    retries: RETRIES
     conda:
         "../../envs/diffguard.yaml"
     threads: CPUS_PER_JOB
     resources:
         gpu=config.get("gpus_per_job", 0),
+        mem_mb=job_mem_mb,
         runtime=reconstruct_runtime,
     params:
         experiment=experiment_spec,
@@ -44,7 +47,9 @@ rule reconstruct:
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
         model_dir=experiment_model_dir,
-        torch_hub_dir=config.get("weights", {}).get("torch_hub_dir"),
+        torch_hub_dir=lambda wildcards, input: (
+            str(Path(input.perceptual[0]).parent.parent) if input.perceptual else None
+        ),
     script:
         "../scripts/reconstruct.py"
 

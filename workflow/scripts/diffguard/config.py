@@ -42,8 +42,10 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
         current = experiments[current].get("extends")
     resolved: dict[str, Any] = {}
     for entry in reversed(chain):
+        # `grid` generates sibling experiments (expand_grid) and is never inherited
         resolved = deep_merge(
-            resolved, {k: v for k, v in experiments[entry].items() if k != "extends"}
+            resolved,
+            {k: v for k, v in experiments[entry].items() if k not in ("extends", "grid")},
         )
     if "method" not in resolved:
         raise ConfigError(f"experiments.{name}: no `method` (gdm or cfg) in it or its bases")
@@ -59,6 +61,66 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
     resolved["name"] = name
     resolved.setdefault("oracle_labels", False)
     return resolved
+
+
+GRID_SEPARATOR = "__"
+"""Separator between the base experiment and the swept value in generated names."""
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def expand_grid(experiments: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Add the experiments that ``grid:`` keys generate; return the extended mapping.
+
+    ``grid: {"cfg.cam_cut": [0.1, 0.2]}`` inside experiment ``ldm_main`` adds
+    ``ldm_main__cam_cut0.1`` and ``ldm_main__cam_cut0.2``, each ``extends: ldm_main`` with that
+    one value overridden. Each grid key is an independent one-dimensional sweep (Fig. 7 sweeps
+    the CAM cut and the number of DDIM steps separately); a 2-D sweep is a grid on an
+    experiment that already fixes the other value.
+    """
+    expanded = dict(experiments)
+    for base, entry in experiments.items():
+        grid = entry.get("grid") or {}
+        if not isinstance(grid, dict):
+            raise ConfigError(f"experiments.{base}.grid: expected a mapping of key -> values")
+        for dotted, values in grid.items():
+            parts = str(dotted).split(".")
+            if len(parts) < 2 or parts[0] not in METHOD_SETTINGS or not all(parts):
+                raise ConfigError(
+                    f"experiments.{base}.grid: key {dotted!r} must be '<method>.<setting>' "
+                    f"(e.g. 'cfg.cam_cut'), method one of {sorted(METHOD_SETTINGS)}"
+                )
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"experiments.{base}.grid.{dotted}: expected a non-empty list")
+            for value in values:
+                name = f"{base}{GRID_SEPARATOR}{parts[-1]}{_format_value(value)}"
+                if name in expanded:
+                    raise ConfigError(
+                        f"experiments.{base}.grid.{dotted}: generated name {name!r} already exists"
+                    )
+                override: dict[str, Any] = {parts[-1]: value}
+                for part in reversed(parts[:-1]):
+                    override = {part: override}
+                expanded[name] = {"extends": base, **override}
+    return expanded
+
+
+def resolve_all(experiments: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every experiment (grid-generated ones included), resolved through ``extends``."""
+    expanded = expand_grid(experiments)
+    return {name: resolve_experiment(expanded, name) for name in expanded}
+
+
+def experiment_seeds(config: dict[str, Any], experiment: dict[str, Any]) -> list[int]:
+    """Seeds of a resolved experiment: its own ``seeds`` (inherited), else the global ones."""
+    seeds = experiment.get("seeds", config.get("seeds", [0]))
+    if not seeds:
+        raise ConfigError(f"experiments.{experiment.get('name')}.seeds: empty list")
+    return [int(s) for s in seeds]
 
 
 def method_settings(
@@ -89,8 +151,9 @@ def dataset_size(config: dict[str, Any], dataset: str, available: int | None = N
     return int(n)
 
 
-def shard_count(config: dict[str, Any], dataset: str) -> int:
-    return math.ceil(dataset_size(config, dataset) / int(config.get("shard_size", 500)))
+def shard_count(config: dict[str, Any], dataset: str, available: int | None = None) -> int:
+    """Reconstruction jobs of ``dataset`` (``available``: its list length when ``n`` is null)."""
+    return math.ceil(dataset_size(config, dataset, available) / int(config.get("shard_size", 500)))
 
 
 def evaluation_datasets(config: dict[str, Any]) -> tuple[str, list[str]]:

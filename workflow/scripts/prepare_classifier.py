@@ -1,0 +1,10 @@
+"""Rule prepare_classifier: a downloaded classifier checkpoint -> safetensors + spec.json."""
+
+from pathlib import Path
+
+from diffguard.backends import prepare_classifier
+from diffguard.runtime import setup_logging
+
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+prepare_classifier(dict(sm.params.spec), Path(sm.input.checkpoint), Path(sm.params.out_dir))
