@@ -429,3 +429,35 @@ def test_prepare_resnet50_tv(tmp_path: Path) -> None:
         torch.testing.assert_close(model(x), direct((x - mean) / std), atol=1e-5, rtol=1e-5)
     with pytest.raises(BackendError, match="needs a checkpoint"):
         prepare_classifier(standin["options"], None, tmp_path / "none")
+
+
+# ------------------------------------------------------------------------------ GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_backends_on_cuda_follow_the_cpu(prepared: dict[str, Path], dtype: str) -> None:
+    """On CUDA the requested dtype is used; outputs stay close to the CPU float32 ones."""
+    cuda = torch.device("cuda")
+    # float32 on CUDA may use TF32 matmuls; half precision keeps ~3 significant digits.
+    rel = {"float32": 1e-2, "float16": 3e-2, "bfloat16": 1e-1}[dtype]
+    gen = torch.Generator().manual_seed(5)
+    for source, model_dir in prepared.items():
+        cpu_backend = load_backend(model_dir, "cpu")
+        gpu_backend = load_backend(model_dir, cuda, dtype)
+        assert gpu_backend.dtype == backends.DTYPES[dtype]
+        assert gpu_backend.device.type == "cuda"
+        size = cpu_backend.sample_size
+        x = torch.rand(2, 3, size, size, generator=gen) * 2 - 1
+        t = torch.tensor([20, 600])
+        y = None if not cpu_backend.conditional else torch.tensor([1, cpu_backend.null_label])
+        with torch.no_grad():
+            z = cpu_backend.encode(x, quantize=False)
+            want = cpu_backend.eps(z, t, y)
+            z_gpu = gpu_backend.encode(x.to(cuda), quantize=False)
+            got = gpu_backend.eps(z_gpu, t.to(cuda), None if y is None else y.to(cuda))
+        assert got.dtype == torch.float32, source
+        assert torch.isfinite(got).all(), source
+        err = (got.cpu() - want).abs().max() / want.abs().max()
+        assert err < rel, (source, dtype, float(err))

@@ -142,6 +142,19 @@ class PixelBackend:
         out = self.unet(x.to(self.dtype), t, **kwargs).sample
         return out[:, : self.channels].to(x.dtype)
 
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> PixelBackend:
+        """Move/cast the network in place; returns ``self``."""
+        # Cast only when needed: diffusers warns on every .to(dtype=...) of a loaded model.
+        cast = {} if dtype is None or dtype == self.dtype else {"dtype": dtype}
+        self.unet.to(device=device, **cast)
+        return self
+
+    def eval(self) -> PixelBackend:
+        self.unet.eval()
+        return self
+
     def encode(self, x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Identity: pixel-space models diffuse the image itself."""
         return x
@@ -190,17 +203,34 @@ class LatentBackend:
         t = _as_timesteps(t, x.shape[0], x.device)
         return ldm_eps(self.parts, x.to(self.dtype), t, y).to(x.dtype)
 
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> LatentBackend:
+        """Move all parts; cast only the UNet (the VQ and the class table stay float32)."""
+        cast = {} if dtype is None or dtype == self.dtype else {"dtype": dtype}
+        self.parts.unet.to(device=device, **cast)
+        self.parts.vq.to(device=device)
+        # ldm_eps casts the class context to the latents' dtype.
+        self.parts.class_embedding.to(device=device)
+        return self
+
+    def eval(self) -> LatentBackend:
+        for module in (self.parts.unet, self.parts.vq, self.parts.class_embedding):
+            module.eval()
+        return self
+
     def encode(self, x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Pixels in [-1, 1] -> latents (``quantize``: snap to the VQ codebook)."""
         from diffguard.convert.ldm import ldm_encode
 
-        return ldm_encode(self.parts, x.to(self.dtype), quantize=quantize).to(x.dtype)
+        # The VQ autoencoder stays float32 (codebook distances), whatever the UNet's dtype.
+        return ldm_encode(self.parts, x.float(), quantize=quantize).to(x.dtype)
 
     def decode(self, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Latents -> pixels (``quantize``: decode_first_stage's codebook snap first)."""
         from diffguard.convert.ldm import ldm_decode
 
-        return ldm_decode(self.parts, z.to(self.dtype), quantize=quantize).to(z.dtype)
+        return ldm_decode(self.parts, z.float(), quantize=quantize).to(z.dtype)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -660,15 +690,8 @@ def _load_latent(weights: Path, info: Mapping[str, Any]) -> LatentBackend:
 
 
 def _to(backend: DiffusionBackend, device: torch.device, dtype: torch.dtype) -> None:
-    # Cast only when needed: diffusers warns on every .to(dtype=...) of a loaded model.
-    cast = {} if dtype == torch.float32 else {"dtype": dtype}
-    if isinstance(backend, LatentBackend):
-        backend.parts.unet.to(device=device, **cast)
-        backend.parts.vq.to(device=device, **cast)
-        # The class table stays float32: ldm_eps casts the context to the latents' dtype.
-        backend.parts.class_embedding.to(device=device)
-    elif isinstance(backend, PixelBackend):
-        backend.unet.to(device=device, **cast)
+    if isinstance(backend, LatentBackend | PixelBackend):
+        backend.to(device, dtype)
 
 
 def check_schedule(backend: DiffusionBackend, settings: Any, where: str) -> None:
