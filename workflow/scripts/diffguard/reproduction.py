@@ -462,7 +462,7 @@ def summary(check: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "table": table,
-                "cells": len(group),
+                "cells": int((group["status"] != "not applicable").sum()),
                 **{s: int(counts.get(s, 0)) for s in ("pass", "fail", "missing")},
                 "status": overall_status(group),
             }
