@@ -43,12 +43,11 @@ def test_check_fails_gate_but_tables_build(tiny_run, e2e: SimpleNamespace, tmp_p
         "--cores",
         "2",
         "--keep-going",
-        "--config",
-        f"report_config={report.relative_to(work)}",
-        "--",
         check_md,
         table_md,
         str(gate.relative_to(work)),
+        "--config",  # targets first: --config and --configfile take several values
+        f"report_config={report.relative_to(work)}",
         check=False,
     )
     assert result.returncode != 0, "the gate should fail the run"
