@@ -3,6 +3,8 @@ the exact columns the evaluate rule writes."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +244,44 @@ def test_no_published_tables_is_not_applicable(tmp_path: Path) -> None:
         "not applicable"
     )
     assert (tmp_path / "gate.txt").read_text() == "not applicable\n"
+
+
+def test_paper_table_and_check_latex_compile(
+    metrics: pd.DataFrame, published: Path, tmp_path: Path
+) -> None:
+    """pdfLaTeX accepts the paper-shaped table (a row name with an accent, ± cells) and the
+    check table, as ms.tex inputs them."""
+    assert shutil.which("pdflatex"), "pdflatex not found: run `make setup` (texlive)"
+    metrics_csv = tmp_path / "metrics.csv"
+    metrics.to_csv(metrics_csv, index=False)
+    frame = pd.read_csv(published)
+    frame.loc[0, "method"] = "w/o x̂0, w/o aug"
+    frame.to_csv(published, index=False)
+    rows = {"w/o x̂0, w/o aug": {"baseline": "ebo"}, "Ours(GDM)": {"experiment": "gdm_main"}}
+    out = {k: tmp_path / f"t2.{k}" for k in ("csv", "md", "tex")}
+    render_paper_tables(
+        metrics_csv,
+        {"t2": {"published": published.stem, "rows": rows, "note": "50% & more_notes"}},
+        {"t2": out},
+        published_dir=published.parent,
+        headline_distance="dists",
+        run="unit_run",
+    )
+    check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
+    run_check({"t2": out["csv"]}, {}, check_out, run="unit_run")
+    doc = (
+        "\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
+        "\\usepackage{graphicx}\\begin{document}\n"
+        + out["tex"].read_text()
+        + check_out["tex"].read_text()
+        + "\\end{document}\n"
+    )
+    (tmp_path / "t.tex").write_text(doc)
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
