@@ -24,6 +24,8 @@ EVAL_SETS = [ID_SET, *OOD_SETS]
 ALL_SETS = list(config["datasets"])
 SEEDS = [int(s) for s in config.get("seeds", [0])]
 EXP_SEEDS = {name: experiment_seeds(config, exp) for name, exp in EXPERIMENTS.items()}
+# speed-only experiments (the released speed configs) are timed, never run over the datasets
+EVAL_EXPERIMENTS = {n: e for n, e in EXPERIMENTS.items() if not e.get("speed_only", False)}
 PKG = "workflow/scripts/diffguard"
 SPEED_TABLES = {}  # filled by workflow/rules/speed.smk when included
 CPUS_PER_JOB = int(config.get("cpus_per_job", 1))
@@ -51,7 +53,8 @@ HASHED_KEYS_RE = alternatives(HASHED_KEYS)
 ARCHIVE_KEYS_RE = alternatives(ARCHIVE_KEYS)
 WEIGHTS = config.get("weights", {})
 TORCH_HUB_DIR = WEIGHTS.get("torch_hub_dir", "data/external/torch_hub")
-HUB_KEYS = list(WEIGHTS.get("downloads", []))
+HUB_FILES = dict(WEIGHTS.get("files", {}))  # name piq/torchvision expect -> download key
+HUB_KEYS = list(HUB_FILES.values())
 CLASSIFIER_SOURCE = config["classifier"].get("source", "train")
 DIFFUSION_MODELS = config.get("diffusion_models", {})
 TRAINED_MODELS = [n for n, m in DIFFUSION_MODELS.items() if m.get("source", "train") == "train"]
@@ -62,7 +65,7 @@ CLASSIFIER_SPEC = f"data/interim/{RUN}/models/classifier/weights/spec.json"
 
 def _check_download_refs():
     """Every download key the config refers to exists (fail at parse time, naming the key)."""
-    refs = [(f"weights.downloads", k) for k in HUB_KEYS]
+    refs = [(f"weights.files.{name}", k) for name, k in HUB_FILES.items()]
     if CLASSIFIER_SOURCE == "download":
         refs.append(("classifier.checkpoint", config["classifier"].get("checkpoint")))
     for name in CONVERTED_MODELS:
@@ -87,7 +90,8 @@ def download_file(key):
 
 
 def verified_stamp(key):
-    return download_file(key) + ".verified"
+    """Written by verify_download after re-hashing the file (redone whenever the file changes)."""
+    return f"data/external/verified/{key}.sha256"
 
 
 def extracted_dir(key):
@@ -151,16 +155,6 @@ def job_mem_mb(wildcards, attempt):
 RETRIES = int(config.get("retries", 2))
 
 
-def experiment_benchmark(wildcards):
-    """Benchmark settings seen by one experiment (its own input size, e.g. LDM 256)."""
-    bench = dict(config["benchmark"])
-    size = EXPERIMENTS[wildcards.exp].get("input_size")
-    if size is not None:
-        bench["image_size"] = int(size)
-        bench["pre_size"] = max(int(size), int(bench.get("pre_size", size)))
-    return bench
-
-
 def perceptual_weights():
     """torch-hub files the configured distances or early-stop metrics need (DISTS, LPIPS)."""
     needed = set(config.get("distances", [])) & {"dists", "lpips"}
@@ -173,9 +167,9 @@ def perceptual_weights():
     if not HUB_KEYS:
         raise ValueError(
             f"distances/early-stop metrics {sorted(needed)} need VGG16/DISTS weights: list their "
-            "download keys in `weights.downloads`"
+            "download keys in `weights.files`"
         )
-    return [f"{TORCH_HUB_DIR}/checkpoints/{DOWNLOADS[k]['filename']}" for k in HUB_KEYS]
+    return [f"{TORCH_HUB_DIR}/checkpoints/{name}" for name in HUB_FILES]
 
 
 def experiment_model(wildcards):
@@ -222,7 +216,7 @@ def recon_shards(wildcards):
 def score_tables():
     return [
         f"data/processed/{RUN}/scores/{exp}/{dataset}/seed-{seed}.csv"
-        for exp in EXPERIMENTS
+        for exp in EVAL_EXPERIMENTS
         for dataset in EVAL_SETS
         for seed in EXP_SEEDS[exp]
     ]

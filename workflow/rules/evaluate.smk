@@ -35,7 +35,7 @@ rule evaluate:
     params:
         id_set=ID_SET,
         ood_sets={name: config["datasets"][name]["role"] for name in OOD_SETS},
-        experiments={name: exp["method"] for name, exp in EXPERIMENTS.items()},
+        experiments={name: exp["method"] for name, exp in EVAL_EXPERIMENTS.items()},
         seeds=EXP_SEEDS,
         distances=config.get("distances", ["l2"]),
         baselines=config.get("baselines", ["msp"]),

@@ -54,14 +54,14 @@ rule link_manual_folder:
         "../scripts/download.py"
 
 
+# Re-hash a file before anything uses it: a file changed after its download stops the run.
 rule verify_download:
-    """Re-hash a file before anything uses it: a file changed after its download stops the run."""
     input:
-        "data/external/downloads/{key}/{filename}",
+        lambda wildcards: download_file(wildcards.key),
     output:
-        "data/external/downloads/{key}/{filename}.verified",
+        "data/external/verified/{key}.sha256",
     log:
-        "data/logs/verify_download/{key}/{filename}.log",
+        "data/logs/verify_download/{key}.log",
     wildcard_constraints:
         key=HASHED_KEYS_RE,
     localrule: True
@@ -91,29 +91,29 @@ rule extract_download:
         "../scripts/extract_download.py"
 
 
+# The torch.hub folder piq reads DISTS/LPIPS weights from (no download at run time).
 rule torch_hub:
-    """The torch.hub folder piq reads DISTS/LPIPS weights from (no download at run time)."""
     input:
-        files=[download_file(key) for key in HUB_KEYS],
+        files=[download_file(key) for key in HUB_FILES.values()],
         verified=[verified_stamp(key) for key in HUB_KEYS],
     output:
-        [f"{TORCH_HUB_DIR}/checkpoints/{DOWNLOADS[key]['filename']}" for key in HUB_KEYS],
+        [f"{TORCH_HUB_DIR}/checkpoints/{name}" for name in HUB_FILES],
     log:
         "data/logs/torch_hub.log",
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
-        names=[DOWNLOADS[key]["filename"] for key in HUB_KEYS],
-        hub_dir=TORCH_HUB_DIR,
+        names=list(HUB_FILES),
+        hub_dir=lambda wildcards, output: str(Path(output[0]).parent.parent),
     script:
         "../scripts/link_torch_hub.py"
 
 
 if BENCHMARK_KIND == "openood":
 
+    # OpenOOD lists + mounted image folders -> the run's benchmark folder (one image root).
     rule assemble_openood_benchmark:
-        """OpenOOD lists + mounted image folders -> the run's benchmark folder (one image root)."""
         input:
             imglists=extracted_dir(OPENOOD["imglists"]),
             mounts=[mount_source(spec) for spec in OPENOOD["mounts"].values()],

@@ -24,8 +24,8 @@ if CLASSIFIER_SOURCE == "train":
 
 else:
 
+    # The released classifier checkpoint -> the files train_classifier would write.
     rule prepare_classifier:
-        """The released classifier checkpoint -> the files train_classifier would write."""
         input:
             checkpoint=download_file(config["classifier"]["checkpoint"]),
             verified=verified_stamp(config["classifier"]["checkpoint"]),
@@ -41,14 +41,18 @@ else:
             mem_mb=job_mem_mb,
         params:
             spec={
-                **config["classifier"],
+                **{
+                    k: v
+                    for k, v in config["classifier"].items()
+                    if k not in ("source", "checkpoint")
+                },
                 "num_classes": config["benchmark"]["num_classes"],
                 "in_channels": config["benchmark"]["channels"],
                 "input_size": config["classifier"].get(
                     "input_size", config["benchmark"]["image_size"]
                 ),
             },
-            out_dir=f"data/interim/{RUN}/models/classifier",
+            out_dir=lambda wildcards, output: str(Path(output.weights).parent.parent),
         script:
             "../scripts/prepare_classifier.py"
 
@@ -78,14 +82,13 @@ rule train_diffusion:
         "../scripts/train_diffusion.py"
 
 
-def converted_checkpoints(wildcards):
-    return [download_file(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()]
-
-
+# Convert a released diffusion checkpoint once (safetensors + backend.json).
 rule prepare_diffusion_model:
     """Convert a released diffusion checkpoint once (safetensors + backend.json)."""
     input:
-        checkpoints=converted_checkpoints,
+        checkpoints=lambda wildcards: [
+            download_file(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()
+        ],
         verified=lambda wildcards: [
             verified_stamp(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()
         ],
@@ -105,7 +108,7 @@ rule prepare_diffusion_model:
         source=lambda wildcards: DIFFUSION_MODELS[wildcards.model]["source"],
         roles=lambda wildcards: list(DIFFUSION_MODELS[wildcards.model]["checkpoints"]),
         options=lambda wildcards: DIFFUSION_MODELS[wildcards.model].get("options", {}),
-        out_dir=f"data/interim/{RUN}/models/{{model}}",
+        out_dir=lambda wildcards, output: str(Path(output.done).parent),
     script:
         "../scripts/prepare_diffusion_model.py"
 

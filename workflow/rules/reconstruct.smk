@@ -39,7 +39,7 @@ rule reconstruct:
         runtime=reconstruct_runtime,
     params:
         experiment=experiment_spec,
-        benchmark=experiment_benchmark,
+        benchmark=config["benchmark"],
         shard_size=config.get("shard_size", 500),
         batch_size=config.get("batch_size", 64),
         distances=config.get("distances", ["l2"]),
@@ -47,7 +47,9 @@ rule reconstruct:
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
         model_dir=experiment_model_dir,
-        torch_hub_dir=TORCH_HUB_DIR if perceptual_weights() else None,
+        torch_hub_dir=lambda wildcards, input: (
+            str(Path(input.perceptual[0]).parent.parent) if input.perceptual else None
+        ),
     script:
         "../scripts/reconstruct.py"
 

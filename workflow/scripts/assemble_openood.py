@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
+from diffguard.downloads import setup_file_logging
 from diffguard.openood import assemble_openood
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
-setup_logging(sm.log[0])
+setup_file_logging(sm.log[0])
 assemble_openood(
     imglist_root=sm.input.imglists,
     lists=dict(sm.params.lists),

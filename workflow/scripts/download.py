@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-from diffguard.downloads import fetch, link_manual, parse_spec
-from diffguard.runtime import setup_logging
+from diffguard.downloads import fetch, link_manual, parse_spec, setup_file_logging
 
 sm = snakemake  # noqa: F821
-setup_logging(sm.log[0])
+setup_file_logging(sm.log[0])
 spec = parse_spec(sm.wildcards.key, sm.params.spec)
 if spec.filename != sm.wildcards.filename:
     raise ValueError(

@@ -109,6 +109,20 @@ def parse_spec(key: str, entry: Mapping[str, Any]) -> DownloadSpec:
     )
 
 
+def setup_file_logging(log_file: str | Path | None) -> None:
+    """Log to the rule's log file and stderr (like runtime.setup_logging, without torch)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
 # ------------------------------------------------------------------------------- verification
 def recorded_hash_file(checksum_dir: str | Path, key: str) -> Path:
     return Path(checksum_dir) / f"{key}.sha256"

@@ -1,0 +1,160 @@
+"""The paper configs' DAGs (dry runs, nothing downloaded): job counts per rule, speed, profile."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def snakemake(repo: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SNAKEMAKE, *args], cwd=repo, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    counts = {}
+    for line in table.splitlines():
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if match:
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def sized_config(repo: Path, tmp_path: Path, name: str, sizes: dict[str, int]) -> Path:
+    """The shipped paper config with fixed list sizes (`n`), so every shard is planned."""
+    config: dict[str, Any] = yaml.safe_load((repo / "config" / name).read_text())
+    for dataset, n in sizes.items():
+        config["datasets"][dataset]["n"] = n
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def dry_run(repo: Path, configfile: Path, *extra: str) -> tuple[dict[str, int], str, float]:
+    start = time.perf_counter()
+    result = snakemake(repo, "-n", "--forceall", "--configfile", str(configfile), *extra)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return job_counts(result.stdout), result.stdout, elapsed
+
+
+def assert_report_targets(stdout: str, run: str) -> None:
+    """Every table, figure and the paper are planned."""
+    assert "paper/ms.pdf" in stdout
+    assert f"data/processed/{run}/metrics.csv" in stdout
+    assert re.search(rf"figures/{run}/\S+\.pdf", stdout) and re.search(
+        rf"figures/{run}/\S+\.png", stdout
+    )
+    assert re.search(r"paper/tables/\S+\.tex", stdout)
+
+
+def test_imagenet_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
+    sizes = {
+        "train": 100,
+        "imagenet_val": 1200,  # 3 shards of 500
+        "species": 500,  # 1
+        "inaturalist": 600,  # 2
+        "openimage_o": 100,  # 1
+        "imagenet_o": 1000,  # 2
+    }
+    counts, stdout, _ = dry_run(
+        repo_root, sized_config(repo_root, tmp_path, "imagenet.yaml", sizes)
+    )
+    config = yaml.safe_load((repo_root / "config" / "imagenet.yaml").read_text())
+    explicit = [n for n, e in config["experiments"].items() if not e.get("speed_only")]
+    grid = sum(len(v) for e in config["experiments"].values() for v in e.get("grid", {}).values())
+    assert len(explicit) == 12 and grid == 10
+    # gdm_main has 4 seeds, every other experiment (and each grid one, from ldm_main) has 1
+    runs = (len(explicit) + grid - 1) + 4
+    assert counts["reconstruct"] == runs * (3 + 1 + 2 + 1 + 2)
+    assert counts["gather_scores"] == runs * 5
+    assert counts["select_images"] == 6 and counts["cache_predictions"] == 6
+    assert counts["prepare_diffusion_model"] == 2 and counts["prepare_classifier"] == 1
+    assert "train_classifier" not in counts and "train_diffusion" not in counts
+    # 11 fetched files (lists, 4 OOD sets, ResNet-50, ADM, LDM ckpt + yaml, VGG16, DISTS),
+    # ImageNet val and train linked from user-provided folders
+    assert counts["download"] == 11 and counts["verify_download"] == 11
+    assert counts["link_manual_folder"] == 2 and counts["extract_download"] == 5
+    assert counts["torch_hub"] == 1 and counts["assemble_openood_benchmark"] == 1
+    for rule in ("evaluate", "baseline_scores", "build_paper"):
+        assert counts[rule] == 1, rule
+    assert_report_targets(stdout, "imagenet")
+    for name in ("ldm_main__cam_cut0.2", "ldm_main__ddim_steps50", "gdm_es_psnr_6.39_dists_0.37"):
+        assert f"recon/{name}/" in stdout, name
+    assert "recon/gdm_speed/" not in stdout  # timed by the speed benchmark only
+    # resources of a reconstruction shard: a GPU, memory and a runtime that grow with retries
+    block = stdout[stdout.index("rule reconstruct:") :].split("\n\n")[0]
+    assert re.search(r"gpu=1", block) and re.search(r"mem_mb=32000", block), block
+    assert re.search(r"runtime=600", block), block
+
+
+def test_full_imagenet_dag_builds_in_seconds(repo_root: Path, tmp_path: Path) -> None:
+    # list sizes of the OpenOOD v1 ImageNet benchmark (order of magnitude; PAPER.md D.3)
+    sizes = {
+        "train": 12811,
+        "imagenet_val": 45000,
+        "species": 10000,
+        "inaturalist": 10000,
+        "openimage_o": 15869,
+        "imagenet_o": 2000,
+    }
+    counts, _, elapsed = dry_run(
+        repo_root, sized_config(repo_root, tmp_path, "imagenet.yaml", sizes)
+    )
+    shards = 90 + 20 + 20 + 32 + 4
+    assert counts["reconstruct"] == 25 * shards
+    assert elapsed < 90, f"full ImageNet DAG took {elapsed:.1f} s"
+
+
+def test_full_lists_plan_up_to_the_checkpoint(repo_root: Path) -> None:
+    # n: null (the default) -> shard counts come from the selected lists (a checkpoint)
+    counts, stdout, _ = dry_run(repo_root, repo_root / "config" / "imagenet.yaml")
+    assert counts["select_images"] == 6
+    assert "DAG of jobs will be updated after completion" in stdout
+
+
+def test_cifar10_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
+    sizes = {"train": 5000, "cifar10_test": 2500, "cifar100": 1000, "tin": 900}
+    counts, stdout, _ = dry_run(repo_root, sized_config(repo_root, tmp_path, "cifar10.yaml", sizes))
+    # 2 experiments x 1 seed x (3 + 1 + 1 shards of 1000)
+    assert counts["reconstruct"] == 2 * 5 and counts["gather_scores"] == 2 * 3
+    assert counts["select_images"] == 4 and counts["cache_predictions"] == 4
+    assert counts["download"] == 5 and counts["link_manual_file"] == 1
+    assert counts["verify_download"] == 6 and counts["extract_download"] == 4
+    assert counts["prepare_diffusion_model"] == 1 and counts["prepare_classifier"] == 1
+    assert "torch_hub" not in counts  # logits/l2/ssim need no VGG weights
+    assert_report_targets(stdout, "cifar10")
+
+
+@pytest.mark.parametrize("name", ["imagenet.yaml", "cifar10.yaml"])
+def test_slurm_profile_accepted(repo_root: Path, tmp_path: Path, name: str) -> None:
+    config = yaml.safe_load((repo_root / "config" / name).read_text())
+    sizes = {d: 10 for d in config["datasets"]}
+    result = snakemake(
+        repo_root,
+        "-n",
+        "--profile",
+        "slurm",
+        "--configfile",
+        str(sized_config(repo_root, tmp_path, name, sizes)),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Job stats:" in result.stdout
+
+
+def test_paper_configs_lint_clean(repo_root: Path) -> None:
+    for name in ("imagenet.yaml", "cifar10.yaml"):
+        result = snakemake(repo_root, "--lint", "--configfile", f"config/{name}")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Lints for" not in result.stdout + result.stderr, result.stdout
