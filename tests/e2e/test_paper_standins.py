@@ -169,6 +169,13 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
     keep = ("gdm_main", "ldm_main", "gdm_speed")
     config["experiments"] = {k: v for k, v in experiments.items() if k in keep}
     config["speed"] = {"experiments": ["gdm_speed", "ldm_main"], "images": 2, "batch_sizes": [1]}
+    # the ImageNet report section (paper tables, check, Figs. 6 and 7) on what this run has;
+    # random weights cannot reproduce the paper: the check runs and may fail, the paper builds
+    report = yaml.safe_load((work / "config" / "report" / "imagenet.yaml").read_text())["report"]
+    report["check"]["allow"] = ["pass", "fail", "incomplete"]
+    report["figures"]["sweeps"] = {"cam_cut": report["figures"]["sweeps"]["cam_cut"]}
+    report["figures"]["ablation_grid"]["rows"] = {"GDM": "gdm_main", "LDM": "ldm_main"}
+    config["report"] = report
     path = work / "config" / "standin.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return str(path.relative_to(work))
@@ -195,6 +202,10 @@ def test_paper_workflow_with_standins(
     assert counts["reconstruct"] == 3 * 5 and counts["gather_scores"] == 3 * 5
     assert counts["speed_benchmark"] == 1
     assert "train_classifier" not in counts and "train_diffusion" not in counts
+    for rule in ("render_paper_tables", "reproduction_check", "plot_sweeps", "plot_ablation_grid"):
+        assert counts[rule] == 1, rule
+    check = (work / "data/processed/standin/check/reproduction_check.md").read_text()
+    assert check.startswith("# Reproduction check (standin): ") and "table2_imagenet" in check
     assert (work / "paper" / "ms.pdf").stat().st_size > 0
     assert (work / "data" / "processed" / "standin" / "metrics.csv").is_file()
     # recorded hashes of the archives (first download) match the served files
