@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import standins  # noqa: E402
 
 NUM_CLASSES = 10
-SIZES = {"train": 8, "imagenet_val": 6, "species": 4, "inaturalist": 4, "openimage_o": 4}
+SIZES = {"train": 60, "imagenet_val": 6, "species": 4, "inaturalist": 4, "openimage_o": 4}
 SIZES["imagenet_o"] = 4
 OOD_SETS = {  # dataset -> (OpenOOD folder, list file)
     "species": ("species_sub", "test_species.txt"),
