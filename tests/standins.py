@@ -107,7 +107,7 @@ def _result(paths: dict[str, Path], options: dict[str, Any], main: str = "model"
 def write_adm(
     out_dir: str | Path,
     *,
-    image_size: int = 64,
+    image_size: int = 32,
     num_channels: int = 32,
     seed: int = 0,
     filename: str = "256x256_diffusion_uncond.pt",
@@ -183,7 +183,7 @@ def write_ldm(
     context_dim: int = 64,
     vq_channels: int = 32,
     n_embed: int = 64,
-    resolution: int = 64,
+    resolution: int = 32,
     n_classes: int = 1001,
     seed: int = 0,
     manifest: Path | None = None,

@@ -1,4 +1,4 @@
-"""End to end: the whole workflow on the tiny config in a temporary copy of the repository.
+"""End to end: the whole workflow on the tiny config, continued from the session's tiny run.
 
 Checks that every artifact exists and is well-formed, that a finished run plans nothing, and
 that touching a plotting module reruns only plotting and paper rules (never reconstruction).
@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,23 +19,6 @@ pytestmark = pytest.mark.slow
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = ["--configfile", "config/tiny.yaml"]
-
-
-def copy_repo(src: Path, dst: Path) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=src,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for rel in files:
-        if not (src / rel).is_file():
-            continue
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel, target)
-    return dst
 
 
 def run(repo: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
@@ -55,10 +37,12 @@ def run(repo: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def finished_run(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = copy_repo(repo_root, tmp_path_factory.mktemp("e2e") / "repo")
-    run(repo, "--cores", "2", *TINY)
-    run(repo, "--cores", "2", "--report", "report.html", *TINY)
+def finished_run(tiny_run, e2e, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole tiny workflow, continued from a clone of the session's ``tiny_run`` (which
+    stops at metrics.csv), so the expensive stages run once per test session."""
+    repo = e2e.clone_run(tiny_run.work, tmp_path_factory.mktemp("e2e"))
+    e2e.snakemake(repo, "--cores", "2")
+    e2e.snakemake(repo, "--cores", "2", "--report", "report.html")
     return repo
 
 

@@ -1,14 +1,17 @@
 """End-to-end run of the Snakemake workflow on a real single-node SLURM cluster.
 
-A session fixture installs (``tests/slurm/setup_slurm.sh``) and starts
-(``tests/slurm/start_slurm.sh``) SLURM on this host. The test then copies the repository twice
-into a temporary folder, runs the workflow once through ``--profile slurm`` (every job goes
-through sbatch) and once locally with ``--cores 2``, and checks that the jobs really ran under
-SLURM and that every output file is byte-identical between the two runs.
+A session fixture installs (``tests/slurm/setup_slurm.sh``: Debian ``slurm-wlm`` + ``munge``)
+and starts (``tests/slurm/start_slurm.sh``) SLURM on this host; it needs root and is skipped
+with the reason otherwise. The test copies the repository into a temporary folder and runs the
+real workflow on ``config/tiny.yaml`` through ``--profile slurm`` (every job goes through
+sbatch), with ``gpus_per_job=1`` so that the GPU rules ask SLURM for a GPU as on a real
+cluster; the node's stand-in GPUs take those jobs and they run on the CPU. It then checks that
+the jobs ran under SLURM (plugin log, per-job SLURM logs, ``squeue``, the job completion file,
+the GPU requests read back with ``scontrol``) and that every output is byte-identical to the
+session's local tiny run (``tiny_run``, shared with the resume and determinism tests).
 
-Until the real workflow exists (no ``workflow/Snakefile``), a small toy workflow written by the
-test itself is used instead. To target the real workflow, keep ``SLURM_CONFIGFILE`` pointing at
-a fast CPU config and list the files to build in ``SLURM_TARGETS``.
+``DIFFGUARD_SLURM_WORKFLOW=toy`` runs a small toy workflow written by the test instead (the
+cluster and the profile alone, a local run of it as reference).
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ LOCAL_RUN_TIMEOUT_S = 300
 # The plugin waits this long before its first status check (40 s by default; the test cluster
 # keeps finished jobs visible to squeue for MinJobAge=600 s, so short delays are safe here).
 STATUS_CHECK_DELAY_S = 2
+
+# GPUs each GPU rule asks for in the real-workflow run (gpus_per_job in the config). The test
+# cluster announces stand-in GPUs (tests/slurm/start_slurm.sh), so these jobs are scheduled
+# with `--gpus=1` and run on the CPU; config/tiny.yaml keeps `device: cpu`.
+SLURM_GPUS_PER_JOB = 1
+# Rules that must have asked SLURM for a GPU (those declaring resources gpu=gpus_per_job).
+GPU_RULES = ("train_diffusion", "cache_predictions", "reconstruct")
 
 # State folder of the test cluster (pid files, logs, job completion file).
 STATE_DIR = Path(os.environ.get("DIFFGUARD_SLURM_DIR", "/tmp/diffguard-slurm"))
@@ -239,9 +249,9 @@ def _workflow_spec(work: Path) -> WorkflowSpec:
     DIFFGUARD_SLURM_WORKFLOW=toy forces the toy workflow (to check the cluster and the
     profile alone); =real makes a missing Snakefile an error; unset or =auto picks.
     """
-    # Default: the toy workflow. The real tiny workflow through SLURM (=real) is not yet proven
-    # byte-identical to a local run (small-model training is not bit-reproducible across runs).
-    choice = os.environ.get("DIFFGUARD_SLURM_WORKFLOW", "toy")
+    # Default: the real workflow on the tiny config (training is seeded, dropout included, and
+    # no output records wall-clock time, so a SLURM run and a local run agree byte for byte).
+    choice = os.environ.get("DIFFGUARD_SLURM_WORKFLOW", "real")
     assert choice in {"auto", "toy", "real"}, (
         f"DIFFGUARD_SLURM_WORKFLOW={choice!r}: expected 'auto', 'toy' or 'real'"
     )
@@ -317,24 +327,60 @@ def _declared_outputs(work: Path, spec: WorkflowSpec) -> list[str]:
     return [row[0] for row in rows[1:]]
 
 
+def _check_gpu_requests(job_ids: set[str]) -> None:
+    """GPU rules' jobs were submitted with a GPU request (``TresPerJob=gres:gpu:N``), the
+    others without: read back from SLURM itself (``scontrol show job``)."""
+    gpu_jobs, cpu_jobs = [], []
+    for job_id in sorted(job_ids):
+        proc = _run(["scontrol", "show", "job", "-o", job_id], timeout=30)
+        assert proc.returncode == 0, f"scontrol show job {job_id}: {proc.stderr}"
+        fields = dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+        rule = re.sub(r"^rule_|_wildcards_.*$", "", fields.get("Comment", ""))
+        asked = fields.get("TresPerJob", "") + fields.get("TresPerNode", "")
+        if rule in GPU_RULES:
+            assert f"gpu:{SLURM_GPUS_PER_JOB}" in asked, f"job {job_id} ({rule}): {asked!r}"
+            gpu_jobs.append(job_id)
+        else:
+            assert "gpu" not in asked, f"job {job_id} ({rule}) asked for a GPU: {asked!r}"
+            cpu_jobs.append(job_id)
+    assert gpu_jobs and cpu_jobs, (gpu_jobs, cpu_jobs)
+    LOGGER.info("%d jobs asked SLURM for a GPU, %d did not", len(gpu_jobs), len(cpu_jobs))
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_workflow_on_slurm_matches_local_run(slurm_cluster: Cluster, tmp_path: Path) -> None:
-    """Jobs go through sbatch and produce byte-identical outputs to a local run."""
-    local_work = _copy_repo(tmp_path / "local")
-    slurm_work = _copy_repo(tmp_path / "slurm")
-    spec = _workflow_spec(local_work)
-    assert _workflow_spec(slurm_work) == spec
-    assert (slurm_work / "slurm" / "config.yaml").is_file(), "profile slurm/config.yaml missing"
-    local_before = _produced_files(local_work, set())
-    slurm_before = _produced_files(slurm_work, set())
+def test_workflow_on_slurm_matches_local_run(
+    slurm_cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Jobs go through sbatch and produce byte-identical outputs to a local run.
 
-    _snakemake(local_work, spec, ["--cores", "2"], LOCAL_RUN_TIMEOUT_S)
+    The real workflow's local reference is the session's uninterrupted tiny run (``tiny_run``
+    in conftest.py, shared with the resume and determinism tests); the toy one runs here.
+    """
+    slurm_work = _copy_repo(tmp_path / "slurm")
+    spec = _workflow_spec(slurm_work)
+    assert (slurm_work / "slurm" / "config.yaml").is_file(), "profile slurm/config.yaml missing"
+    slurm_before = _produced_files(slurm_work, set())
+    if spec.toy:
+        local_work = _copy_repo(tmp_path / "local")
+        assert _workflow_spec(local_work) == spec
+        local_before = _produced_files(local_work, set())
+        _snakemake(local_work, spec, ["--cores", "2"], LOCAL_RUN_TIMEOUT_S)
+    else:
+        assert spec.configfile == "config/tiny.yaml" and spec.targets == (
+            "data/processed/tiny/metrics.csv",
+        ), "the shared tiny_run reference builds metrics.csv of config/tiny.yaml"
+        local_work = request.getfixturevalue("tiny_run").work
+        local_before = {local_work / p for p in _repo_files(REPO_ROOT)}
+        local_before = {p.relative_to(local_work) for p in local_before}
     t0 = time.monotonic()
     slurm_out = _snakemake(
         slurm_work,
         spec,
         [
+            # GPU rules (resources gpu=gpus_per_job) ask for one GPU each, as on a real
+            # cluster; the test node's stand-in GPUs take them and the CPU config runs there.
+            *([] if spec.toy else ["--config", f"gpus_per_job={SLURM_GPUS_PER_JOB}"]),
             "--cores",
             "all",
             "--profile",
@@ -373,6 +419,8 @@ def test_workflow_on_slurm_matches_local_run(slurm_cluster: Cluster, tmp_path: P
     assert queue.returncode == 0, queue.stderr
     states = dict(line.split("|", 1) for line in queue.stdout.split())
     assert {j: states.get(j) for j in job_ids} == dict.fromkeys(job_ids, "COMPLETED"), states
+    if not spec.toy:
+        _check_gpu_requests(job_ids)
     jobcomp = STATE_DIR / "log" / "jobcomp.txt"
     if slurm_cluster.started_here or jobcomp.is_file():
         records = {

@@ -65,6 +65,8 @@ MEM_TOTAL_MB="$(free -m | awk '/^Mem:/ {print $2}')"
 # kernel's rounding (5% or at least 256 MB).
 MARGIN_MB=$((MEM_TOTAL_MB / 20 > 256 ? MEM_TOTAL_MB / 20 : 256))
 REAL_MEM_MB=$((MEM_TOTAL_MB - MARGIN_MB))
+# Stand-in GPUs announced by the node (see GresTypes below); 2 lets two GPU jobs run at once.
+FAKE_GPUS="${DIFFGUARD_SLURM_FAKE_GPUS:-2}"
 # The controller must be reachable by name; fall back to loopback when the name does not resolve.
 if getent hosts "$NODE" >/dev/null 2>&1; then
     NODE_ADDR="$(getent hosts "$NODE" | awk '{print $1; exit}')"
@@ -118,9 +120,24 @@ KillWait=5
 MpiDefault=none
 # No mail on this test node (the default sendmail path does not exist and slurmctld logs an error).
 MailProg=/bin/true
-NodeName=$NODE NodeAddr=$NODE_ADDR CPUs=$CPUS RealMemory=$REAL_MEM_MB State=UNKNOWN
+# Stand-in GPUs: GRES "gpu" backed by empty files, so that jobs asking for GPUs (sbatch --gpus=N,
+# as the profile sends for rules with resources gpu=N) are scheduled like on a GPU cluster and
+# then run on this CPU-only node (the CPU configs set device: cpu). No CUDA device exists.
+GresTypes=gpu
+NodeName=$NODE NodeAddr=$NODE_ADDR CPUs=$CPUS RealMemory=$REAL_MEM_MB Gres=gpu:$FAKE_GPUS State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
+
+# gres.conf: the stand-in GPUs, one (empty, never opened) "device" file each; slurmd wants
+# distinct file names.
+mkdir -p "$STATE_DIR/gpu"
+{
+    echo "$MARKER"
+    for i in $(seq 0 $((FAKE_GPUS - 1))); do
+        touch "$STATE_DIR/gpu/fake-gpu$i"
+        echo "NodeName=$NODE Name=gpu File=$STATE_DIR/gpu/fake-gpu$i"
+    done
+} >"$(dirname "$SLURM_CONF_PATH")/gres.conf"
 
 # cgroup.conf sits beside slurm.conf; nothing uses cgroups, but keep it explicit.
 cat >"$(dirname "$SLURM_CONF_PATH")/cgroup.conf" <<EOF

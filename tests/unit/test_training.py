@@ -272,3 +272,54 @@ def test_train_diffusion_validates_inputs() -> None:
         train_diffusion(x, y + 2, {**TINY_UNET, "num_class_embeds": 3}, steps=1, batch_size=4)
     with pytest.raises(ValueError, match=r"\[-1.0, 1.0\]"):
         train_diffusion((x + 1) * 2, None, TINY_UNET, steps=1, batch_size=4)
+
+
+def test_train_classifier_with_dropout_is_bit_reproducible(tmp_path: Path) -> None:
+    """Dropout masks come from torch's global RNG: training seeds it, whatever its state."""
+    x, y = _bars(64)
+    spec = {"arch": "small_cnn", "num_classes": 2, "width": 4, "dropout": 0.5}
+    runs = []
+    for disturbance in (0, 123):
+        torch.manual_seed(disturbance)  # a different global RNG state before each call
+        log_csv = tmp_path / f"log{disturbance}.csv"
+        model = train_classifier(x, y, spec, epochs=2, lr=1e-2, seed=0, log_csv=log_csv)
+        runs.append((model.state_dict(), log_csv.read_bytes()))
+    (first, log_a), (second, log_b) = runs
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert log_a == log_b, "the training log differs between two runs with one seed"
+    # The caller's RNG state is left alone (the seeding happens in a fork).
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    train_classifier(x, y, spec, epochs=1, lr=1e-2, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_training_logs_hold_no_wall_clock_and_appear_only_when_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No elapsed-time column (reruns write the same bytes); a failed run leaves no log."""
+    x, y = _bars(32)
+    spec = {"arch": "small_cnn", "num_classes": 2, "width": 4, "dropout": 0.0}
+    log_csv = tmp_path / "clf.csv"
+    train_classifier(x, y, spec, epochs=1, lr=1e-2, seed=0, log_csv=log_csv)
+    assert _read_csv(log_csv)[0].keys() == {"epoch", "loss", "accuracy", "lr"}
+    x8, _ = _digits_like(16)
+    unet_log = tmp_path / "unet.csv"
+    model = train_diffusion(x8, None, TINY_UNET, steps=2, batch_size=8, seed=0, log_csv=unet_log)
+    assert _read_csv(unet_log)[0].keys() == {"step", "loss", "lr"}
+    assert not any("seconds" in key for key in model.diffguard_info)
+
+    class Boom(RuntimeError):
+        pass
+
+    def failing_forward(*_: object, **__: object) -> None:
+        raise Boom("killed")
+
+    broken = tmp_path / "broken.csv"
+    monkeypatch.setattr(SmallCNN, "forward", failing_forward)
+    with pytest.raises(Boom):
+        train_classifier(x, y, spec, epochs=1, lr=1e-2, seed=0, log_csv=broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.csv", "unet.csv"], (
+        "a failed training run left a (partial or temporary) log"
+    )

@@ -84,6 +84,7 @@ rule train_diffusion:
 
 # Convert a released diffusion checkpoint once (safetensors + backend.json).
 rule prepare_diffusion_model:
+    """Convert a released diffusion checkpoint once (safetensors + backend.json)."""
     input:
         checkpoints=lambda wildcards: [
             download_file(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()

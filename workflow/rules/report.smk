@@ -1,13 +1,104 @@
-"""Tables, figures, the paper PDF and the exploration notebook (CPU, local)."""
+"""Tables, figures, the reproduction check, the paper PDF and the exploration notebook (CPU)."""
 
-FIGURES = ["score_histograms", "roc_curves", "recon_grid", "psnr_inversion", "training_curves"]
+import yaml
+from snakemake.logging import logger
+
+from diffguard.plotting import sweep_spec
+
+
+def load_report():
+    """The `report:` section: inline, else the `report_config` file, else
+    config/report/<run>.yaml when it exists, else empty (main table and figures only)."""
+    if "report" in config:
+        section, where = dict(config["report"]), "config key report"
+    else:
+        default = Path(workflow.basedir) / "config" / "report" / f"{RUN}.yaml"
+        path = config.get("report_config") or str(default)
+        if not Path(path).is_file():
+            if "report_config" in config:
+                raise ValueError(f"report_config: {path} does not exist")
+            section, where = {}, "defaults"
+        else:
+            with open(path) as handle:
+                data = yaml.safe_load(handle) or {}
+            if set(data) != {"report"}:
+                raise ValueError(f"{path}: expected one top-level key `report`, got {sorted(data)}")
+            section, where = dict(data["report"] or {}), path
+    validate(section, "../schemas/report.schema.yaml")
+    for name, spec in section["tables"].items():
+        for row, selector in spec["rows"].items():
+            for key in ("experiment", "baseline"):
+                known = EXPERIMENTS if key == "experiment" else config.get("baselines", [])
+                if key in selector and selector[key] not in known:
+                    # a table may name experiments this (sub)config leaves out: a missing cell
+                    logger.warning(
+                        f"{where}: report.tables.{name}.rows.{row}: {key} {selector[key]!r} "
+                        "is not part of this run; its cells will be 'missing'"
+                    )
+    return section
+
+
+REPORT = load_report()
+PAPER_TABLES = REPORT["tables"]
+PUBLISHED_DIR = REPORT["published_dir"]
+REPORT_FIGURES = REPORT["figures"]
+HEADLINE_EXPERIMENT = config.get("headline_experiment", next(iter(EXPERIMENTS)))
+HEADLINE_SEED = SEEDS[0]
+HEADLINE_DISTANCE = config.get("headline_distance", "l2")
+SWEEPS = {
+    name: {
+        "label": spec.get("label", spec["setting"]),
+        "points": sweep_spec(EXPERIMENTS, spec["experiment"], spec["setting"]),
+        "reference": spec["experiment"],
+    }
+    for name, spec in REPORT_FIGURES.get("sweeps", {}).items()
+}
+ABLATION = REPORT_FIGURES.get("ablation_grid")
+for _label, _exp in (ABLATION or {}).get("rows", {}).items():
+    if _exp not in EXPERIMENTS:
+        raise ValueError(
+            f"report.figures.ablation_grid.rows.{_label}: experiment {_exp!r} does not exist"
+        )
+
+FIGURES = ["score_histograms", "roc_curves", "recon_grid", "psnr_inversion"]
+if train_log_names():
+    FIGURES.append("training_curves")
+EXTRA_FIGURES = (["sweeps"] if SWEEPS else []) + (["ablation_grid"] if ABLATION else [])
+FIGURES += EXTRA_FIGURES
 TABLE_FILES = [
     f"data/processed/{RUN}/tables/main_results.csv",
     f"data/processed/{RUN}/tables/main_results.md",
     "paper/tables/main_results.tex",
 ]
-HEADLINE_EXPERIMENT = config.get("headline_experiment", next(iter(EXPERIMENTS)))
-HEADLINE_SEED = SEEDS[0]
+PAPER_TABLE_OUTPUTS = {
+    name: {
+        "csv": f"data/processed/{RUN}/tables/{name}.csv",
+        "md": f"data/processed/{RUN}/tables/{name}.md",
+        "tex": f"paper/tables/{name}.tex",
+    }
+    for name in PAPER_TABLES
+}
+CHECK_OUTPUTS = {
+    "csv": f"data/processed/{RUN}/check/reproduction_check.csv",
+    "md": f"data/processed/{RUN}/check/reproduction_check.md",
+    "tex": "paper/tables/reproduction_check.tex",
+}
+CHECK_GATE = f"data/processed/{RUN}/check/gate.txt"
+TABLE_FILES += [f for outs in PAPER_TABLE_OUTPUTS.values() for f in outs.values()]
+TABLE_FILES += [*CHECK_OUTPUTS.values()]
+
+
+def report_figure_files():
+    return [f"figures/{RUN}/{name}.{ext}" for name in EXTRA_FIGURES for ext in ("pdf", "png")]
+
+
+def ablation_shards(wildcards):
+    """First shard of each ablation-grid experiment on the shown dataset (its first seed)."""
+    dataset = ABLATION.get("dataset", ID_SET)
+    return [
+        f"data/interim/{RUN}/recon/{exp}/{dataset}/seed-{EXP_SEEDS[exp][0]}/shard-000.npz"
+        for exp in ABLATION["rows"].values()
+    ]
 
 
 rule render_tables:
@@ -64,6 +155,7 @@ rule plot_figures:
                 category="Figures",
             )
             for name in FIGURES
+            if name not in EXTRA_FIGURES
             for ext in ("pdf", "png")
         ],
     log:
@@ -76,18 +168,152 @@ rule plot_figures:
         ood_sets=OOD_SETS,
         datasets=EVAL_SETS,
         experiment=HEADLINE_EXPERIMENT,
-        distance=config.get("headline_distance", "l2"),
+        distance=HEADLINE_DISTANCE,
         baselines=config.get("baselines", ["msp"]),
         models=train_log_names(),
     script:
         "../scripts/plot_figures.py"
 
 
+if PAPER_TABLES:
+
+    rule render_paper_tables:
+        """Each configured paper table: published vs reproduced, cell by cell."""
+        input:
+            metrics=f"data/processed/{RUN}/metrics.csv",
+            published=[
+                f"{PUBLISHED_DIR}/{spec.get('published', name)}.csv"
+                for name, spec in PAPER_TABLES.items()
+            ],
+            code=pkg("reproduction.py", "tables.py", "io.py"),
+        output:
+            [
+                (
+                    report(path, caption="../report/paper_table.rst", category="Tables")
+                    if path.endswith(".csv")
+                    else path
+                )
+                for outs in PAPER_TABLE_OUTPUTS.values()
+                for path in outs.values()
+            ],
+        log:
+            f"data/logs/render_paper_tables/{RUN}.log",
+        localrule: True
+        conda:
+            "../../envs/diffguard.yaml"
+        params:
+            tables=PAPER_TABLES,
+            outputs=PAPER_TABLE_OUTPUTS,
+            published_dir=PUBLISHED_DIR,
+            headline_distance=HEADLINE_DISTANCE,
+            run=RUN,
+        script:
+            "../scripts/render_paper_tables.py"
+
+
+rule reproduction_check:
+    """Pass/fail of every published cell within its band (or an explicit 'not applicable')."""
+    input:
+        comparisons=[outs["csv"] for outs in PAPER_TABLE_OUTPUTS.values()],
+        code=pkg("reproduction.py", "io.py"),
+    output:
+        csv=report(
+            CHECK_OUTPUTS["csv"],
+            caption="../report/reproduction_check.rst",
+            category="Reproduction check",
+        ),
+        md=CHECK_OUTPUTS["md"],
+        tex=CHECK_OUTPUTS["tex"],
+    log:
+        f"data/logs/reproduction_check/{RUN}.log",
+    localrule: True
+    conda:
+        "../../envs/diffguard.yaml"
+    params:
+        tables=list(PAPER_TABLES),
+        check=REPORT["check"],
+        run=RUN,
+    script:
+        "../scripts/check_reproduction.py"
+
+
+rule reproduction_gate:
+    """Fails (after the check report is written) when the check's status is not allowed, so
+    the paper is not built from a failed reproduction; --keep-going builds everything else."""
+    input:
+        CHECK_OUTPUTS["csv"],
+    output:
+        CHECK_GATE,
+    log:
+        f"data/logs/reproduction_gate/{RUN}.log",
+    localrule: True
+    conda:
+        "../../envs/diffguard.yaml"
+    params:
+        allow=REPORT["check"]["allow"],
+    script:
+        "../scripts/reproduction_gate.py"
+
+
+if SWEEPS:
+
+    rule plot_sweeps:
+        """Fig. 7: average AUROC along each configured sweep."""
+        input:
+            metrics=f"data/processed/{RUN}/metrics.csv",
+            code=pkg("plotting.py", "io.py"),
+        output:
+            pdf=report(
+                f"figures/{RUN}/sweeps.pdf", caption="../report/sweeps.rst", category="Figures"
+            ),
+            png=f"figures/{RUN}/sweeps.png",
+            csv=f"data/processed/{RUN}/tables/sweeps.csv",
+        log:
+            f"data/logs/plot_sweeps/{RUN}.log",
+        localrule: True
+        conda:
+            "../../envs/diffguard.yaml"
+        params:
+            sweeps=SWEEPS,
+            distance=HEADLINE_DISTANCE,
+        script:
+            "../scripts/plot_report_figures.py"
+
+
+if ABLATION:
+
+    rule plot_ablation_grid:
+        """Fig. 6: the same images regenerated by each configured experiment."""
+        input:
+            shards=ablation_shards,
+            code=pkg("plotting.py", "io.py"),
+        output:
+            pdf=report(
+                f"figures/{RUN}/ablation_grid.pdf",
+                caption="../report/ablation_grid.rst",
+                category="Figures",
+            ),
+            png=f"figures/{RUN}/ablation_grid.png",
+        log:
+            f"data/logs/plot_ablation_grid/{RUN}.log",
+        localrule: True
+        conda:
+            "../../envs/diffguard.yaml"
+        params:
+            rows=list((ABLATION or {}).get("rows", {})),
+            images=(ABLATION or {}).get("images", 6),
+            prefer_misclassified=(ABLATION or {}).get("prefer_misclassified", True),
+            dataset=(ABLATION or {}).get("dataset", ID_SET),
+        script:
+            "../scripts/plot_report_figures.py"
+
+
 rule write_paper_numbers:
     input:
         metrics=f"data/processed/{RUN}/metrics.csv",
         lists=expand("data/interim/{run}/lists/{dataset}.txt", run=RUN, dataset=EVAL_SETS),
-        code=pkg("paper.py", "tables.py", "io.py"),
+        check=CHECK_OUTPUTS["csv"],
+        code=pkg("paper.py", "tables.py", "reproduction.py", "io.py"),
     output:
         "paper/numbers.tex",
     log:
@@ -99,6 +325,8 @@ rule write_paper_numbers:
         run=RUN,
         figure_dir=f"../figures/{RUN}",
         datasets=EVAL_SETS,
+        figures=FIGURES,
+        published_tables=[f"tables/{name}.tex" for name in PAPER_TABLES],
     script:
         "../scripts/write_paper_numbers.py"
 
@@ -108,6 +336,9 @@ rule build_paper:
         tex="paper/ms.tex",
         numbers="paper/numbers.tex",
         tables=paper_tables(),
+        paper_tables=[outs["tex"] for outs in PAPER_TABLE_OUTPUTS.values()],
+        check=CHECK_OUTPUTS["tex"],
+        gate=CHECK_GATE,
         figures=figure_files(),
     output:
         report("paper/ms.pdf", caption="../report/paper.rst", category="Paper"),
@@ -140,6 +371,6 @@ rule explore_notebook:
     params:
         datasets=EVAL_SETS,
         experiment=HEADLINE_EXPERIMENT,
-        distance=config.get("headline_distance", "l2"),
+        distance=HEADLINE_DISTANCE,
     notebook:
         "../notebooks/explore.py.ipynb"

@@ -3,7 +3,8 @@
 Inputs ``metrics``, ``lists`` (one per ``params.datasets``, ID set first) and optional
 ``benchmarks`` (Snakemake benchmark files adding up to the runtime); params ``run``,
 ``figure_dir`` (relative to ``paper/``) and optional ``published_tables`` (LaTeX files relative
-to ``paper/``) and ``runtime_s``. Experiments and switches come from the workflow config.
+to ``paper/``), ``figures`` (figure stems in ``figure_dir``), ``runtime_s`` and input
+``check`` (the reproduction check CSV). Experiments and switches come from the workflow config.
 """
 
 from diffguard.paper import write_paper_numbers
@@ -32,4 +33,6 @@ write_paper_numbers(
     runtime_s=params.get("runtime_s"),
     config=sm.config,
     published_tables=as_list(params.get("published_tables")),
+    figures=as_list(params.get("figures")),
+    check_csv=inputs.get("check"),
 )

@@ -612,13 +612,15 @@ def _load_latent(weights: Path, info: Mapping[str, Any]) -> LatentBackend:
 
 
 def _to(backend: DiffusionBackend, device: torch.device, dtype: torch.dtype) -> None:
+    # Cast only when needed: diffusers warns on every .to(dtype=...) of a loaded model.
+    cast = {} if dtype == torch.float32 else {"dtype": dtype}
     if isinstance(backend, LatentBackend):
-        backend.parts.unet.to(device=device, dtype=dtype)
-        backend.parts.vq.to(device=device, dtype=dtype)
+        backend.parts.unet.to(device=device, **cast)
+        backend.parts.vq.to(device=device, **cast)
         # The class table stays float32: ldm_eps casts the context to the latents' dtype.
         backend.parts.class_embedding.to(device=device)
     elif isinstance(backend, PixelBackend):
-        backend.unet.to(device=device, dtype=dtype)
+        backend.unet.to(device=device, **cast)
 
 
 # ------------------------------------------------------------------------------ classifiers

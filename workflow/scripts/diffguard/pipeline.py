@@ -6,6 +6,7 @@ does, and writes its outputs atomically.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -73,7 +74,11 @@ def train_classifier_stage(
 
     records = read_imglist(imglist)
     images = load_records_images(
-        records, image_root(benchmark_json), benchmark["image_size"], benchmark["channels"]
+        records,
+        image_root(benchmark_json),
+        benchmark["image_size"],
+        benchmark["channels"],
+        benchmark.get("resize_size"),
     )
     labels = torch.tensor([r.label for r in records])
     spec = {
@@ -115,7 +120,11 @@ def train_diffusion_stage(
         raise ValueError(f"train_diffusion only trains models with source 'train', got {spec}")
     records = read_imglist(imglist)
     images = load_records_images(
-        records, image_root(benchmark_json), benchmark["image_size"], benchmark["channels"]
+        records,
+        image_root(benchmark_json),
+        benchmark["image_size"],
+        benchmark["channels"],
+        benchmark.get("resize_size"),
     )
     conditional = bool(spec.get("conditional", False))
     labels = torch.tensor([r.label for r in records]) if conditional else None
@@ -136,8 +145,17 @@ def train_diffusion_stage(
         log_csv=train_log,
     )
     log.info("diffusion model trained in %.1f s", time.perf_counter() - start)
-    save_model(model, Path(out_dir) / "weights")
-    io.write_text(done, f"trained {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    weights = Path(out_dir) / "weights"
+    save_model(model, weights)
+    # The marker names what was trained (no wall-clock time, so reruns write the same bytes).
+    io.write_text(
+        done,
+        "".join(
+            f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(weights)}\n"
+            for path in sorted(weights.rglob("*"))
+            if path.is_file()
+        ),
+    )
 
 
 # -------------------------------------------------------------------------------- predictions
@@ -151,8 +169,13 @@ def cache_predictions(
     mc_passes: int = 0,
     batch_size: int = 64,
     device_name: str = "cpu",
+    mc_seed: int = 0,
 ) -> None:
-    """Logits, penultimate features, predictions (and MC-dropout logits) of one dataset."""
+    """Logits, penultimate features, predictions (and MC-dropout logits) of one dataset.
+
+    The dropout masks of the MC passes come from torch's global RNG, seeded with ``mc_seed``
+    for each batch of images (within a fork, the caller's state is kept), so reruns agree.
+    """
     device = resolve_device(device_name)
     model = load_trained_classifier(classifier_weights, device)
     records = read_imglist(imglist)
@@ -160,15 +183,21 @@ def cache_predictions(
     logits, feats, mc = [], [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        x = load_records_images(chunk, root, benchmark["image_size"], benchmark["channels"]).to(
-            device
-        )
+        x = load_records_images(
+            chunk,
+            root,
+            benchmark["image_size"],
+            benchmark["channels"],
+            benchmark.get("resize_size"),
+        ).to(device)
         f = model.features(x)
         logits.append(model.fc(f).cpu())
         feats.append(f.cpu())
         if mc_passes:
             model.train()  # dropout on; the small classifier has no batch norm in its head
-            mc.append(torch.stack([model(x).cpu() for _ in range(mc_passes)], dim=0))
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(mc_seed * 1_000_003 + start)
+                mc.append(torch.stack([model(x).cpu() for _ in range(mc_passes)], dim=0))
             model.eval()
     logits_t = torch.cat(logits)
     io.write_npz(

@@ -29,7 +29,8 @@ from diffguard.io import atomic_path, read_npz  # noqa: E402
 log = logging.getLogger(__name__)
 
 FIGURES = ("score_histograms", "roc_curves", "recon_grid", "psnr_inversion", "training_curves")
-"""File stems :func:`plot_all` writes into its folder, each as ``.pdf`` and ``.png``."""
+"""File stems :func:`plot_all` writes into its folder, each as ``.pdf`` and ``.png``
+(``training_curves`` only when the run trained a model)."""
 
 FPR_LEGEND = {
     "a": "FPR@95 (a): OOD accepted at 95% ID recall (DiffGuard / OpenOOD v1)",
@@ -601,7 +602,228 @@ def plot_all(
     written += plot_psnr_inversion(
         traces, out / "psnr_inversion", title=f"{experiment}: PSNR along the inversion"
     )
-    logs = {model: pd.read_csv(path) for model, path in train_logs.items()}
-    written += plot_training_curves(logs, out / "training_curves")
+    if train_logs:  # downloaded models (paper configs) have no training log
+        logs = {model: pd.read_csv(path) for model, path in train_logs.items()}
+        written += plot_training_curves(logs, out / "training_curves")
     log.info("wrote %d figure files to %s", len(written), out)
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# Fig. 7: average AUROC along one-dimensional sweeps (CAM cut-point, DDIM steps)
+
+
+def sweep_points(
+    metrics: pd.DataFrame,
+    sweeps: Mapping[str, Mapping[str, object]],
+    *,
+    distance: str,
+    metric: str = "auroc",
+) -> pd.DataFrame:
+    """Average-over-OOD-sets metric of every experiment of each sweep, mean and SD over seeds.
+
+    Args:
+        metrics: Long metrics frame (the ``evaluate`` rule's CSV).
+        sweeps: Sweep name -> ``{"label": axis label, "points": {experiment: value}}``.
+        distance: DiffGuard distance whose rows are used.
+        metric: Metric column.
+
+    Returns:
+        Columns ``sweep, label, experiment, value, mean, sd, n_seeds`` (sd 0 for one seed);
+        experiments without metrics rows are left out with a warning.
+    """
+    rows = []
+    kind = metrics["kind"].astype(str)
+    dist = metrics["distance"].fillna("").astype(str)
+    dataset = metrics["dataset"].astype(str)
+    for sweep, spec in sweeps.items():
+        points = dict(spec["points"])  # type: ignore[arg-type]
+        for experiment, value in points.items():
+            sel = metrics[
+                (kind == "diffguard")
+                & (metrics["experiment"].astype(str) == experiment)
+                & (dist == distance)
+                & (dataset == "average")
+            ]
+            if sel.empty:
+                log.warning("sweep %s: no average %s rows of %s", sweep, distance, experiment)
+                continue
+            values = sel[metric].astype(float)
+            rows.append(
+                {
+                    "sweep": sweep,
+                    "label": spec.get("label", sweep),
+                    "experiment": experiment,
+                    "value": float(value),  # type: ignore[arg-type]
+                    "mean": float(values.mean()),
+                    "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    "n_seeds": len(values),
+                }
+            )
+    columns = ["sweep", "label", "experiment", "value", "mean", "sd", "n_seeds"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["sweep", "value"], kind="stable")
+
+
+def plot_sweeps(
+    points: pd.DataFrame,
+    out_stem: str | Path,
+    *,
+    reference: Mapping[str, float] | None = None,
+    metric_label: str = "average AUROC (%)",
+    title: str | None = None,
+) -> list[Path]:
+    """One panel per sweep: the metric against the swept value (cf. the paper's Fig. 7).
+
+    Args:
+        points: Output of :func:`sweep_points`.
+        out_stem: Output stem.
+        reference: Sweep -> value of the configured (released) setting, drawn as a dotted line.
+        metric_label: y-axis label.
+        title: Figure title.
+    """
+    if points.empty:
+        raise ValueError("sweep figure: no points (did the run evaluate the sweep experiments?)")
+    _theme()
+    sweeps = list(dict.fromkeys(points["sweep"]))
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(3.3 * len(sweeps), 2.7), squeeze=False)
+    for ax, sweep in zip(axes[0], sweeps, strict=True):
+        data = points[points["sweep"] == sweep].sort_values("value")
+        ax.errorbar(
+            data["value"],
+            data["mean"],
+            yerr=data["sd"].where(data["n_seeds"] > 1),
+            marker="o",
+            capsize=3,
+            color=sns.color_palette()[0],
+        )
+        if reference and sweep in reference:
+            ax.axvline(reference[sweep], color="0.4", linestyle=":", linewidth=1, label="config")
+            ax.legend(fontsize=6, loc="best")
+        ax.set_xlabel(str(data["label"].iloc[0]))
+        ax.set_ylabel(metric_label)
+        ax.set_title(sweep, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+# --------------------------------------------------------------------------------------------
+# Fig. 6: the same images regenerated by each ablation
+
+
+def ablation_rows(
+    shards: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    images: int = 6,
+    prefer_misclassified: bool = True,
+) -> tuple[list[str], list[tuple[str, list[np.ndarray]]], list[str]]:
+    """Pick images stored by every experiment's shard and collect their regenerations.
+
+    Args:
+        shards: Row label -> shard arrays (``image_ids, labels, preds, guide_labels, x0,
+            recon``) of one dataset, in row order; the first shard's inputs form the top row.
+        images: Columns (images).
+        prefer_misclassified: Put images whose predicted label is wrong first (the paper's
+            Fig. 6 regenerates under a false label).
+
+    Returns:
+        Image ids, ``[("input", x0s), (label, recons), ...]`` and per-column captions.
+    """
+    if not shards:
+        raise ValueError("ablation grid: no experiments")
+    stored = []
+    for label, shard in shards.items():
+        for key in ("image_ids", "labels", "preds", "guide_labels", "x0", "recon"):
+            if key not in shard:
+                raise KeyError(f"ablation grid: shard of {label!r} has no array {key!r}")
+        n = min(len(shard["x0"]), len(shard["recon"]))
+        stored.append({str(i): j for j, i in enumerate(shard["image_ids"][:n])})
+    common = [i for i in stored[0] if all(i in s for s in stored[1:])]
+    if not common:
+        raise ValueError(
+            "ablation grid: the experiments' shards store no common image (same dataset, "
+            "same image list, save_images > 0?)"
+        )
+    first = next(iter(shards.values()))
+    wrong = [i for i in common if first["preds"][stored[0][i]] != first["labels"][stored[0][i]]]
+    order = (wrong + [i for i in common if i not in wrong]) if prefer_misclassified else common
+    ids = order[:images]
+    rows: list[tuple[str, list[np.ndarray]]] = [
+        ("input", [np.asarray(first["x0"][stored[0][i]], np.float32) for i in ids])
+    ]
+    for (label, shard), index in zip(shards.items(), stored, strict=True):
+        rows.append((label, [np.asarray(shard["recon"][index[i]], np.float32) for i in ids]))
+    captions = []
+    for i in ids:
+        j = stored[0][i]
+        captions.append(f"true {int(first['labels'][j])}, pred {int(first['preds'][j])}")
+    return ids, rows, captions
+
+
+def plot_ablation_grid(
+    rows: Sequence[tuple[str, Sequence[np.ndarray]]],
+    out_stem: str | Path,
+    *,
+    captions: Sequence[str] = (),
+    title: str | None = None,
+) -> list[Path]:
+    """Image grid: one row per ablation (and the input), one column per image (Fig. 6)."""
+    if not rows or not rows[0][1]:
+        raise ValueError("ablation grid: no images")
+    width = len(rows[0][1])
+    bad = [label for label, images in rows if len(images) != width]
+    if bad:
+        raise ValueError(f"ablation grid: rows {bad} do not have {width} images")
+    _theme()
+    size = 1.15
+    fig, axes = plt.subplots(
+        len(rows), width, figsize=(size * width + 1.4, size * len(rows) + 0.5), squeeze=False
+    )
+    for r, (label, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            img, cmap = _to_image(image)
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        axes[r][0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+    for c, caption in enumerate(captions[:width]):
+        axes[0][c].set_title(caption, fontsize=5.5)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+def sweep_spec(
+    experiments: Mapping[str, Mapping[str, object]], base: str, setting: str
+) -> dict[str, float]:
+    """Experiment -> swept value of one ``grid:`` sweep (``setting`` = ``cfg.cam_cut``).
+
+    Members are ``base`` itself (when it sets the value) and the experiments the grid
+    generated from it (``<base>__<leaf><value>``, see :func:`diffguard.config.expand_grid`).
+
+    Raises:
+        KeyError: ``base`` is not an experiment, or no member sets the value.
+    """
+    if base not in experiments:
+        raise KeyError(f"report.figures.sweeps: experiment {base!r} does not exist")
+    parts = setting.split(".")
+    prefix = f"{base}__{parts[-1]}"
+    points: dict[str, float] = {}
+    for name, spec in experiments.items():
+        if name != base and not name.startswith(prefix):
+            continue
+        value: object = spec
+        for part in parts:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            points[name] = float(value)
+    if len(points) < 2:
+        raise KeyError(
+            f"report.figures.sweeps: {base!r} has fewer than two experiments setting {setting!r} "
+            f"(add `grid: {{{setting}: [...]}}` to experiments.{base})"
+        )
+    return points

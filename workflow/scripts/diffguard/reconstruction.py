@@ -36,6 +36,36 @@ def oracle_label(image_id: str, label: int, num_classes: int, seed: int) -> int:
     return int(rng.integers(0, num_classes))
 
 
+def aligned_chunks(
+    num_records: int, shard: int, shard_size: int, batch_size: int
+) -> list[tuple[int, int, slice]]:
+    """Batches of one shard on the dataset's global grid of ``batch_size``-aligned batches.
+
+    A shard's images are always computed inside the same global batch (grid batch ``j`` holds
+    images ``[j * batch_size, (j + 1) * batch_size)``), whatever the shard size; a grid batch
+    that straddles a shard boundary is computed whole and only the shard's rows are kept. On a
+    given machine the batched arithmetic (convolutions, matmuls) can depend on a batch's size
+    and members, so this is what makes any ``shard_size`` give bit-identical scores.
+
+    Returns:
+        ``(first, stop, keep)`` per grid batch: the global index range to compute, and the rows
+        of that batch that belong to the shard.
+
+    Raises:
+        ValueError: Non-positive sizes, or a shard outside the dataset.
+    """
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
+    lo, hi = shard * shard_size, min((shard + 1) * shard_size, num_records)
+    if shard < 0 or lo >= hi:
+        raise ValueError(f"shard {shard} of size {shard_size} is outside {num_records} records")
+    chunks = []
+    for first in range((lo // batch_size) * batch_size, hi, batch_size):
+        stop = min(first + batch_size, num_records)
+        chunks.append((first, stop, slice(max(lo, first) - first, min(hi, stop) - first)))
+    return chunks
+
+
 def dists_similarity(
     torch_hub_dir: str | None, device: torch.device
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -99,7 +129,8 @@ def reconstruct_shard(
     torch.manual_seed(seed)
     device = resolve_device(device_name)
     settings = method_settings(experiment, seed)
-    records = select_shard(read_imglist(imglist), shard, shard_size)
+    all_records = read_imglist(imglist)
+    records = select_shard(all_records, shard, shard_size)
     preds_npz = io.read_npz(predictions)
     pred_of = dict(zip(preds_npz["image_ids"].tolist(), preds_npz["preds"].tolist(), strict=True))
     classifier = load_trained_classifier(classifier_weights, device)
@@ -110,7 +141,8 @@ def reconstruct_shard(
         or getattr(classifier, "spec", {}).get("input_size")
         or benchmark["image_size"]
     )
-    pre_size = benchmark.get("resize_size")
+    # Resize(pre_size) then CenterCrop(input_size): a larger crop (LDM 256) resizes to itself
+    pre_size = max(int(benchmark.get("resize_size") or input_size), input_size)
     if experiment["method"] == "gdm" and backend.latent:
         raise ValueError(
             f"experiments.{experiment['name']}: method gdm needs a pixel-space model, "
@@ -148,8 +180,11 @@ def reconstruct_shard(
     kept: dict[str, list[torch.Tensor]] = {"x0": [], "recon": [], "recon_uncond": []}
     start_time = time.perf_counter()
     counter = gdm.CallCounter()
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
+    done = 0
+    for first, stop, keep in aligned_chunks(len(all_records), shard, shard_size, batch_size):
+        chunk = all_records[first:stop]
+        # Anything drawing from the global RNG sees the same state whichever shard runs it.
+        torch.manual_seed(seed * 1_000_003 + first)
         x01 = load_records_images(chunk, root, input_size, channels, pre_size).to(device)
         x = x01 * 2 - 1
         x_model = resize_images(x, backend.sample_size)
@@ -213,6 +248,12 @@ def reconstruct_shard(
         else:
             reference = x.cpu()
         scores = scorer(reference.to(device), recon.to(device))
+        # Rows of the grid batch outside this shard were computed for bit-identical batching.
+        chunk, x, preds, guide, recon = chunk[keep], x[keep], preds[keep], guide[keep], recon[keep]
+        rev_t, start_index, trace = rev_t[keep], start_index[keep], trace[keep]
+        scores = {k: v[keep] for k, v in scores.items()}
+        if recon_uncond is not None:
+            recon_uncond = recon_uncond[keep]
         batch = {
             "image_ids": np.array([r.image_id for r in chunk]),
             "labels": np.array([r.label for r in chunk]),
@@ -231,7 +272,7 @@ def reconstruct_shard(
             kept["recon"].append(recon[:room])
             if recon_uncond is not None:
                 kept["recon_uncond"].append(recon_uncond[:room])
-        done = start + len(chunk)
+        done += len(chunk)
         rate = done / (time.perf_counter() - start_time)
         log.info(
             "%d/%d images, %.2f images/s, ETA %.0f s",

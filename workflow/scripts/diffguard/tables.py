@@ -471,7 +471,9 @@ def published_vs_reproduced(
 
     Returns:
         One row per mapped cell: ``published_row, method, dataset, metric, convention,
-        reproduced, published, published_sd, delta`` (delta = reproduced - published). A set
+        reproduced, published, published_sd, delta, reproduced_sd, n_seeds`` (delta =
+        reproduced - published; ``reproduced_sd`` is the sample SD over seeds when the
+        method has several). A set
         the run did not evaluate gives an empty ``reproduced`` and ``delta``, and so does the
         average unless the run evaluated every published OOD set of that row.
 
@@ -526,6 +528,8 @@ def published_vs_reproduced(
             std_column = f"{column}_std"
             sd = pub_row.get(std_column, np.nan) if std_column in published.columns else np.nan
             published_value = float(pub_row[column])
+            our_sd = our_row.get(f"{ours}_sd", np.nan) if not math.isnan(value) else np.nan
+            seeds = our_row.get("n_seeds", np.nan) if not math.isnan(value) else np.nan
             rows.append(
                 {
                     "published_row": pub_key,
@@ -537,6 +541,8 @@ def published_vs_reproduced(
                     "published": published_value,
                     "published_sd": float(sd) if not pd.isna(sd) else np.nan,
                     "delta": value - published_value,
+                    "reproduced_sd": float(our_sd) if not pd.isna(our_sd) else np.nan,
+                    "n_seeds": float(seeds) if not pd.isna(seeds) else np.nan,
                 }
             )
     return pd.DataFrame(
@@ -551,6 +557,8 @@ def published_vs_reproduced(
             "published",
             "published_sd",
             "delta",
+            "reproduced_sd",
+            "n_seeds",
         ],
     )
 

@@ -41,15 +41,20 @@ DIFFUSION_INFO_FILE = "diffguard.json"
 
 
 class _CsvLog:
-    """Append rows to a CSV file (header first), flushing each row so progress is visible."""
+    """Rows of a CSV file (header first), written to a hidden temporary sibling.
+
+    Each row is flushed so progress is visible; :meth:`commit` renames the file into place, so
+    a killed training job never leaves a truncated log under the final name.
+    """
 
     def __init__(self, path: str | Path | None, fields: Sequence[str]) -> None:
         self.fields = list(fields)
         self.handle = None
-        if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = path.open("w", newline="", encoding="utf-8")
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+            self.handle = self.tmp.open("w", newline="", encoding="utf-8")
             self.writer = csv.DictWriter(self.handle, fieldnames=self.fields)
             self.writer.writeheader()
 
@@ -58,9 +63,19 @@ class _CsvLog:
             self.writer.writerow(values)
             self.handle.flush()
 
+    def commit(self) -> None:
+        """Close the temporary file and move it into place."""
+        if self.handle is not None and self.path is not None:
+            self.handle.close()
+            self.handle = None
+            os.replace(self.tmp, self.path)
+
     def close(self) -> None:
+        """Close and drop the temporary file unless :meth:`commit` moved it into place."""
         if self.handle is not None:
             self.handle.close()
+            self.handle = None
+            self.tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -146,37 +161,42 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
-    csv_log = _CsvLog(log_csv, ["epoch", "loss", "accuracy", "lr", "elapsed_s"])
-    start = time.perf_counter()
+    csv_log = _CsvLog(log_csv, ["epoch", "loss", "accuracy", "lr"])
     try:
         model.train()
-        for epoch in range(1, epochs + 1):
-            order = torch.randperm(n, generator=generator)
-            total_loss, correct = 0.0, 0
-            for first in range(0, n, batch_size):
-                idx = order[first : first + batch_size]
-                x, y = train_images[idx], labels[idx]
-                if augment:
-                    x = _augment(x, generator)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total_loss += loss.item() * len(idx)
-                correct += int((logits.argmax(1) == y).sum())
-            row = {
-                "epoch": epoch,
-                "loss": total_loss / n,
-                "accuracy": correct / n,
-                "lr": scheduler.get_last_lr()[0],
-                "elapsed_s": round(time.perf_counter() - start, 3),
-            }
-            csv_log.row(**row)
-            log.info(
-                "classifier epoch %d: loss %.4f train acc %.4f", epoch, row["loss"], row["accuracy"]
-            )
+        # Dropout draws its masks from torch's global RNG: seed that too (in a fork, so the
+        # caller's state is untouched), else two runs with one seed train different weights.
+        with _seeded(seed):
+            for epoch in range(1, epochs + 1):
+                order = torch.randperm(n, generator=generator)
+                total_loss, correct = 0.0, 0
+                for first in range(0, n, batch_size):
+                    idx = order[first : first + batch_size]
+                    x, y = train_images[idx], labels[idx]
+                    if augment:
+                        x = _augment(x, generator)
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    total_loss += loss.item() * len(idx)
+                    correct += int((logits.argmax(1) == y).sum())
+                row = {
+                    "epoch": epoch,
+                    "loss": total_loss / n,
+                    "accuracy": correct / n,
+                    "lr": scheduler.get_last_lr()[0],
+                }
+                csv_log.row(**row)
+                log.info(
+                    "classifier epoch %d: loss %.4f train acc %.4f",
+                    epoch,
+                    row["loss"],
+                    row["accuracy"],
+                )
+        csv_log.commit()
     finally:
         csv_log.close()
     return model.eval()
@@ -275,7 +295,7 @@ def train_diffusion(
         seed: Seed for initialisation, batches, timesteps and noise.
         class_dropout: Probability of replacing a label with the null label ``num_classes``
             (classifier-free guidance training, DiffNB's ``cond_ratio = 1 - class_dropout``).
-        log_csv: Optional CSV: step, loss (mean over the last ``log_every`` steps), lr, elapsed_s.
+        log_csv: Optional CSV: step, loss (mean over the last ``log_every`` steps), lr.
         ema_decay: EMA decay of the returned weights; ``None`` returns the raw weights.
         warmup_steps: Linear learning-rate warm-up length.
         log_every: Logging interval in steps.
@@ -330,7 +350,7 @@ def train_diffusion(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    csv_log = _CsvLog(log_csv, ["step", "loss", "lr", "elapsed_s"])
+    csv_log = _CsvLog(log_csv, ["step", "loss", "lr"])
     n = images.shape[0]
     order = torch.randperm(n, generator=generator)
     cursor = 0
@@ -338,48 +358,46 @@ def train_diffusion(
     start = time.perf_counter()
     model.train()
     try:
-        for step in range(1, steps + 1):
-            if cursor + batch_size > n:
-                order = torch.randperm(n, generator=generator)
-                cursor = 0
-            idx = order[cursor : cursor + batch_size]
-            cursor += batch_size
-            x0 = images[idx]
-            noise = torch.randn(x0.shape, generator=generator)
-            t = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=generator)
-            x_t = noise_scheduler.add_noise(x0, noise, t)
-            class_labels = None
-            if labels is not None:
-                class_labels = labels[idx].clone()
-                drop = torch.rand(x0.shape[0], generator=generator) < class_dropout
-                class_labels[drop] = num_classes
-            pred = model(x_t, t, class_labels=class_labels).sample
-            loss = F.mse_loss(pred, noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            lr_sched.step()
-            if ema is not None:
-                ema.update(model)
-            running += loss.item()
-            count += 1
-            if step % log_every == 0 or step == steps:
-                elapsed = time.perf_counter() - start
-                csv_log.row(
-                    step=step,
-                    loss=running / count,
-                    lr=lr_sched.get_last_lr()[0],
-                    elapsed_s=round(elapsed, 3),
-                )
-                log.info(
-                    "diffusion step %d/%d: loss %.4f (%.0f s)",
-                    step,
-                    steps,
-                    running / count,
-                    elapsed,
-                )
-                running, count = 0.0, 0
+        # Anything in the UNet that draws from torch's global RNG (dropout) is seeded too.
+        with _seeded(seed):
+            for step in range(1, steps + 1):
+                if cursor + batch_size > n:
+                    order = torch.randperm(n, generator=generator)
+                    cursor = 0
+                idx = order[cursor : cursor + batch_size]
+                cursor += batch_size
+                x0 = images[idx]
+                noise = torch.randn(x0.shape, generator=generator)
+                t = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=generator)
+                x_t = noise_scheduler.add_noise(x0, noise, t)
+                class_labels = None
+                if labels is not None:
+                    class_labels = labels[idx].clone()
+                    drop = torch.rand(x0.shape[0], generator=generator) < class_dropout
+                    class_labels[drop] = num_classes
+                pred = model(x_t, t, class_labels=class_labels).sample
+                loss = F.mse_loss(pred, noise)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                lr_sched.step()
+                if ema is not None:
+                    ema.update(model)
+                running += loss.item()
+                count += 1
+                if step % log_every == 0 or step == steps:
+                    elapsed = time.perf_counter() - start
+                    csv_log.row(step=step, loss=running / count, lr=lr_sched.get_last_lr()[0])
+                    log.info(
+                        "diffusion step %d/%d: loss %.4f (%.0f s)",
+                        step,
+                        steps,
+                        running / count,
+                        elapsed,
+                    )
+                    running, count = 0.0, 0
+        csv_log.commit()
     finally:
         csv_log.close()
     result = ema.shadow if ema is not None else model.eval()
@@ -398,7 +416,6 @@ def train_diffusion(
         "lr": lr,
         "ema_decay": ema_decay,
         "seed": seed,
-        "train_seconds": round(time.perf_counter() - start, 1),
     }
     return result
 

@@ -148,8 +148,10 @@ class LdmParts:
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> LdmParts:
         """Move (and optionally cast) all three modules in place; returns ``self``."""
+        # Pass dtype only when casting: diffusers warns on every .to(dtype=...) of its models.
+        cast = {} if dtype is None else {"dtype": dtype}
         for module in (self.unet, self.vq, self.class_embedding):
-            module.to(device=device, dtype=dtype)
+            module.to(device=device, **cast)
         return self
 
 

@@ -1,0 +1,244 @@
+"""Paper tables (published vs reproduced) and the reproduction check, on synthetic metrics in
+the exact columns the evaluate rule writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from diffguard.reproduction import (
+    best_over_distances,
+    check_table,
+    gate,
+    overall_status,
+    paper_table,
+    render_paper_tables,
+    run_check,
+    select_rows,
+)
+
+SETS = ("species", "inaturalist")
+EVAL_COLUMNS = [
+    "run",
+    "method",
+    "kind",
+    "experiment",
+    "distance",
+    "baseline",
+    "rule",
+    "seed",
+    "dataset",
+    "role",
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr95_id_recall",
+    "fpr95_ood_recall",
+]
+
+
+def _method_rows(meta: dict, values: dict[str, tuple[float, float]]) -> list[dict]:
+    """Rows of one method/seed as pipeline._metric_rows writes them (per set + average)."""
+    rows = []
+    for dataset, (auroc, fpr) in values.items():
+        rows.append(
+            {
+                "run": "unit",
+                **meta,
+                "dataset": dataset,
+                "role": "near",
+                "auroc": auroc,
+                "aupr_in": auroc,
+                "aupr_out": auroc,
+                "fpr95_id_recall": fpr,
+                "fpr95_ood_recall": fpr + 1,
+            }
+        )
+    average = {k: float(np.mean([r[k] for r in rows])) for k in EVAL_COLUMNS[-5:]}
+    rows.append({"run": "unit", **meta, "dataset": "average", "role": "all", **average})
+    return rows
+
+
+def _meta(kind: str, experiment: str = "", distance: str = "", baseline: str = "", seed="") -> dict:
+    method = {
+        "baseline": baseline.upper(),
+        "diffguard": f"DiffGuard (GDM: {experiment}, {distance})",
+        "combined": f"DiffGuard (GDM: {experiment})+{baseline.upper()} [cascade]",
+    }[kind]
+    return {
+        "method": method,
+        "kind": kind,
+        "experiment": experiment,
+        "distance": distance,
+        "baseline": baseline,
+        "rule": "cascade" if kind == "combined" else "",
+        "seed": seed,
+    }
+
+
+GDM_SEEDS = {0: (73.0, 85.0), 1: (73.4, 85.4), 2: (73.2, 85.8), 3: (73.6, 85.6)}
+
+
+@pytest.fixture()
+def metrics() -> pd.DataFrame:
+    rows = _method_rows(
+        _meta("baseline", baseline="ebo"),
+        {"species": (72.04, 82.33), "inaturalist": (90.61, 53.83)},
+    )
+    for seed, (a, b) in GDM_SEEDS.items():
+        meta = _meta("diffguard", "gdm_main", "dists", seed=seed)
+        rows += _method_rows(meta, {"species": (a, 80.0), "inaturalist": (b, 70.0)})
+        meta = _meta("diffguard", "gdm_main", "l2", seed=seed)
+        rows += _method_rows(meta, {"species": (60.0, 90.0), "inaturalist": (95.0, 50.0)})
+        meta = _meta("combined", "gdm_main", "dists", "knn", seed=seed)
+        rows += _method_rows(meta, {"species": (77.81, 71.04), "inaturalist": (90.19, 48.79)})
+    frame = pd.DataFrame(rows, columns=EVAL_COLUMNS)
+    # as read back from the CSV: empty seed for baselines
+    frame["seed"] = frame["seed"].replace({"": np.nan})
+    return frame
+
+
+@pytest.fixture()
+def published(tmp_path: Path) -> Path:
+    path = tmp_path / "table2_unit.csv"
+    pd.DataFrame(
+        {
+            "method": ["EBO", "Ours(GDM)", "Ours(GDM)+KNN", "KNN"],
+            "species_auroc": [72.04, 73.19, 77.81, 76.38],
+            "species_auroc_std": [np.nan, 0.18, np.nan, np.nan],
+            "species_fpr95": [82.33, 83.68, 71.04, 76.19],
+            "inaturalist_auroc": [90.61, 85.81, 90.19, 85.12],
+            "inaturalist_fpr95": [53.83, 71.23, 48.79, 68.41],
+            "avg_auroc": [81.33, 79.50, 84.00, 80.75],
+        }
+    ).to_csv(path, index=False)
+    return path
+
+
+ROWS = {
+    "EBO": {"baseline": "ebo"},
+    "Ours(GDM)": {"experiment": "gdm_main"},
+    "Ours(GDM)+KNN": {"experiment": "gdm_main", "baseline": "knn"},
+}
+
+
+def test_select_rows_by_kind_columns(metrics: pd.DataFrame) -> None:
+    base = select_rows(metrics, {"baseline": "ebo"}, headline_distance="dists")
+    assert set(base["kind"]) == {"baseline"} and len(base) == 3
+    dg = select_rows(metrics, {"experiment": "gdm_main"}, headline_distance="dists")
+    assert set(dg["kind"]) == {"diffguard"} and set(dg["distance"]) == {"dists"}
+    assert len(dg) == 4 * 3
+    l2 = select_rows(metrics, {"experiment": "gdm_main", "distance": "l2"}, headline_distance="x")
+    assert set(l2["distance"]) == {"l2"}
+    combo = select_rows(
+        metrics, {"experiment": "gdm_main", "baseline": "knn"}, headline_distance=""
+    )
+    assert set(combo["kind"]) == {"combined"}
+    with pytest.raises(ValueError, match="unknown key"):
+        select_rows(metrics, {"experimnt": "gdm_main"}, headline_distance="dists")
+
+
+def test_best_over_distances_per_set_then_average(metrics: pd.DataFrame) -> None:
+    rows = metrics[(metrics["experiment"] == "gdm_main") & (metrics["kind"] == "diffguard")]
+    best = best_over_distances(rows)
+    seed0 = best[best["seed"].astype(str) == "0"].set_index("dataset")
+    assert seed0.loc["species", "auroc"] == 73.0  # dists beats l2 (60)
+    assert seed0.loc["inaturalist", "auroc"] == 95.0  # l2 beats dists (85)
+    assert seed0.loc["species", "fpr95_id_recall"] == 80.0  # min FPR (dists)
+    assert seed0.loc["inaturalist", "fpr95_id_recall"] == 50.0  # min FPR (l2)
+    assert seed0.loc["average", "auroc"] == pytest.approx((73.0 + 95.0) / 2)
+    assert seed0.loc["average", "fpr95_id_recall"] == pytest.approx((80.0 + 50.0) / 2)
+    assert best["distance"].str.startswith("best of").all()
+
+
+def test_paper_table_mean_sd_and_delta(metrics: pd.DataFrame, published: Path) -> None:
+    comp = paper_table(metrics, published, ROWS, headline_distance="dists")
+    gdm = comp[(comp["published_row"] == "Ours(GDM)") & (comp["metric"] == "AUROC")]
+    species = gdm[gdm["dataset"] == "species"].iloc[0]
+    values = [v[0] for v in GDM_SEEDS.values()]
+    assert species["reproduced"] == pytest.approx(np.mean(values))
+    assert species["reproduced_sd"] == pytest.approx(np.std(values, ddof=1))
+    assert species["n_seeds"] == 4
+    assert species["published_sd"] == pytest.approx(0.18)
+    assert species["delta"] == pytest.approx(np.mean(values) - 73.19)
+    ebo = comp[comp["published_row"] == "EBO"]
+    # averages are not compared: the published table has two sets, average over them matches
+    assert np.allclose(ebo["delta"].dropna(), [0, 0, 0, 0, 81.325 - 81.33], atol=1e-9)
+    assert "KNN" not in set(comp["published_row"])  # unmapped rows are not compared
+
+
+def test_check_bands_use_tolerance_or_two_sd(metrics: pd.DataFrame, published: Path) -> None:
+    comp = paper_table(metrics, published, ROWS, headline_distance="dists")
+    check = check_table(comp, "t2", tolerance={"auroc": 0.05, "fpr95": 0.05}, sd_factor=2.0)
+    row = check[(check["published_row"] == "Ours(GDM)") & (check["dataset"] == "species")]
+    row = row[row["metric"] == "AUROC"].iloc[0]
+    sd = np.std([v[0] for v in GDM_SEEDS.values()], ddof=1)
+    assert row["band"] == pytest.approx(2 * max(sd, 0.18))
+    assert row["status"] == ("pass" if abs(row["delta"]) <= row["band"] else "fail")
+    # Ours(GDM) FPR (80 vs 83.68) is far outside a 0.05 band: fail
+    fpr = check[(check["published_row"] == "Ours(GDM)") & (check["metric"] == "FPR@95 (a)")]
+    assert set(fpr["status"]) == {"fail"}
+    assert overall_status(check) == "fail"
+    ebo = check[check["published_row"] == "EBO"]
+    assert set(ebo["status"]) == {"pass"}
+
+
+def test_missing_experiment_is_missing_not_pass(metrics: pd.DataFrame, published: Path) -> None:
+    rows = {**ROWS, "KNN": {"baseline": "knn"}}  # the run has no KNN baseline
+    comp = paper_table(metrics, published, rows, headline_distance="dists")
+    knn = comp[comp["published_row"] == "KNN"]
+    assert knn["reproduced"].isna().all()
+    check = check_table(comp[comp["published_row"].isin(["EBO", "KNN"])], "t2")
+    assert set(check[check["published_row"] == "KNN"]["status"]) == {"missing"}
+    assert overall_status(check) == "incomplete"
+
+
+def test_render_check_and_gate(metrics: pd.DataFrame, published: Path, tmp_path: Path) -> None:
+    metrics_csv = tmp_path / "metrics.csv"
+    metrics.to_csv(metrics_csv, index=False)
+    out = {k: tmp_path / f"t2.{k}" for k in ("csv", "md", "tex")}
+    render_paper_tables(
+        metrics_csv,
+        {"t2": {"published": published.stem, "rows": ROWS, "title": "Table 2"}},
+        {"t2": out},
+        published_dir=published.parent,
+        headline_distance="dists",
+        run="unit",
+    )
+    md = out["md"].read_text()
+    assert "| Ours(GDM) |" in md and "(73.19 ± 0.18, " in md
+    tex = out["tex"].read_text()
+    assert r"\label{tab:t2}" in tex and r"$\pm$" in tex
+    check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
+    status = run_check({"t2": out["csv"]}, {"tolerance": {"auroc": 1.0}}, check_out, run="unit")
+    assert status == "fail"  # the GDM FPR cells are 3.68 and 1.23 off; fpr95 band is 3.0
+    assert "FAIL" in check_out["md"].read_text().splitlines()[0]
+    with pytest.raises(RuntimeError, match=r"Ours\(GDM\)/species/FPR@95 \(a\): fail"):
+        gate(check_out["csv"], tmp_path / "gate.txt", allow=["pass"])
+    assert not (tmp_path / "gate.txt").exists()
+    # a wider per-table FPR band passes every reproduced cell
+    status = run_check(
+        {"t2": out["csv"]},
+        {"tables": {"t2": {"tolerance": {"fpr95": 5.0}}}},
+        check_out,
+        run="unit",
+    )
+    assert status == "pass"
+    assert gate(check_out["csv"], tmp_path / "gate.txt", allow=["pass"]) == "pass"
+    with pytest.raises(ValueError, match="not paper tables"):
+        run_check({"t2": out["csv"]}, {"tables": {"t9": {}}}, check_out, run="unit")
+
+
+def test_no_published_tables_is_not_applicable(tmp_path: Path) -> None:
+    out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
+    assert run_check({}, {}, out, run="embedded") == "not applicable"
+    assert "NOT APPLICABLE" in out["md"].read_text()
+    with pytest.raises(RuntimeError, match="not applicable"):
+        gate(out["csv"], tmp_path / "gate.txt", allow=["pass"])
+    assert gate(out["csv"], tmp_path / "gate.txt", allow=["pass", "not applicable"]) == (
+        "not applicable"
+    )
+    assert (tmp_path / "gate.txt").read_text() == "not applicable\n"

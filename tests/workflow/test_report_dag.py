@@ -1,0 +1,114 @@
+"""The report layer in the DAG: which paper tables, figures and check rules each shipped config
+plans (driven by config/report/<run>.yaml), and report-section errors named at parse time."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+REPORT_RULES = (
+    "render_tables",
+    "render_paper_tables",
+    "reproduction_check",
+    "reproduction_gate",
+    "plot_figures",
+    "plot_sweeps",
+    "plot_ablation_grid",
+    "write_paper_numbers",
+    "build_paper",
+)
+
+
+def _dry_run(repo: Path, *args: str) -> tuple[int, str]:
+    proc = subprocess.run(
+        [SNAKEMAKE, "-n", "--forceall", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    return {
+        m.group(1): int(m.group(2))
+        for line in table.splitlines()
+        if (m := re.match(r"^(\w+)\s+(\d+)$", line.strip()))
+    }
+
+
+# config -> report rules planned once (the others: not at all)
+EXPECTED = {
+    "config/config.yaml": {
+        "render_tables",
+        "reproduction_check",
+        "reproduction_gate",
+        "plot_figures",
+        "plot_ablation_grid",
+        "write_paper_numbers",
+        "build_paper",
+    },
+    "config/tiny.yaml": {
+        "render_tables",
+        "reproduction_check",
+        "reproduction_gate",
+        "plot_figures",
+        "plot_ablation_grid",
+        "write_paper_numbers",
+        "build_paper",
+    },
+    "config/imagenet.yaml": set(REPORT_RULES),
+    "config/cifar10.yaml": set(REPORT_RULES) - {"plot_sweeps", "plot_ablation_grid"},
+}
+
+
+@pytest.mark.parametrize("configfile", sorted(EXPECTED))
+def test_report_rules_per_config(repo_root: Path, configfile: str) -> None:
+    rc, output = _dry_run(repo_root, "--configfile", configfile)
+    assert rc == 0, output[-4000:]
+    counts = _counts(output)
+    planned = {rule for rule in REPORT_RULES if counts.get(rule)}
+    assert planned == EXPECTED[configfile], (planned, counts)
+    assert all(counts[rule] == 1 for rule in planned)
+    # the paper waits for the reproduction gate
+    build = output.split("rule build_paper:")[1].split("\n\n")[0]
+    assert "check/gate.txt" in build
+
+
+def test_imagenet_paper_tables_and_figures_are_targets(repo_root: Path) -> None:
+    rc, output = _dry_run(repo_root, "--configfile", "config/imagenet.yaml")
+    assert rc == 0, output[-4000:]
+    for name in ("table2_imagenet", "table3_clean_grad_ablation", "table4_early_stop_ablation"):
+        for path in (f"paper/tables/{name}.tex", f"data/processed/imagenet/tables/{name}.md"):
+            assert path in output, path
+    for path in ("figures/imagenet/sweeps.pdf", "figures/imagenet/ablation_grid.pdf"):
+        assert path in output, path
+    assert "figures/imagenet/training_curves.pdf" not in output  # no trained model
+
+
+def test_report_section_errors_name_the_key(repo_root: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.yaml"
+    report.write_text(
+        "report:\n  figures:\n    sweeps:\n      s: {experiment: nope, setting: cfg.x}\n"
+    )
+    rc, output = _dry_run(
+        repo_root, "--configfile", "config/tiny.yaml", "--config", f"report_config={report}"
+    )
+    assert rc != 0 and "'nope' does not exist" in output
+    report.write_text("report:\n  tables:\n    t: {rowz: {}}\n")
+    rc, output = _dry_run(
+        repo_root, "--configfile", "config/tiny.yaml", "--config", f"report_config={report}"
+    )
+    assert rc != 0 and "rowz" in output
+    rc, output = _dry_run(
+        repo_root, "--configfile", "config/tiny.yaml", "--config", "report_config=missing.yaml"
+    )
+    assert rc != 0 and "missing.yaml does not exist" in output
