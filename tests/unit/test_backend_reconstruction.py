@@ -203,7 +203,8 @@ def _mini_benchmark(root: Path, size: int) -> tuple[Path, Path, Path]:
                             "cutouts_size": 24, "early_stop_metrics": ["psnr"],
                             "early_stop_thresholds": [54.0]}),
         ("ldm", "cfg", 24, {"ddim_steps": 3, "cam_cut": 0.3}),
-        ("diffnb", "cfg", 32, {"ddim_steps": 3, "uncond_aux": True}),
+        ("diffnb", "cfg", 32, {"ddim_steps": 3, "uncond_aux": True, "beta_schedule": "linear",
+                               "beta_start": 0.0001, "beta_end": 0.02}),
     ],
 )  # fmt: skip
 def test_reconstruct_shard_resizes_to_the_model_and_back(
@@ -276,3 +277,35 @@ def test_reconstruct_shard_resizes_to_the_model_and_back(
         # The job stores reconstructions as float16.
         assert (got - want).abs().max() < 2e-3
         assert arrays["recon_uncond"].shape == (2, 3, input_size, input_size)
+
+
+def test_reconstruct_shard_refuses_a_schedule_the_model_was_not_trained_with(
+    models: dict[str, tuple[dict[str, Any], Path]], tmp_path: Path
+) -> None:
+    from diffguard.backends import BackendError
+    from diffguard.reconstruction import reconstruct_shard
+
+    imglist, bench, preds = _mini_benchmark(tmp_path, 32)
+    spec = {"arch": "small_cnn", "num_classes": 10, "in_channels": 3, "width": 8}
+    prepare_classifier(spec, None, tmp_path / "clf")
+    # CfgSettings defaults are the LDM's schedule; DiffNB was trained on DDPM's linear one.
+    experiment = {"name": "nb", "method": "cfg", "cfg": {"ddim_steps": 2}}
+    with pytest.raises(BackendError, match=r"experiments\.nb\.cfg\.beta_schedule"):
+        reconstruct_shard(
+            imglist=imglist,
+            benchmark_json=bench,
+            predictions=preds,
+            classifier_weights=tmp_path / "clf" / "weights" / "model.safetensors",
+            model_dir=models["diffnb"][1],
+            experiment=experiment,
+            benchmark={"image_size": 32, "channels": 3, "num_classes": 10},
+            seed=0,
+            shard=0,
+            shard_size=2,
+            batch_size=2,
+            distances=["l2"],
+            save_images=0,
+            device_name="cpu",
+            out=tmp_path / "out.npz",
+        )
+    assert not (tmp_path / "out.npz").exists()
