@@ -217,6 +217,8 @@ def test_render_check_and_gate(metrics: pd.DataFrame, published: Path, tmp_path:
     check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
     status = run_check({"t2": out["csv"]}, {"tolerance": {"auroc": 1.0}}, check_out, run="unit")
     assert status == "fail"  # the GDM FPR cells are 3.68 and 1.23 off; fpr95 band is 3.0
+    metrics_seen = set(pd.read_csv(check_out["csv"])["metric"])
+    assert metrics_seen == {"AUROC", "FPR@95 (a)"}  # CSV round trip: no "AUROC (nan)"
     assert "FAIL" in check_out["md"].read_text().splitlines()[0]
     with pytest.raises(RuntimeError, match=r"Ours\(GDM\)/species/FPR@95 \(a\): fail"):
         gate(check_out["csv"], tmp_path / "gate.txt", allow=["pass"])

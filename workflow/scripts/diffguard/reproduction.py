@@ -473,7 +473,10 @@ def check_table(
             status = "missing"
         else:
             status = "pass" if abs(float(r["delta"])) <= band + 1e-9 else "fail"
-        metric = str(r["metric"]) + (f" ({r['convention']})" if r.get("convention") else "")
+        convention = r.get("convention")
+        # read back from CSV, an empty convention (AUROC) is NaN
+        has_convention = isinstance(convention, str) and convention != ""
+        metric = str(r["metric"]) + (f" ({convention})" if has_convention else "")
         rows.append(
             {
                 "table": table,
