@@ -347,3 +347,40 @@ def test_reconstruct_shard_refuses_a_schedule_the_model_was_not_trained_with(
             out=tmp_path / "out.npz",
         )
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_speed_benchmark_runs_converted_models_through_their_backends(
+    models: dict[str, tuple[dict[str, Any], Path]],
+) -> None:
+    """GDM on the ADM stand-in and CFG on the LDM one: port and ours agree, at 24 -> 32 px."""
+    from diffguard.speed import run_speed_benchmark
+
+    adm = load_backend(models["adm"][1], "cpu")
+    ldm = load_backend(models["ldm"][1], "cpu")
+    gdm_settings = gdm.GdmSettings(
+        respacing="ddim5",
+        early_stop_steps=2,
+        early_stop_metrics=("psnr",),
+        early_stop_thresholds=(54.0,),
+        cutouts_num=-1,
+    )
+    cfg_settings = cfg.CfgSettings(ddim_steps=3)
+    images = (_images(24, seed=3) + 1) / 2
+    frame = run_speed_benchmark(
+        images,
+        _classifier(1000),
+        {"GDM": (adm, gdm_settings), "CFG": (ldm, cfg_settings)},
+        1000,
+        batch_sizes=[2],
+        device="cpu",
+        dtypes="float32",
+        distances=["l2"],
+        warmup=False,
+    )
+    assert set(frame["method"]) == {"GDM", "CFG"}
+    assert set(frame["implementation"]) == {"released_port", "ours"}
+    assert (frame["images_per_s"] > 0).all()
+    assert (frame["nfe_per_image"] > 0).all()
+    ours = frame[frame["implementation"] == "ours"]
+    # The released execution and ours compute the same reconstructions (to float rounding).
+    assert (ours["max_abs_score_diff"] < 1e-2).all(), ours

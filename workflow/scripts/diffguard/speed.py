@@ -161,12 +161,24 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _is_backend(model: Any) -> bool:
+    """A :class:`diffguard.backends.DiffusionBackend` (else a bare diffusers UNet)."""
+    return hasattr(model, "eps") and hasattr(model, "sample_size")
+
+
 def _unet_runs_in(unet: Any, dtype: torch.dtype, x: torch.Tensor, conditional: bool) -> bool:
     """Whether the UNet gives a finite output in ``dtype`` on ``x``'s device."""
     try:
         with torch.no_grad():
             t = torch.full((1,), 500, dtype=torch.long, device=x.device)
-            kwargs = {"class_labels": torch.zeros(1, dtype=torch.long, device=x.device)}
+            labels = torch.zeros(1, dtype=torch.long, device=x.device)
+            if _is_backend(unet):
+                from diffguard.backends import resize_images
+
+                z = unet.encode(resize_images(x[:1], unet.sample_size), quantize=False)
+                out = unet.eps(z, t, labels if unet.conditional else None)
+                return bool(torch.isfinite(out).all())
+            kwargs = {"class_labels": labels}
             out = unet(x[:1].to(dtype), t, **(kwargs if conditional else {})).sample
         return bool(torch.isfinite(out).all())
     except (RuntimeError, TypeError) as err:
@@ -175,6 +187,13 @@ def _unet_runs_in(unet: Any, dtype: torch.dtype, x: torch.Tensor, conditional: b
 
 
 def _uncond_eps(unet: Any, channels: int, dtype: torch.dtype) -> gdm.EpsModel:
+    if _is_backend(unet):
+        if unet.conditional:  # a conditional model's unconditional branch: the null label
+            return lambda x, t: unet.eps(
+                x, t, torch.full((x.shape[0],), unet.null_label, device=x.device)
+            )
+        return unet.eps
+
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unet(x.to(dtype), t).sample[:, :channels].to(x.dtype)
 
@@ -182,6 +201,9 @@ def _uncond_eps(unet: Any, channels: int, dtype: torch.dtype) -> gdm.EpsModel:
 
 
 def _cond_eps(unet: Any, channels: int, dtype: torch.dtype) -> cfg.CondEpsModel:
+    if _is_backend(unet):
+        return unet.eps
+
     def eps(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return unet(x.to(dtype), t, class_labels=y).sample[:, :channels].to(x.dtype)
 
@@ -189,7 +211,22 @@ def _cond_eps(unet: Any, channels: int, dtype: torch.dtype) -> cfg.CondEpsModel:
 
 
 def variant_unet(unet: Any, variant: str) -> Any:
-    """``unet`` prepared for a speed variant (a callable with the UNet's signature)."""
+    """``unet`` prepared for a speed variant (a callable with the UNet's signature).
+
+    For a backend, the variant applies to its network on a copy of the backend.
+    """
+    if _is_backend(unet):
+        backend = copy.deepcopy(unet)
+        holder = backend.parts if hasattr(backend, "parts") else backend
+        if variant == "channels_last":
+            holder.unet = holder.unet.to(memory_format=torch.channels_last)
+        elif variant == "compile":
+            holder.unet = torch.compile(holder.unet)
+        else:
+            raise ValueError(
+                f"speed.variants: unknown variant {variant!r}; expected one of {VARIANTS}"
+            )
+        return backend
     if variant == "channels_last":
         nhwc = copy.deepcopy(unet).to(memory_format=torch.channels_last)
 
@@ -207,6 +244,51 @@ Runner = Callable[[torch.Tensor, torch.Tensor, gdm.CallCounter], tuple[torch.Ten
 
 
 def method_runners(
+    method: str,
+    unet: Any,
+    settings: gdm.GdmSettings | cfg.CfgSettings,
+    classifier: torch.nn.Module,
+    channels: int,
+    num_classes: int,
+    dtype: torch.dtype = torch.float32,
+    denoise_batch_size: int = 5,
+) -> dict[str, Runner]:
+    """The released-execution and our runner of ``method`` (GDM or CFG) on one loader batch.
+
+    ``unet`` is a diffusers UNet or a :class:`~diffguard.backends.DiffusionBackend`; with a
+    backend, as in the reconstruction jobs, inputs are resized to the model's sample size and
+    back, the LDM runs in its latent space and the null label is the model's own.
+    """
+    if not _is_backend(unet):
+        return _unet_runners(
+            method, unet, settings, classifier, channels, num_classes, dtype, denoise_batch_size
+        )
+    if method == "CFG":
+        return _backend_cfg_runners(unet, settings, classifier)
+    if unet.latent:
+        raise ValueError(f"speed: GDM needs a pixel-space model, got a latent {unet.source} one")
+    # _uncond_eps reads a backend's eps; only the resizing is added around the runners.
+    runners = _unet_runners(
+        method, unet, settings, classifier, channels, num_classes, dtype, denoise_batch_size
+    )
+    twin = isinstance(settings, gdm.GdmSettings) and settings.uncond_aux
+    return {name: _resized(run, unet.sample_size, not twin) for name, run in runners.items()}
+
+
+def _resized(run: Runner, size: int, input_reference: bool) -> Runner:
+    """``run`` at the model's ``size``, outputs back at the loader size; with
+    ``input_reference`` (no unguided twin) the reference is the loader-size input itself."""
+    from diffguard.backends import resize_images
+
+    def call(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
+        ref, recon = run(resize_images(x, size), y, c)
+        ref = x.cpu() if input_reference else resize_images(ref, x.shape[-1])
+        return ref, resize_images(recon, x.shape[-1])
+
+    return call
+
+
+def _unet_runners(
     method: str,
     unet: Any,
     settings: gdm.GdmSettings | cfg.CfgSettings,
@@ -263,6 +345,57 @@ def method_runners(
 
         return {"released_port": cfg_port, "ours": cfg_ours}
     raise ValueError(f"unknown method {method!r}; expected GDM or CFG")
+
+
+def _backend_cfg_runners(
+    backend: Any, settings: gdm.GdmSettings | cfg.CfgSettings, classifier: torch.nn.Module
+) -> dict[str, Runner]:
+    """CFG runners on a backend (pixel or latent), at the model's sample size."""
+    from diffguard.backends import resize_images
+    from diffguard.cam import cam_mask
+
+    if not isinstance(settings, cfg.CfgSettings):
+        raise TypeError(f"CFG needs CfgSettings, got {type(settings).__name__}")
+    c_s = settings
+    null = int(backend.null_label)
+
+    def encode(v: torch.Tensor) -> torch.Tensor:
+        return backend.encode(v, quantize=c_s.encode_quantize)
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return backend.decode(z, quantize=c_s.decode_quantize)
+
+    def mask_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # Grad-CAM on the classifier's input (the loader size), as in the reconstruction jobs.
+        layer = classifier.cam_layer  # type: ignore[attr-defined]
+        return cam_mask(classifier, layer, (x + 1) / 2, y, c_s.cam_cut)
+
+    def back(res: cfg.CfgResult, x: torch.Tensor) -> tuple[Any, Any]:
+        size = x.shape[-1]
+        ref = x.cpu() if res.recon_uncond is None else resize_images(res.recon_uncond, size)
+        return ref, resize_images(res.recon, size)
+
+    def cfg_port(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
+        res = rp.cfg_reconstruct_released(
+            backend.eps,
+            resize_images(x, backend.sample_size),
+            y,
+            null,
+            c_s,
+            # The CAM of the loader-size input (the port's split is the whole batch here).
+            lambda xs, ys: mask_fn(x, ys),
+            encode,
+            decode,
+            c,
+        )
+        return back(res, x)
+
+    def cfg_ours(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
+        mask = mask_fn(x, y) if c_s.use_cam else None
+        x_m = resize_images(x, backend.sample_size)
+        return back(cfg.reconstruct(backend.eps, x_m, y, null, c_s, mask, encode, decode, c), x)
+
+    return {"released_port": cfg_port, "ours": cfg_ours}
 
 
 # ----------------------------------------------------------------------------------- benchmark
@@ -629,6 +762,7 @@ def speed_stage(
     variants: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Rule ``speed_benchmark``: load the run's models and images, benchmark, write the tables."""
+    from diffguard.backends import check_schedule
     from diffguard.config import method_settings
     from diffguard.data import read_imglist
     from diffguard.runtime import (
@@ -657,9 +791,14 @@ def speed_stage(
         label = labels[experiment["method"]]
         if label in methods:
             raise ValueError(f"speed: two experiments of method {label}; give one of each")
-        # The speed benchmark times the raw pixel-space UNet (it casts dtypes itself).
-        unet = load_diffusion_model(model_dir, torch.device("cpu")).unet
-        methods[label] = (unet, method_settings(experiment, seed))
+        backend = load_diffusion_model(model_dir, torch.device("cpu"))
+        settings = method_settings(experiment, seed)
+        check_schedule(backend, settings, f"experiments.{experiment['name']}.{label.lower()}")
+        # A trained pixel model at the benchmark's size is timed as the bare UNet (as before);
+        # converted models go through their backend (resizing, latent space, null label).
+        same_size = backend.sample_size == images.shape[-1]
+        model = backend.unet if backend.source == "train" and same_size else backend
+        methods[label] = (model, settings)
         log.info("%s: experiment %s, model %s", label, experiment["name"], model_dir)
     frame = run_speed_benchmark(
         images,
