@@ -179,6 +179,9 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
     grid = figures["ablation_grid"]
     grid["rows"] = {k: v for k, v in grid["rows"].items() if v in config["experiments"]}
     grid["images"] = 2
+    # random weights cannot reproduce the published numbers: the check runs and says 'fail',
+    # and this run lets the paper build anyway (a real run keeps `allow: [pass]`)
+    report["check"]["allow"] = ["pass", "fail", "incomplete"]
     config["report"] = report
     path = work / "config" / "standin.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -210,6 +213,10 @@ def test_paper_workflow_with_standins(
     for rule in ("render_tables", "build_paper", "evaluate", "baseline_scores"):
         assert counts.get(rule) == 1, rule
     assert (work / "data" / "processed" / "standin" / "metrics.csv").is_file()
+    check = (
+        work / "data" / "processed" / "standin" / "check" / "reproduction_check.csv"
+    ).read_text()
+    assert ",fail" in check  # the stand-ins' numbers are far from the published ones
     # recorded hashes of the archives (first download) match the served files
     for key in ("openood_v1_imglists", "species_sub"):
         recorded = (work / "config" / "checksums" / f"{key}.sha256").read_text().split()[0]
