@@ -1,14 +1,13 @@
-"""DVC restore path: store a finished tiny run (``python -m diffguard.dvcstore add`` + ``dvc
-push`` to a temporary local remote), delete every output, the DVC cache and Snakemake's
-metadata, give the sources a fresh checkout's mtimes, ``dvc pull`` + ``restore``: Snakemake
-then plans no reconstruction (nor any job upstream of it), and the restored shards are the
-stored bytes."""
+"""DVC restore path: store a finished tiny run (``python -m diffguard.dvcstore add``, git commit
+of the .dvc files, ``dvc push`` to a temporary local remote), then make it a fresh clone
+(``git clean -X``: outputs, DVC cache and Snakemake's metadata go), give the sources a fresh
+checkout's mtimes, ``dvc pull`` + ``restore``: Snakemake then plans no reconstruction (nor any
+job upstream of it), and the restored shards are the stored bytes."""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -48,25 +47,30 @@ def test_dvc_pull_restores_without_reconstruction(
     assert shards, "the tiny run has no shards"
     stored_bytes = {rel: (work / rel).read_bytes() for rel in shards}
 
-    # a git clone with DVC initialised (.dvc/ is part of the repository)
+    # a git repository with DVC initialised (.dvc/ is part of the repository)
     assert (work / ".dvc" / "config").is_file(), ".dvc/config missing from the repository"
-    _run(["git", "init", "-q"], work, env)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    _run([*git, "init", "-q"], work, env)
     remote = tmp_path / "remote"
-    _run([DVC, "remote", "add", "--local", "-d", "tmp", str(remote)], work, env)
+    _run([DVC, "remote", "add", "-d", "tmp", str(remote)], work, env)
     _run([sys.executable, "-m", "diffguard.dvcstore", "add", "--run", e2e.RUN], work, env)
-    dvc_files = sorted(p.relative_to(work) for p in (work / "data").rglob("*.dvc"))
-    assert Path(f"data/interim/{e2e.RUN}.dvc") in dvc_files
     # git sees the .dvc files (to commit), not the data
     status = _run(["git", "status", "--porcelain", "-uall"], work, env)
-    assert f"data/interim/{e2e.RUN}.dvc" in status
-    assert "shard-000.npz" not in status and ".npz" not in status
+    assert f"data/interim/{e2e.RUN}.dvc" in status, status
+    visible = [line[3:] for line in status.splitlines() if line[3:].startswith("data/")]
+    assert visible and all(p.endswith((".dvc", ".gitignore")) for p in visible), visible
+    _run([*git, "add", "-A"], work, env)
+    _run([*git, "commit", "-q", "-m", "store"], work, env)
     _run([DVC, "push"], work, env)
     assert any(remote.rglob("*")), "dvc push wrote nothing to the remote"
 
-    # a fresh machine: no outputs, no DVC cache, no Snakemake metadata
-    for name in ("data/external", "data/interim", "data/processed", ".snakemake", ".dvc/cache"):
-        shutil.rmtree(work / name, ignore_errors=True)
+    # a fresh clone: every ignored file goes (outputs, DVC cache, Snakemake's metadata)
+    _run([*git, "clean", "-fdqX"], work, env)
+    assert not (work / "data" / "interim" / e2e.RUN).exists()
+    assert not (work / ".snakemake").exists() and not (work / ".dvc" / "cache").exists()
+    assert (work / "data" / "interim" / f"{e2e.RUN}.dvc").is_file()
     _run([DVC, "pull"], work, env)
+    assert e2e.recon_shards(work) == shards
     # ... whose sources were checked out (or updated) after the pull: newer than every output
     now = time.time_ns()
     for path in (work / "workflow").rglob("*"):

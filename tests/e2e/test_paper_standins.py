@@ -174,6 +174,8 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
     # the ImageNet report (Tables 2-4, check, Figs. 6/7) restricted to what this run has: rows of
     # left-out experiments stay as 'missing' cells; one Fig. 7 sweep (CAM cut: 0.3 and 0.2)
     report = yaml.safe_load((work / "config" / "report" / "imagenet.yaml").read_text())["report"]
+    # random weights cannot reproduce the paper: the check runs and may fail, the paper builds
+    report["check"]["allow"] = ["pass", "fail", "incomplete"]
     figures = report["figures"]
     figures["sweeps"] = {"cam_cut": figures["sweeps"]["cam_cut"]}
     grid = figures["ablation_grid"]
@@ -209,6 +211,10 @@ def test_paper_workflow_with_standins(
     assert counts["reconstruct"] == 3 * 5 and counts["gather_scores"] == 3 * 5
     assert counts["speed_benchmark"] == 1
     assert "train_classifier" not in counts and "train_diffusion" not in counts
+    for rule in ("render_paper_tables", "reproduction_check", "plot_sweeps", "plot_ablation_grid"):
+        assert counts[rule] == 1, rule
+    check = (work / "data/processed/standin/check/reproduction_check.md").read_text()
+    assert check.startswith("# Reproduction check (standin): ") and "table2_imagenet" in check
     assert (work / "paper" / "ms.pdf").stat().st_size > 0
     for rule in ("render_tables", "build_paper", "evaluate", "baseline_scores"):
         assert counts.get(rule) == 1, rule

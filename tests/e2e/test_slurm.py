@@ -361,6 +361,12 @@ def test_workflow_on_slurm_matches_local_run(
     spec = _workflow_spec(slurm_work)
     assert (slurm_work / "slurm" / "config.yaml").is_file(), "profile slurm/config.yaml missing"
     slurm_before = _produced_files(slurm_work, set())
+    if not spec.toy:
+        gres = _run(["sinfo", "-h", "-o", "%G"], timeout=30).stdout
+        assert "gpu" in gres, (
+            f"the running cluster announces no GPUs (sinfo %G: {gres.strip()!r}); restart it "
+            "with tests/slurm/stop_slurm.sh and tests/slurm/start_slurm.sh"
+        )
     if spec.toy:
         local_work = _copy_repo(tmp_path / "local")
         assert _workflow_spec(local_work) == spec

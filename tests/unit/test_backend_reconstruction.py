@@ -196,27 +196,28 @@ def _mini_benchmark(root: Path, size: int) -> tuple[Path, Path, Path]:
     return imglist, bench, preds
 
 
-@pytest.mark.parametrize(
-    ("source", "method", "input_size", "method_cfg"),
-    [
-        ("adm", "gdm", 28, {"respacing": "ddim10", "early_stop_steps": 4, "cutouts_num": 2,
-                            "cutouts_size": 24, "early_stop_metrics": ["psnr"],
-                            "early_stop_thresholds": [54.0]}),
-        ("ldm", "cfg", 24, {"ddim_steps": 3, "cam_cut": 0.3}),
-        ("diffnb", "cfg", 32, {"ddim_steps": 3, "uncond_aux": True}),
-    ],
-)  # fmt: skip
-def test_reconstruct_shard_resizes_to_the_model_and_back(
-    models: dict[str, tuple[dict[str, Any], Path]],
+JOBS = [
+    ("adm", "gdm", 28, {"respacing": "ddim10", "early_stop_steps": 4, "cutouts_num": 2,
+                        "cutouts_size": 24, "early_stop_metrics": ["psnr"],
+                        "early_stop_thresholds": [54.0]}),
+    ("ldm", "cfg", 24, {"ddim_steps": 3, "cam_cut": 0.3}),
+    ("diffnb", "cfg", 32, {"ddim_steps": 3, "uncond_aux": True, "beta_schedule": "linear",
+                           "beta_start": 0.0001, "beta_end": 0.02}),
+]  # fmt: skip
+
+
+def _run_job(
+    model_dir: Path,
     tmp_path: Path,
     source: str,
     method: str,
     input_size: int,
     method_cfg: dict[str, Any],
-) -> None:
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> tuple[dict[str, np.ndarray], dict[str, Any], tuple[Path, Path]]:
     from diffguard.reconstruction import reconstruct_shard
 
-    _, model_dir = models[source]
     num_classes = 1000 if source != "diffnb" else 10
     imglist, bench, preds = _mini_benchmark(tmp_path, input_size)
     spec = {"arch": "small_cnn", "num_classes": num_classes, "in_channels": 3, "width": 8}
@@ -238,11 +239,49 @@ def test_reconstruct_shard_resizes_to_the_model_and_back(
         batch_size=2,
         distances=["l2", "ssim", "logits"],
         save_images=2,
-        device_name="cpu",
+        device_name=device,
         out=out,
-        dtype="float16",  # on CPU: float32 (logged), so the check below is exact
+        dtype=dtype,
     )  # fmt: skip
-    arrays = io.read_npz(out)
+    return io.read_npz(out), experiment, (imglist, tmp_path / "clf")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("source", "method", "input_size", "method_cfg"), JOBS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_reconstruct_shard_on_cuda_in_half_precision(
+    models: dict[str, tuple[dict[str, Any], Path]],
+    tmp_path: Path,
+    source: str,
+    method: str,
+    input_size: int,
+    method_cfg: dict[str, Any],
+    dtype: str,
+) -> None:
+    arrays, _, _ = _run_job(
+        models[source][1], tmp_path, source, method, input_size, method_cfg, "cuda", dtype
+    )
+    assert arrays["recon"].shape == (2, 3, input_size, input_size)
+    assert np.isfinite(arrays["recon"].astype(np.float32)).all()
+    for key in ("score_l2", "score_ssim", "score_logits"):
+        assert np.isfinite(arrays[key]).all()
+
+
+@pytest.mark.parametrize(("source", "method", "input_size", "method_cfg"), JOBS)
+def test_reconstruct_shard_resizes_to_the_model_and_back(
+    models: dict[str, tuple[dict[str, Any], Path]],
+    tmp_path: Path,
+    source: str,
+    method: str,
+    input_size: int,
+    method_cfg: dict[str, Any],
+) -> None:
+    _, model_dir = models[source]
+    # dtype float16 on CPU runs float32 (logged), so the check below is exact.
+    arrays, experiment, (imglist, clf_dir) = _run_job(
+        model_dir, tmp_path, source, method, input_size, method_cfg, "cpu", "float16"
+    )
     # The classifier spec's input_size wins over benchmark.image_size (16).
     assert arrays["x0"].shape == (2, 3, input_size, input_size)
     assert arrays["recon"].shape == (2, 3, input_size, input_size)
@@ -257,7 +296,7 @@ def test_reconstruct_shard_resizes_to_the_model_and_back(
         from diffguard.runtime import load_trained_classifier
 
         classifier = load_trained_classifier(
-            tmp_path / "clf" / "weights" / "model.safetensors", torch.device("cpu")
+            clf_dir / "weights" / "model.safetensors", torch.device("cpu")
         )
         from diffguard.data import read_imglist
         from diffguard.runtime import load_records_images
@@ -276,3 +315,35 @@ def test_reconstruct_shard_resizes_to_the_model_and_back(
         # The job stores reconstructions as float16.
         assert (got - want).abs().max() < 2e-3
         assert arrays["recon_uncond"].shape == (2, 3, input_size, input_size)
+
+
+def test_reconstruct_shard_refuses_a_schedule_the_model_was_not_trained_with(
+    models: dict[str, tuple[dict[str, Any], Path]], tmp_path: Path
+) -> None:
+    from diffguard.backends import BackendError
+    from diffguard.reconstruction import reconstruct_shard
+
+    imglist, bench, preds = _mini_benchmark(tmp_path, 32)
+    spec = {"arch": "small_cnn", "num_classes": 10, "in_channels": 3, "width": 8}
+    prepare_classifier(spec, None, tmp_path / "clf")
+    # CfgSettings defaults are the LDM's schedule; DiffNB was trained on DDPM's linear one.
+    experiment = {"name": "nb", "method": "cfg", "cfg": {"ddim_steps": 2}}
+    with pytest.raises(BackendError, match=r"experiments\.nb\.cfg\.beta_schedule"):
+        reconstruct_shard(
+            imglist=imglist,
+            benchmark_json=bench,
+            predictions=preds,
+            classifier_weights=tmp_path / "clf" / "weights" / "model.safetensors",
+            model_dir=models["diffnb"][1],
+            experiment=experiment,
+            benchmark={"image_size": 32, "channels": 3, "num_classes": 10},
+            seed=0,
+            shard=0,
+            shard_size=2,
+            batch_size=2,
+            distances=["l2"],
+            save_images=0,
+            device_name="cpu",
+            out=tmp_path / "out.npz",
+        )
+    assert not (tmp_path / "out.npz").exists()

@@ -135,7 +135,14 @@ def test_backend_json(prepared: dict[str, Path], standins: dict[str, dict[str, A
     assert (nb["sample_size"], nb["null_label"]) == (32, 10)
     ldm = json.loads((prepared["ldm"] / "backend.json").read_text())
     assert (ldm["sample_size"], ldm["null_label"], ldm["scale_factor"]) == (32, 1000, 1.0)
-    assert ldm["schedule"]["beta_start"] == 0.0015
+    assert ldm["schedule"] == {
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.0015,
+        "beta_end": 0.0195,
+        "num_train_steps": 1000,
+    }
+    assert adm["schedule"]["beta_schedule"] == nb["schedule"]["beta_schedule"] == "linear"
+    assert nb["schedule"]["beta_end"] == 0.02
 
 
 def test_adm_backend_equals_converter(
@@ -265,6 +272,21 @@ def test_trained_model_directory_loads_as_backend(tmp_path: Path) -> None:
     save_model(unet, tmp_path / "m" / "weights")
     backend = load_backend(tmp_path / "m", "cpu")
     assert backend.source == "train" and backend.null_label == 6 and backend.sample_size == 16
+    assert "schedule" not in backend.info  # saved without diffguard.json: nothing to check
+    unet.diffguard_info = {  # what train_diffusion records
+        "beta_schedule": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "num_train_timesteps": 1000,
+    }
+    save_model(unet, tmp_path / "m" / "weights")
+    schedule = load_backend(tmp_path / "m", "cpu").info["schedule"]
+    assert schedule == {
+        "beta_schedule": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "num_train_steps": 1000,
+    }
     x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([3, 900]), torch.tensor([0, 6])
     with torch.no_grad():
         torch.testing.assert_close(
@@ -407,3 +429,35 @@ def test_prepare_resnet50_tv(tmp_path: Path) -> None:
         torch.testing.assert_close(model(x), direct((x - mean) / std), atol=1e-5, rtol=1e-5)
     with pytest.raises(BackendError, match="needs a checkpoint"):
         prepare_classifier(standin["options"], None, tmp_path / "none")
+
+
+# ------------------------------------------------------------------------------ GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_backends_on_cuda_follow_the_cpu(prepared: dict[str, Path], dtype: str) -> None:
+    """On CUDA the requested dtype is used; outputs stay close to the CPU float32 ones."""
+    cuda = torch.device("cuda")
+    # float32 on CUDA may use TF32 matmuls; half precision keeps ~3 significant digits.
+    rel = {"float32": 1e-2, "float16": 3e-2, "bfloat16": 1e-1}[dtype]
+    gen = torch.Generator().manual_seed(5)
+    for source, model_dir in prepared.items():
+        cpu_backend = load_backend(model_dir, "cpu")
+        gpu_backend = load_backend(model_dir, cuda, dtype)
+        assert gpu_backend.dtype == backends.DTYPES[dtype]
+        assert gpu_backend.device.type == "cuda"
+        size = cpu_backend.sample_size
+        x = torch.rand(2, 3, size, size, generator=gen) * 2 - 1
+        t = torch.tensor([20, 600])
+        y = None if not cpu_backend.conditional else torch.tensor([1, cpu_backend.null_label])
+        with torch.no_grad():
+            z = cpu_backend.encode(x, quantize=False)
+            want = cpu_backend.eps(z, t, y)
+            z_gpu = gpu_backend.encode(x.to(cuda), quantize=False)
+            got = gpu_backend.eps(z_gpu, t.to(cuda), None if y is None else y.to(cuda))
+        assert got.dtype == torch.float32, source
+        assert torch.isfinite(got).all(), source
+        err = (got.cpu() - want).abs().max() / want.abs().max()
+        assert err < rel, (source, dtype, float(err))

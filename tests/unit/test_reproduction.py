@@ -3,6 +3,8 @@ the exact columns the evaluate rule writes."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +217,8 @@ def test_render_check_and_gate(metrics: pd.DataFrame, published: Path, tmp_path:
     check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
     status = run_check({"t2": out["csv"]}, {"tolerance": {"auroc": 1.0}}, check_out, run="unit")
     assert status == "fail"  # the GDM FPR cells are 3.68 and 1.23 off; fpr95 band is 3.0
+    metrics_seen = set(pd.read_csv(check_out["csv"])["metric"])
+    assert metrics_seen == {"AUROC", "FPR@95 (a)"}  # CSV round trip: no "AUROC (nan)"
     assert "FAIL" in check_out["md"].read_text().splitlines()[0]
     with pytest.raises(RuntimeError, match=r"Ours\(GDM\)/species/FPR@95 \(a\): fail"):
         gate(check_out["csv"], tmp_path / "gate.txt", allow=["pass"])
@@ -242,3 +246,118 @@ def test_no_published_tables_is_not_applicable(tmp_path: Path) -> None:
         "not applicable"
     )
     assert (tmp_path / "gate.txt").read_text() == "not applicable\n"
+
+
+def test_paper_table_and_check_latex_compile(
+    metrics: pd.DataFrame, published: Path, tmp_path: Path
+) -> None:
+    """pdfLaTeX accepts the paper-shaped table (a row name with an accent, ± cells) and the
+    check table, as ms.tex inputs them."""
+    assert shutil.which("pdflatex"), "pdflatex not found: run `make setup` (texlive)"
+    metrics_csv = tmp_path / "metrics.csv"
+    metrics.to_csv(metrics_csv, index=False)
+    frame = pd.read_csv(published)
+    frame.loc[0, "method"] = "w/o x̂0, w/o aug"
+    frame.to_csv(published, index=False)
+    rows = {"w/o x̂0, w/o aug": {"baseline": "ebo"}, "Ours(GDM)": {"experiment": "gdm_main"}}
+    out = {k: tmp_path / f"t2.{k}" for k in ("csv", "md", "tex")}
+    render_paper_tables(
+        metrics_csv,
+        {"t2": {"published": published.stem, "rows": rows, "note": "50% & more_notes"}},
+        {"t2": out},
+        published_dir=published.parent,
+        headline_distance="dists",
+        run="unit_run",
+    )
+    check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
+    run_check({"t2": out["csv"]}, {}, check_out, run="unit_run")
+    doc = (
+        "\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
+        "\\usepackage{graphicx}\\begin{document}\n"
+        + out["tex"].read_text()
+        + check_out["tex"].read_text()
+        + "\\end{document}\n"
+    )
+    (tmp_path / "t.tex").write_text(doc)
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "report.schema.yaml"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+def test_load_report_section_sources_and_defaults(tmp_path: Path) -> None:
+    from diffguard.reproduction import load_report_section
+
+    experiments = {"gdm_main": {}, "ldm_main": {}}
+    none = load_report_section(
+        {"run": "x"}, default=tmp_path / "absent.yaml", schema=SCHEMA, experiments=experiments
+    )
+    assert none["tables"] == {} and none["check"]["allow"] == ["pass", "not applicable"]
+    assert none["check"]["sd_factor"] == 2.0 and none["published_dir"] == "config/published"
+    path = tmp_path / "r.yaml"
+    path.write_text("report:\n  tables:\n    t: {rows: {EBO: {baseline: ebo}}}\n")
+    named = load_report_section(
+        {"report_config": str(path)}, default="x", schema=SCHEMA, experiments=experiments
+    )
+    assert named["tables"]["t"]["best_of_distances"] == []
+    inline = load_report_section(
+        {"report": {"check": {"allow": ["pass", "fail"]}}, "report_config": str(path)},
+        default="x",
+        schema=SCHEMA,
+        experiments=experiments,
+    )
+    assert inline["tables"] == {} and inline["check"]["allow"] == ["pass", "fail"]
+    with pytest.raises(ValueError, match="does not exist"):
+        load_report_section(
+            {"report_config": str(tmp_path / "nope.yaml")},
+            default="x",
+            schema=SCHEMA,
+            experiments=experiments,
+        )
+    path.write_text("tables: {}\n")
+    with pytest.raises(ValueError, match="top-level key `report`"):
+        load_report_section(
+            {"report_config": str(path)}, default="x", schema=SCHEMA, experiments=experiments
+        )
+    path.write_text("report:\n  figures: {ablation_grid: {rows: {a: nope}}}\n")
+    with pytest.raises(ValueError, match="'nope' does not exist"):
+        load_report_section(
+            {"report_config": str(path)}, default="x", schema=SCHEMA, experiments=experiments
+        )
+
+
+@pytest.mark.parametrize("name", ["imagenet", "cifar10", "embedded", "tiny"])
+def test_shipped_report_configs_match_published_rows(name: str) -> None:
+    """Every configured published row exists in its CSV (a typo would fail the paper build)."""
+    import yaml
+
+    from diffguard.config import resolve_all
+    from diffguard.reproduction import load_report_section
+    from diffguard.tables import _published_key_columns, _row_keys
+
+    configfile = CONFIG_DIR / f"{'config' if name == 'embedded' else name}.yaml"
+    config = yaml.safe_load(configfile.read_text())
+    experiments = resolve_all(config["experiments"])
+    section = load_report_section(
+        config,
+        default=CONFIG_DIR / "report" / f"{name}.yaml",
+        schema=SCHEMA,
+        experiments=experiments,
+    )
+    for spec in section["tables"].values():  # every selected experiment/baseline is configured
+        named = {sel["experiment"] for sel in spec["rows"].values() if "experiment" in sel}
+        assert named <= set(experiments), named - set(experiments)
+        baselines = {sel["baseline"] for sel in spec["rows"].values() if "baseline" in sel}
+        assert baselines <= set(config["baselines"]), baselines - set(config["baselines"])
+    for table, spec in section["tables"].items():
+        published = pd.read_csv(CONFIG_DIR / "published" / f"{spec.get('published', table)}.csv")
+        keys = _row_keys(published, _published_key_columns(published))
+        assert set(spec["rows"]) <= set(keys), (table, set(spec["rows"]) - set(keys))

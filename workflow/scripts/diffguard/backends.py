@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -141,6 +142,19 @@ class PixelBackend:
         out = self.unet(x.to(self.dtype), t, **kwargs).sample
         return out[:, : self.channels].to(x.dtype)
 
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> PixelBackend:
+        """Move/cast the network in place; returns ``self``."""
+        # Cast only when needed: diffusers warns on every .to(dtype=...) of a loaded model.
+        cast = {} if dtype is None or dtype == self.dtype else {"dtype": dtype}
+        self.unet.to(device=device, **cast)
+        return self
+
+    def eval(self) -> PixelBackend:
+        self.unet.eval()
+        return self
+
     def encode(self, x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Identity: pixel-space models diffuse the image itself."""
         return x
@@ -189,17 +203,34 @@ class LatentBackend:
         t = _as_timesteps(t, x.shape[0], x.device)
         return ldm_eps(self.parts, x.to(self.dtype), t, y).to(x.dtype)
 
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> LatentBackend:
+        """Move all parts; cast only the UNet (the VQ and the class table stay float32)."""
+        cast = {} if dtype is None or dtype == self.dtype else {"dtype": dtype}
+        self.parts.unet.to(device=device, **cast)
+        self.parts.vq.to(device=device)
+        # ldm_eps casts the class context to the latents' dtype.
+        self.parts.class_embedding.to(device=device)
+        return self
+
+    def eval(self) -> LatentBackend:
+        for module in (self.parts.unet, self.parts.vq, self.parts.class_embedding):
+            module.eval()
+        return self
+
     def encode(self, x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Pixels in [-1, 1] -> latents (``quantize``: snap to the VQ codebook)."""
         from diffguard.convert.ldm import ldm_encode
 
-        return ldm_encode(self.parts, x.to(self.dtype), quantize=quantize).to(x.dtype)
+        # The VQ autoencoder stays float32 (codebook distances), whatever the UNet's dtype.
+        return ldm_encode(self.parts, x.float(), quantize=quantize).to(x.dtype)
 
     def decode(self, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Latents -> pixels (``quantize``: decode_first_stage's codebook snap first)."""
         from diffguard.convert.ldm import ldm_decode
 
-        return ldm_decode(self.parts, z.to(self.dtype), quantize=quantize).to(z.dtype)
+        return ldm_decode(self.parts, z.float(), quantize=quantize).to(z.dtype)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -426,15 +457,52 @@ def _prepare_adm(paths: Mapping[str, Path], options: Mapping[str, Any], weights:
         "sample_size": int(kwargs["sample_size"]),
         "use_released_attention": bool(options.get("use_released_attention", True)),
         "options": dict(options),
-        "schedule": {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+        "schedule": _adm_schedule(options),
+    }
+
+
+def _adm_schedule(options: Mapping[str, Any]) -> dict[str, Any]:
+    """guided-diffusion's ``noise_schedule``/``diffusion_steps`` flags (linear, 1000 default)."""
+    name = options.get("noise_schedule", "linear")
+    if name != "linear":
+        raise BackendError(f"adm: options.noise_schedule {name!r} is not supported (only linear)")
+    return {
+        "beta_schedule": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "num_train_steps": int(options.get("diffusion_steps", 1000)),
+    }
+
+
+def diffnb_schedule_from_yaml(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The DDPM schedule of a DiffNB (``Schedule:``) or DDIM (``diffusion:``) yml."""
+    if isinstance(doc.get("Schedule"), Mapping):
+        sched = doc["Schedule"]
+        name, steps = sched.get("type", "linear"), sched.get("diffusion_step", 1000)
+    else:
+        sched = doc.get("diffusion", {}) or {}
+        name, steps = (
+            sched.get("beta_schedule", "linear"),
+            sched.get("num_diffusion_timesteps", 1000),
+        )
+    if name != "linear":
+        raise BackendError(f"DiffNB config: beta schedule {name!r} is not supported (only linear)")
+    return {
+        "beta_schedule": "linear",
+        "beta_start": float(sched.get("beta_start", 1e-4)),
+        "beta_end": float(sched.get("beta_end", 0.02)),
+        "num_train_steps": int(steps),
     }
 
 
 def _prepare_diffnb(paths: Mapping[str, Path], options: Mapping[str, Any], weights: Path) -> dict:
     from diffguard.convert.diffnb import diffnb_null_label, load_diffnb_unet
 
+    schedule = diffnb_schedule_from_yaml({})
     if "config" in paths:
-        config = diffnb_config_from_yaml(_read_yaml(paths["config"]), paths["config"])
+        doc = _read_yaml(paths["config"])
+        config = diffnb_config_from_yaml(doc, paths["config"])
+        schedule = diffnb_schedule_from_yaml(doc)
     elif isinstance(options.get("config"), Mapping):
         config = dict(options["config"])
     else:
@@ -451,7 +519,7 @@ def _prepare_diffnb(paths: Mapping[str, Path], options: Mapping[str, Any], weigh
         "sample_size": int(config["image_size"]),
         "model_config": config,
         "options": dict(options),
-        "schedule": {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+        "schedule": schedule,
     }
 
 
@@ -554,6 +622,16 @@ def load_backend(
             info_path = weights / DIFFUSION_INFO_FILE
             if info_path.is_file():
                 unet.diffguard_info = json.loads(info_path.read_text(encoding="utf-8"))
+                trained = unet.diffguard_info
+                info = {
+                    **info,
+                    "schedule": {
+                        "beta_schedule": trained["beta_schedule"],
+                        "beta_start": trained["beta_start"],
+                        "beta_end": trained["beta_end"],
+                        "num_train_steps": trained["num_train_timesteps"],
+                    },
+                }
             n_embeds = config.get("num_class_embeds")
             null_label = None if n_embeds is None else int(n_embeds) - 1
             channels = int(config.in_channels)
@@ -612,15 +690,29 @@ def _load_latent(weights: Path, info: Mapping[str, Any]) -> LatentBackend:
 
 
 def _to(backend: DiffusionBackend, device: torch.device, dtype: torch.dtype) -> None:
-    # Cast only when needed: diffusers warns on every .to(dtype=...) of a loaded model.
-    cast = {} if dtype == torch.float32 else {"dtype": dtype}
-    if isinstance(backend, LatentBackend):
-        backend.parts.unet.to(device=device, **cast)
-        backend.parts.vq.to(device=device, **cast)
-        # The class table stays float32: ldm_eps casts the context to the latents' dtype.
-        backend.parts.class_embedding.to(device=device)
-    elif isinstance(backend, PixelBackend):
-        backend.unet.to(device=device, **cast)
+    if isinstance(backend, LatentBackend | PixelBackend):
+        backend.to(device, dtype)
+
+
+def check_schedule(backend: DiffusionBackend, settings: Any, where: str) -> None:
+    """Raise when a method's noise schedule is not the one the model was trained with.
+
+    ``settings`` is a GdmSettings/CfgSettings (``beta_schedule``, ``beta_start``, ``beta_end``,
+    ``num_train_steps``); ``where`` names the config entry (e.g. ``experiments.x.cfg``). A
+    model without a recorded schedule is accepted with a warning.
+    """
+    model = getattr(backend, "info", {}).get("schedule")
+    if not model:
+        log.warning("%s: the model records no noise schedule; not checked", where)
+        return
+    wrong = []
+    for key in ("beta_schedule", "beta_start", "beta_end", "num_train_steps"):
+        want, got = model.get(key), getattr(settings, key)
+        same = got == want if isinstance(want, str) else math.isclose(got, want, rel_tol=1e-6)
+        if want is not None and not same:
+            wrong.append(f"{where}.{key} = {got!r} but the {backend.source} model uses {want!r}")
+    if wrong:
+        raise BackendError("noise schedule mismatch: " + "; ".join(wrong))
 
 
 # ------------------------------------------------------------------------------ classifiers

@@ -239,6 +239,11 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
     - ``resnet18_32x32``: optional ``num_classes`` (10), ``mean``/``std`` (CIFAR-10),
       ``weights`` (OpenOOD key names).
 
+    Every arch also accepts ``input_size``: the side the classifier is fed at (the released
+    code: 224 for GDM runs, 256 for LDM runs, 32 on CIFAR-10); reconstruction jobs load images
+    at that size unless the experiment sets its own ``input_size``. Weights saved with a
+    ``module.`` (DataParallel) or ``net.`` (wrapper) prefix load as well.
+
     The model is returned in eval mode with ``model.spec`` set to a copy of ``spec``.
 
     Raises:

@@ -121,7 +121,7 @@ def reconstruct_shard(
     precision of the diffusion network (GPU only; see :func:`diffguard.backends.resolve_dtype`).
     """
     from diffguard import cfg, gdm
-    from diffguard.backends import resize_images
+    from diffguard.backends import check_schedule, resize_images
     from diffguard.cam import cam_mask
     from diffguard.config import method_settings
     from diffguard.distances import SimilarityScorer
@@ -156,6 +156,7 @@ def reconstruct_shard(
     num_classes = benchmark["num_classes"]
     scorer = SimilarityScorer(list(distances), classifier, torch_hub_dir, device)
     root = image_root(benchmark_json)
+    check_schedule(backend, settings, f"experiments.{experiment['name']}.{experiment['method']}")
     log.info(
         "experiment %s on %d images (shard %d), device %s, input %d px, model %d px",
         experiment["name"],

@@ -71,6 +71,68 @@ CHECK_COLUMNS = [
 ]
 
 
+# --------------------------------------------------------------------------- the config
+
+
+def load_report_section(
+    config: Mapping[str, Any],
+    *,
+    default: str | Path,
+    schema: str | Path,
+    experiments: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The `report:` section of a workflow config, validated, defaults filled in.
+
+    Taken from the config key ``report``, else the file named by ``report_config``, else
+    ``default`` (``config/report/<run>.yaml``) when it exists, else empty (main table and
+    figures only; the check says ``not applicable``).
+
+    Raises:
+        ValueError: A named file that does not exist or has another top-level key than
+            ``report``; schema errors name the key.
+    """
+    import yaml
+    from snakemake.utils import validate
+
+    if "report" in config:
+        section, where = dict(config["report"] or {}), "config key report"
+    else:
+        path = Path(config.get("report_config") or default)
+        if not path.is_file():
+            if "report_config" in config:
+                raise ValueError(f"report_config: {path} does not exist")
+            section, where = {}, "defaults"
+        else:
+            data = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(data, dict) or set(data) != {"report"}:
+                keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+                raise ValueError(f"{path}: expected one top-level key `report`, got {keys}")
+            section, where = dict(data["report"] or {}), str(path)
+    validate(section, str(schema))
+    baselines = set(config.get("baselines", []))
+    for name, spec in section["tables"].items():
+        for row, selector in spec["rows"].items():
+            for key, known in (("experiment", set(experiments)), ("baseline", baselines)):
+                if key in selector and selector[key] not in known:
+                    # a table may name what a reduced config leaves out: its cells are missing
+                    log.warning(
+                        "%s: report.tables.%s.rows.%s: %s %r is not part of this run; its cells "
+                        "will be 'missing'",
+                        where,
+                        name,
+                        row,
+                        key,
+                        selector[key],
+                    )
+    for label, exp in section["figures"].get("ablation_grid", {}).get("rows", {}).items():
+        if exp not in experiments:
+            raise ValueError(
+                f"{where}: report.figures.ablation_grid.rows.{label}: experiment {exp!r} does "
+                "not exist"
+            )
+    return section
+
+
 # --------------------------------------------------------------------------- row selection
 
 
@@ -411,7 +473,10 @@ def check_table(
             status = "missing"
         else:
             status = "pass" if abs(float(r["delta"])) <= band + 1e-9 else "fail"
-        metric = str(r["metric"]) + (f" ({r['convention']})" if r.get("convention") else "")
+        convention = r.get("convention")
+        # read back from CSV, an empty convention (AUROC) is NaN
+        has_convention = isinstance(convention, str) and convention != ""
+        metric = str(r["metric"]) + (f" ({convention})" if has_convention else "")
         rows.append(
             {
                 "table": table,
@@ -462,7 +527,7 @@ def summary(check: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "table": table,
-                "cells": len(group),
+                "cells": int((group["status"] != "not applicable").sum()),
                 **{s: int(counts.get(s, 0)) for s in ("pass", "fail", "missing")},
                 "status": overall_status(group),
             }
