@@ -181,9 +181,6 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
     grid = figures["ablation_grid"]
     grid["rows"] = {k: v for k, v in grid["rows"].items() if v in config["experiments"]}
     grid["images"] = 2
-    # random weights cannot reproduce the published numbers: the check runs and says 'fail',
-    # and this run lets the paper build anyway (a real run keeps `allow: [pass]`)
-    report["check"]["allow"] = ["pass", "fail", "incomplete"]
     config["report"] = report
     path = work / "config" / "standin.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
