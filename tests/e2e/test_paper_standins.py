@@ -216,6 +216,10 @@ def test_paper_workflow_with_standins(
     for rule in ("render_tables", "build_paper", "evaluate", "baseline_scores"):
         assert counts.get(rule) == 1, rule
     assert (work / "data" / "processed" / "standin" / "metrics.csv").is_file()
+    check = (
+        work / "data" / "processed" / "standin" / "check" / "reproduction_check.csv"
+    ).read_text()
+    assert ",fail" in check  # the stand-ins' numbers are far from the published ones
     # recorded hashes of the archives (first download) match the served files
     for key in ("openood_v1_imglists", "species_sub"):
         recorded = (work / "config" / "checksums" / f"{key}.sha256").read_text().split()[0]
