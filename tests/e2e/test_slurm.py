@@ -49,7 +49,7 @@ SLURM_COMPARE_SKIP: tuple[str, ...] = ()
 # Where the real Snakefile may live; the first one found is used. None found -> toy workflow.
 SNAKEFILE_CANDIDATES = ("workflow/Snakefile", "Snakefile")
 # Wall-clock limits for the two runs (the whole test must stay well under 10 min in CI).
-SLURM_RUN_TIMEOUT_S = 420
+SLURM_RUN_TIMEOUT_S = 540
 LOCAL_RUN_TIMEOUT_S = 300
 # The plugin waits this long before its first status check (40 s by default; the test cluster
 # keeps finished jobs visible to squeue for MinJobAge=600 s, so short delays are safe here).
@@ -300,7 +300,13 @@ def _snakemake(work: Path, spec: WorkflowSpec, extra: list[str], timeout: float)
     try:
         proc = _run(cmd, timeout=timeout, cwd=work, env=_env(work))
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(cmd)} timed out after {timeout}s:\n{exc.stderr!r}")
+        log = (exc.stdout or b"").decode() + (exc.stderr or b"").decode()
+        # The killed snakemake cannot cancel its SLURM jobs: cancel them by run name here, so
+        # they do not hold the cluster after the test.
+        run_id = RUN_ID_RE.search(log)
+        if run_id is not None and shutil.which("scancel"):
+            _run(["scancel", "--name", run_id.group(1)], timeout=30)
+        pytest.fail(f"{' '.join(cmd)} timed out after {timeout}s:\n{log[-6000:]}")
     output = proc.stdout + proc.stderr
     LOGGER.info("%s took %.1fs", " ".join(extra), time.monotonic() - t0)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed in {work}:\n{output[-6000:]}"
