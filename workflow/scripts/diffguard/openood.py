@@ -113,17 +113,18 @@ def assemble_openood(
 
 
 def link_into_hub(files: Mapping[str, str | Path], hub_dir: str | Path) -> list[Path]:
-    """Place verified weight files at ``<hub_dir>/checkpoints/<name>`` (hard link, else copy)."""
+    """Copy verified weight files to ``<hub_dir>/checkpoints/<name>`` (atomically).
+
+    A copy, not a hard link: Snakemake touches an output that is not newer than its input, and
+    through a shared inode that would touch the download too and make it look updated.
+    """
     out: list[Path] = []
     for name, source in files.items():
         dest = Path(hub_dir) / "checkpoints" / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{name}.tmp")
         tmp.unlink(missing_ok=True)
-        try:
-            os.link(Path(source).resolve(), tmp)
-        except OSError:
-            shutil.copy2(source, tmp)
+        shutil.copyfile(source, tmp)
         os.replace(tmp, dest)
         out.append(dest)
     return out
