@@ -239,6 +239,21 @@ def variant_unet(unet: Any, variant: str) -> Any:
     raise ValueError(f"speed.variants: unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
+@contextlib.contextmanager
+def strict_float32() -> Any:
+    """float32 that is float32 on CUDA: TF32 matmuls and convolutions (cuDNN's default) off.
+
+    TF32 rounds products to 10 mantissa bits; guided DDIM trajectories amplify that into score
+    differences of ~1e-3 between two batchings of the same float32 computation.
+    """
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 Runner = Callable[[torch.Tensor, torch.Tensor, gdm.CallCounter], tuple[torch.Tensor, torch.Tensor]]
 """``run(x, labels, counter) -> (reference, recon)`` for one loader batch (x in [-1, 1])."""
 
@@ -453,71 +468,73 @@ def run_speed_benchmark(
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     n = x_all.shape[0]
     rows: list[dict[str, Any]] = []
-    for method, (unet_in, settings) in methods.items():
-        conditional = method == "CFG"
-        for dtype in resolve_dtypes(dtypes, device):
-            # diffusers warns on any .to(dtype=...); a float32 run keeps the loaded weights
-            unet = unet_in.to(device) if dtype == torch.float32 else copy.deepcopy(unet_in)
-            if dtype != torch.float32:
-                unet = unet.to(device=device, dtype=dtype)
-            unet.eval()
-            if dtype != torch.float32 and not _unet_runs_in(unet, dtype, x_all, conditional):
-                log.warning("%s: skipping %s (the model does not run in it)", method, dtype)
-                continue
-            runners = method_runners(
-                method,
-                unet,
-                settings,
-                classifier,
-                x_all.shape[1],
-                num_classes,
-                dtype,
-                denoise_batch_size,
-            )
-            for variant in variants:
-                runners[f"ours+{variant}"] = method_runners(
+    with strict_float32():
+        for method, (unet_in, settings) in methods.items():
+            conditional = method == "CFG"
+            for dtype in resolve_dtypes(dtypes, device):
+                # diffusers warns on any .to(dtype=...); a float32 run keeps the loaded weights
+                unet = unet_in.to(device) if dtype == torch.float32 else copy.deepcopy(unet_in)
+                if dtype != torch.float32:
+                    unet = unet.to(device=device, dtype=dtype)
+                unet.eval()
+                if dtype != torch.float32 and not _unet_runs_in(unet, dtype, x_all, conditional):
+                    log.warning("%s: skipping %s (the model does not run in it)", method, dtype)
+                    continue
+                runners = method_runners(
                     method,
-                    variant_unet(unet, variant),
+                    unet,
                     settings,
                     classifier,
                     x_all.shape[1],
                     num_classes,
                     dtype,
                     denoise_batch_size,
-                )["ours"]
-            if warmup:
-                for run in runners.values():
-                    run(x_all[:2], labels_all[:2], gdm.CallCounter())
-            for batch_size in batch_sizes:
-                rows += _measure(
-                    method,
-                    runners,
-                    x_all,
-                    labels_all,
-                    int(batch_size),
-                    scorer,
-                    memory,
-                    device,
-                    dtype_name(dtype),
-                    threads,
-                    repeats,
                 )
-                port, ours = rows[-len(runners)], rows[-len(runners) + 1]
-                log.info(
-                    "%s %s batch %d: port %.3f img/s %.1f NFE/img, ours %.3f img/s %.1f NFE/img,"
-                    " CPU-time speed-up %.2fx, max |score diff| %.2e (%d images, best of %d)",
-                    method,
-                    dtype_name(dtype),
-                    batch_size,
-                    port["images_per_s"],
-                    port["nfe_per_image"],
-                    ours["images_per_s"],
-                    ours["nfe_per_image"],
-                    ours["cpu_speedup_vs_port"],
-                    ours["max_abs_score_diff"],
-                    n,
-                    repeats,
-                )
+                for variant in variants:
+                    runners[f"ours+{variant}"] = method_runners(
+                        method,
+                        variant_unet(unet, variant),
+                        settings,
+                        classifier,
+                        x_all.shape[1],
+                        num_classes,
+                        dtype,
+                        denoise_batch_size,
+                    )["ours"]
+                if warmup:
+                    for run in runners.values():
+                        run(x_all[:2], labels_all[:2], gdm.CallCounter())
+                for batch_size in batch_sizes:
+                    rows += _measure(
+                        method,
+                        runners,
+                        x_all,
+                        labels_all,
+                        int(batch_size),
+                        scorer,
+                        memory,
+                        device,
+                        dtype_name(dtype),
+                        threads,
+                        repeats,
+                    )
+                    port, ours = rows[-len(runners)], rows[-len(runners) + 1]
+                    log.info(
+                        "%s %s batch %d: port %.3f img/s %.1f NFE/img, ours %.3f img/s"
+                        " %.1f NFE/img, CPU-time speed-up %.2fx, max |score diff| %.2e"
+                        " (%d images, best of %d)",
+                        method,
+                        dtype_name(dtype),
+                        batch_size,
+                        port["images_per_s"],
+                        port["nfe_per_image"],
+                        ours["images_per_s"],
+                        ours["nfe_per_image"],
+                        ours["cpu_speedup_vs_port"],
+                        ours["max_abs_score_diff"],
+                        n,
+                        repeats,
+                    )
     frame = pd.DataFrame(rows, columns=list(SPEED_COLUMNS))
     return frame
 
