@@ -164,7 +164,7 @@ if PAPER_TABLES:
         params:
             tables=PAPER_TABLES,
             outputs=PAPER_TABLE_OUTPUTS,
-            published_dir=PUBLISHED_DIR,
+            published_dir=lambda wildcards, input: str(Path(input.published[0]).parent),
             headline_distance=HEADLINE_DISTANCE,
             run=RUN,
         script:
