@@ -234,11 +234,14 @@ def test_cfg_port_matches_ours_and_costs_the_same(uncond_aux: bool) -> None:
     )
     assert torch.equal(ours.z_t, port.z_t)
     # without uncond_aux both run the same [uncond; cond] batches in the same order: bit equal;
-    # with it ours adds the twins to that batch, the port runs them as a second pass
-    tol = 1e-5 if uncond_aux else 0.0
+    # with it ours adds the twins to that batch, the port runs them as a second pass, and the
+    # batch composition changes float32 rounding (measured 4.5e-5 with 1 thread, 0 with 2),
+    # against ~1e-1 for any algorithmic difference (the guided-unguided gap below)
+    tol = 2e-4 if uncond_aux else 0.0
     assert (ours.recon - port.recon).abs().max() <= tol
     if uncond_aux:
         assert (ours.recon_uncond - port.recon_uncond).abs().max() <= tol
+        assert (ours.recon - ours.recon_uncond).abs().max() > 100 * tol
     n, s = N_IMAGES, settings.ddim_steps
     expected = n * s + 2 * n * s + (n * s if uncond_aux else 0)
     assert c_ours.unet_rows == c_port.unet_rows == expected
