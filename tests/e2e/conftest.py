@@ -470,6 +470,9 @@ def _inspect_kill(phase: str, after_s: float, work: Path, reference: Path) -> Ki
     marked = incomplete_outputs(work)
     files = output_files(work)
     checked, unreadable = unreadable_outputs(work)
+    # An unfinished training job may already have renamed its weights into its model folder
+    # (they are not declared outputs; model.done is): they belong to that job, which reruns.
+    unfinished_models = [Path(m).parent for m in marked if Path(m).name == "model.done"]
     kill = Kill(
         phase=phase,
         after_s=after_s,
@@ -477,6 +480,7 @@ def _inspect_kill(phase: str, after_s: float, work: Path, reference: Path) -> Ki
             rel: FileState((work / rel).stat().st_mtime_ns, sha256(work / rel))
             for rel in files
             if str(rel) not in marked
+            and not any(Path(rel).is_relative_to(folder) for folder in unfinished_models)
         },
         marked_incomplete=marked,
         checked=checked,
