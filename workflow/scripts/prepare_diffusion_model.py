@@ -15,8 +15,9 @@ prepare_diffusion_model(
     dict(sm.params.options),
     out_dir,
 )
-weights = sorted((out_dir / "weights").glob("*.safetensors"))
+# the LDM keeps its UNet and VQ in subfolders of weights/
+weights = sorted((out_dir / "weights").rglob("*.safetensors"))
 if not weights or not (out_dir / "backend.json").is_file():
-    raise RuntimeError(f"{out_dir}: conversion wrote no weights/*.safetensors or backend.json")
+    raise RuntimeError(f"{out_dir}: conversion wrote no weights/**/*.safetensors or backend.json")
 lines = [f"{sha256sum(p)}  {p.relative_to(out_dir)}" for p in weights]
 write_text(sm.output.done, f"converted from {sm.params.source}\n" + "\n".join(lines) + "\n")
