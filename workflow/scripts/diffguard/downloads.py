@@ -34,7 +34,12 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from diffguard.io import ChecksumError, sha256sum, write_text
+from diffguard.io import (  # noqa: F401  (setup_file_logging: re-exported for the rule scripts)
+    ChecksumError,
+    setup_file_logging,
+    sha256sum,
+    write_text,
+)
 
 log = logging.getLogger("diffguard")
 
@@ -106,20 +111,6 @@ def parse_spec(key: str, entry: Mapping[str, Any]) -> DownloadSpec:
         manual=entry.get("manual"),
         path=entry.get("path"),
         sha256=str(sha).lower() if sha else None,
-    )
-
-
-def setup_file_logging(log_file: str | Path | None) -> None:
-    """Log to the rule's log file and stderr (like runtime.setup_logging, without torch)."""
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
     )
 
 

@@ -20,17 +20,10 @@ log = logging.getLogger("diffguard")
 
 
 def setup_logging(log_file: str | Path | None) -> None:
-    """Log to the rule's log file (and stderr), with timestamps."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
+    """Log to the rule's log file (and stderr), with timestamps and the software versions."""
+    from diffguard.io import setup_file_logging
+
+    setup_file_logging(log_file)
     log.info(
         "diffguard %s, torch %s, python %s", _version(), torch.__version__, sys.version.split()[0]
     )
