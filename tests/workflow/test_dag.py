@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-
-
-def snakemake(repo: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SNAKEMAKE, *args], cwd=repo, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Parse snakemake's "Job stats" table."""
-    table = output.split("Job stats:")[1].split("\n\n")[0]
-    counts = {}
-    for line in table.splitlines():
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if match:
-            counts[match.group(1)] = int(match.group(2))
-    return counts
+from snakemake_cli import job_counts, snakemake
 
 
 def test_lint_is_clean(repo_root: Path) -> None:

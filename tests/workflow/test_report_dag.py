@@ -3,14 +3,11 @@ plans (driven by config/report/<run>.yaml), and report-section errors named at p
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from snakemake_cli import job_counts, snakemake
 
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 REPORT_RULES = (
     "render_tables",
     "render_paper_tables",
@@ -25,24 +22,8 @@ REPORT_RULES = (
 
 
 def _dry_run(repo: Path, *args: str) -> tuple[int, str]:
-    proc = subprocess.run(
-        [SNAKEMAKE, "-n", "--forceall", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = snakemake(repo, "-n", "--forceall", *args)
     return proc.returncode, proc.stdout + proc.stderr
-
-
-def _counts(output: str) -> dict[str, int]:
-    table = output.split("Job stats:")[1].split("\n\n")[0]
-    return {
-        m.group(1): int(m.group(2))
-        for line in table.splitlines()
-        if (m := re.match(r"^(\w+)\s+(\d+)$", line.strip()))
-    }
 
 
 # config -> report rules planned once (the others: not at all)
@@ -74,7 +55,7 @@ EXPECTED = {
 def test_report_rules_per_config(repo_root: Path, configfile: str) -> None:
     rc, output = _dry_run(repo_root, "--configfile", configfile)
     assert rc == 0, output[-4000:]
-    counts = _counts(output)
+    counts = job_counts(output)
     planned = {rule for rule in REPORT_RULES if counts.get(rule)}
     assert planned == EXPECTED[configfile], (planned, counts)
     assert all(counts[rule] == 1 for rule in planned)
