@@ -1,5 +1,6 @@
 """Config validation, experiment resolution and input functions (no rules here)."""
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -8,7 +9,13 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+PACKAGE_ROOT = str(Path(workflow.basedir) / "workflow" / "scripts")
+sys.path.insert(0, PACKAGE_ROOT)
+# Rule scripts run in child processes: they must import this checkout's package, not another
+# copy an editable install (or a stale site-packages) would put first on their path.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
 
 from diffguard.config import (  # noqa: E402
     evaluation_datasets,
