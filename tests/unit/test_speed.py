@@ -417,3 +417,68 @@ def test_channels_last_variant_computes_the_same() -> None:
         speed.run_speed_benchmark(
             images, clf, {"GDM": (unet, settings)}, NUM_CLASSES, variants=["turbo"]
         )
+
+
+def test_experiment_image_sizes_follow_the_reconstruct_jobs() -> None:
+    """Experiment input_size, else the classifier spec's, else the benchmark's; the pre-resize
+    side is resize_size, never below the crop."""
+    from diffguard.runtime import experiment_image_sizes
+
+    bench = {"image_size": 224, "resize_size": 256, "channels": 3}
+    assert experiment_image_sizes({"input_size": 256}, bench, {"input_size": 32}) == (256, 256)
+    assert experiment_image_sizes({}, bench, {"input_size": 32}) == (32, 256)
+    assert experiment_image_sizes({}, bench, None) == (224, 256)
+    assert experiment_image_sizes({"input_size": 300}, bench) == (300, 300)
+    assert experiment_image_sizes({}, {"image_size": 16}) == (16, 16)
+
+
+def test_speed_stage_loads_each_experiment_at_its_own_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An experiment's input_size (ldm_main: 256) sets the size of the images it is timed on."""
+    paths = write_tiny_run(tmp_path)
+    seen: dict[str, tuple[int, ...]] = {}
+    original = speed.run_speed_benchmark
+
+    def recording(images: dict, *args: object, **kwargs: object) -> pd.DataFrame:
+        seen.update({m: tuple(x.shape) for m, x in images.items()})
+        return original(images, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(speed, "run_speed_benchmark", recording)
+    experiments = [
+        {
+            "name": "gdm_main",
+            "method": "gdm",
+            "gdm": {
+                "respacing": "ddim4",
+                "early_stop_steps": 1,
+                "early_stop_metrics": ["psnr"],
+                "early_stop_thresholds": [56.0],
+                "cutouts_num": -1,
+            },
+        },
+        {
+            "name": "cfg_main",
+            "method": "cfg",
+            "input_size": 12,
+            "cfg": {"ddim_steps": 2, "timestep_offset": 0, "beta_schedule": "linear"},
+        },
+    ]
+    speed.speed_stage(
+        classifier_weights=paths["classifier"],
+        experiments=experiments,
+        model_dirs=[paths["gdm"], paths["cfg"]],
+        imglist=paths["list"],
+        benchmark_json=paths["benchmark"],
+        benchmark={"image_size": 16, "channels": 1, "num_classes": NUM_CLASSES},
+        num_images=2,
+        batch_sizes=[2],
+        device_name="cpu",
+        dtypes="auto",
+        distances=["l2"],
+        run="unit_test",
+        out_csv=tmp_path / "out/speed.csv",
+        out_md=tmp_path / "out/speed.md",
+        out_tex=tmp_path / "out/speed.tex",
+    )
+    assert seen == {"GDM": (2, 1, 16, 16), "CFG": (2, 1, 12, 12)}

@@ -15,9 +15,10 @@ import torch
 from diffguard import io
 from diffguard.data import read_imglist, select_shard
 from diffguard.runtime import (
+    experiment_image_sizes,
     image_root,
     load_diffusion_model,
-    load_records_images,
+    load_experiment_images,
     load_trained_classifier,
     resolve_device,
 )
@@ -113,11 +114,11 @@ def reconstruct_shard(
 ) -> None:
     """Run DiffGuard on one shard of a dataset and write per-image scores (npz).
 
-    Images are loaded at the experiment's ``input_size`` (else the classifier spec's
-    ``input_size``, else ``benchmark.image_size``; ``benchmark.resize_size`` is the shorter side
-    before the centre crop), resized to the diffusion model's ``sample_size`` for inversion and
-    regeneration and back to the input size for scoring, as the released code does
-    (224 -> 256 -> 224 for ADM). The experiment's ``dtype`` (else ``dtype``) sets the
+    Images are loaded at :func:`~diffguard.runtime.experiment_image_sizes` (the experiment's
+    ``input_size``, else the classifier spec's, else ``benchmark.image_size``; after a
+    ``benchmark.resize_size`` pre-resize), resized to the diffusion model's ``sample_size``
+    for inversion and regeneration and back to the input size for scoring, as the released
+    code does (224 -> 256 -> 224 for ADM). The experiment's ``dtype`` (else ``dtype``) sets the
     precision of the diffusion network (GPU only; see :func:`diffguard.backends.resolve_dtype`).
     """
     from diffguard import cfg, gdm
@@ -135,14 +136,8 @@ def reconstruct_shard(
     pred_of = dict(zip(preds_npz["image_ids"].tolist(), preds_npz["preds"].tolist(), strict=True))
     classifier = load_trained_classifier(classifier_weights, device)
     backend = load_diffusion_model(model_dir, device, experiment.get("dtype", dtype))
-    channels = benchmark["channels"]
-    input_size = int(
-        experiment.get("input_size")
-        or getattr(classifier, "spec", {}).get("input_size")
-        or benchmark["image_size"]
-    )
-    # Resize(pre_size) then CenterCrop(input_size): a larger crop (LDM 256) resizes to itself
-    pre_size = max(int(benchmark.get("resize_size") or input_size), input_size)
+    clf_spec = getattr(classifier, "spec", None)
+    input_size, _ = experiment_image_sizes(experiment, benchmark, clf_spec)
     if experiment["method"] == "gdm" and backend.latent:
         raise ValueError(
             f"experiments.{experiment['name']}: method gdm needs a pixel-space model, "
@@ -186,7 +181,7 @@ def reconstruct_shard(
         chunk = all_records[first:stop]
         # Anything drawing from the global RNG sees the same state whichever shard runs it.
         torch.manual_seed(seed * 1_000_003 + first)
-        x01 = load_records_images(chunk, root, input_size, channels, pre_size).to(device)
+        x01 = load_experiment_images(chunk, root, experiment, benchmark, clf_spec).to(device)
         x = x01 * 2 - 1
         x_model = resize_images(x, backend.sample_size)
         preds = torch.tensor([pred_of[r.image_id] for r in chunk])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -62,6 +62,38 @@ def load_records_images(
     ``size`` (e.g. ImageNet: 256 then a 224 crop for GDM, a 256 crop for the LDM).
     """
     return torch.stack([load_image(root / r.path, size, channels, pre_size) for r in records])
+
+
+def experiment_image_sizes(
+    experiment: Mapping[str, Any],
+    benchmark: Mapping[str, Any],
+    classifier_spec: Mapping[str, Any] | None = None,
+) -> tuple[int, int]:
+    """``(input_size, pre_size)`` an experiment's images are loaded at (as its reconstruct jobs).
+
+    ``input_size`` is the experiment's ``input_size``, else the classifier spec's, else
+    ``benchmark.image_size``; ``pre_size`` is ``benchmark.resize_size`` (the shorter side before
+    the centre crop), never below ``input_size`` (a 256 crop for the LDM resizes to 256).
+    """
+    input_size = int(
+        experiment.get("input_size")
+        or (classifier_spec or {}).get("input_size")
+        or benchmark["image_size"]
+    )
+    pre_size = max(int(benchmark.get("resize_size") or input_size), input_size)
+    return input_size, pre_size
+
+
+def load_experiment_images(
+    records: Sequence[ImageRecord],
+    root: Path,
+    experiment: Mapping[str, Any],
+    benchmark: Mapping[str, Any],
+    classifier_spec: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """Images of ``records`` in [0, 1] at :func:`experiment_image_sizes` (N x C x H x W)."""
+    size, pre_size = experiment_image_sizes(experiment, benchmark, classifier_spec)
+    return load_records_images(records, root, size, int(benchmark["channels"]), pre_size)
 
 
 def load_trained_classifier(weights: str | Path, device: torch.device) -> torch.nn.Module:

@@ -415,7 +415,7 @@ def _backend_cfg_runners(
 
 # ----------------------------------------------------------------------------------- benchmark
 def run_speed_benchmark(
-    images: torch.Tensor,
+    images: torch.Tensor | Mapping[str, torch.Tensor],
     classifier: torch.nn.Module,
     methods: Mapping[str, tuple[Any, gdm.GdmSettings | cfg.CfgSettings]],
     num_classes: int,
@@ -432,7 +432,8 @@ def run_speed_benchmark(
     """Time the released execution and ours on the same images, weights and labels.
 
     Args:
-        images: N x C x H x W in [0, 1].
+        images: N x C x H x W in [0, 1], or method -> its own images (each experiment loads
+            them at its own size, as its reconstruct jobs do).
         classifier: The classifier under protection (float32; it guides GDM, masks CFG, scores).
         methods: ``{"GDM" | "CFG": (diffusers UNet, settings)}``.
         num_classes: Classifier classes; also the null label of the conditional UNet.
@@ -457,19 +458,26 @@ def run_speed_benchmark(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"speed.variants: unknown {unknown}; expected a subset of {VARIANTS}")
-    if images.ndim != 4 or images.min() < 0 or images.max() > 1:
-        raise ValueError(f"images must be N x C x H x W in [0, 1], got shape {tuple(images.shape)}")
+    per_method = dict(images) if isinstance(images, Mapping) else dict.fromkeys(methods, images)
+    missing = [m for m in methods if m not in per_method]
+    if missing:
+        raise KeyError(f"speed: no images for method(s) {missing}")
+    for method, imgs in per_method.items():
+        if imgs.ndim != 4 or imgs.min() < 0 or imgs.max() > 1:
+            raise ValueError(
+                f"{method} images must be N x C x H x W in [0, 1], got shape {tuple(imgs.shape)}"
+            )
     classifier = classifier.to(device).eval()
-    x_all = (images.to(device) * 2 - 1).float()
-    with torch.no_grad():
-        labels_all = classifier(images.to(device).float()).argmax(1)
     scorer = SimilarityScorer(list(distances), classifier, torch_hub_dir, device)
     memory = PeakMemory(device)
     threads = torch.get_num_threads() if device.type == "cpu" else 0
-    n = x_all.shape[0]
     rows: list[dict[str, Any]] = []
     with strict_float32():
         for method, (unet_in, settings) in methods.items():
+            x_all = (per_method[method].to(device) * 2 - 1).float()
+            with torch.no_grad():
+                labels_all = classifier(per_method[method].to(device).float()).argmax(1)
+            n = x_all.shape[0]
             conditional = method == "CFG"
             for dtype in resolve_dtypes(dtypes, device):
                 # diffusers warns on any .to(dtype=...); a float32 run keeps the loaded weights
@@ -785,7 +793,7 @@ def speed_stage(
     from diffguard.runtime import (
         image_root,
         load_diffusion_model,
-        load_records_images,
+        load_experiment_images,
         load_trained_classifier,
         resolve_device,
     )
@@ -798,11 +806,11 @@ def speed_stage(
     if num_images > len(records):
         log.warning("%s holds %d images; benchmarking all of them", imglist, len(records))
     records = records[:num_images]
-    images = load_records_images(
-        records, image_root(benchmark_json), benchmark["image_size"], benchmark["channels"]
-    )
+    root = image_root(benchmark_json)
     classifier = load_trained_classifier(classifier_weights, device)
+    clf_spec = getattr(classifier, "spec", None)
     methods: dict[str, tuple[Any, gdm.GdmSettings | cfg.CfgSettings]] = {}
+    images: dict[str, torch.Tensor] = {}
     labels = {"gdm": "GDM", "cfg": "CFG"}
     for experiment, model_dir in zip(experiments, model_dirs, strict=True):
         label = labels[experiment["method"]]
@@ -811,12 +819,20 @@ def speed_stage(
         backend = load_diffusion_model(model_dir, torch.device("cpu"))
         settings = method_settings(experiment, seed)
         check_schedule(backend, settings, f"experiments.{experiment['name']}.{label.lower()}")
+        # the experiment's own resolution, exactly as its reconstruct jobs load images
+        images[label] = load_experiment_images(records, root, experiment, benchmark, clf_spec)
         # A trained pixel model at the benchmark's size is timed as the bare UNet (as before);
         # converted models go through their backend (resizing, latent space, null label).
-        same_size = backend.sample_size == images.shape[-1]
+        same_size = backend.sample_size == images[label].shape[-1]
         model = backend.unet if backend.source == "train" and same_size else backend
         methods[label] = (model, settings)
-        log.info("%s: experiment %s, model %s", label, experiment["name"], model_dir)
+        log.info(
+            "%s: experiment %s, model %s, images %d px",
+            label,
+            experiment["name"],
+            model_dir,
+            images[label].shape[-1],
+        )
     frame = run_speed_benchmark(
         images,
         classifier,
