@@ -162,11 +162,15 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
     gdm["seeds"] = [0]
     gdm["gdm"].update(respacing="ddim10", early_stop_steps=4, cutouts_num=2, cutouts_size=28)
     ldm = experiments["ldm_main"]
-    ldm["input_size"] = 32
+    # larger than the benchmark's 32 px crop, as the LDM's 256 is on ImageNet's 224: its
+    # guidance labels come from a prediction cache at 36 px
+    ldm["input_size"] = 36
     ldm["cfg"]["ddim_steps"] = 4
     ldm["grid"] = {"cfg.cam_cut": [0.2]}
     experiments["gdm_speed"]["gdm"]["early_stop_steps"] = 4
     keep = ("gdm_main", "ldm_main", "gdm_speed")
+    # MC-Dropout on the ResNet-50 (no dropout layer: OpenOOD's p 0.5 on its features)
+    config["baselines"] = [*config["baselines"], "mc_dropout"]
     config["experiments"] = {k: v for k, v in experiments.items() if k in keep}
     # the speed benchmark's released-code port runs pixel-space UNets only (the LDM backend is
     # not wired into diffguard.speed yet), so it times the GDM speed config here
@@ -204,6 +208,7 @@ def test_paper_workflow_with_standins(
     assert counts["torch_hub"] == 1 and counts["assemble_openood_benchmark"] == 1
     assert counts["prepare_classifier"] == 1 and counts["prepare_diffusion_model"] == 2
     assert counts["select_images"] == 6 and counts["cache_predictions"] == 6
+    assert counts["cache_guidance_predictions"] == 5  # the LDM's 36 px crop, test sets only
     # 3 experiments (gdm_main, ldm_main and its grid point) x 5 datasets, one shard each;
     # gdm_speed is only timed by the speed benchmark
     assert counts["reconstruct"] == 3 * 5 and counts["gather_scores"] == 3 * 5
@@ -217,6 +222,18 @@ def test_paper_workflow_with_standins(
     for rule in ("render_tables", "build_paper", "evaluate", "baseline_scores"):
         assert counts.get(rule) == 1, rule
     assert (work / "data" / "processed" / "standin" / "metrics.csv").is_file()
+    # the LDM jobs' `preds` are the classifier's predictions at their 36 px input, the GDM
+    # jobs' those at the benchmark's 32 px
+    interim = work / "data" / "interim" / "standin"
+    for exp, cache in (("ldm_main", "predictions/input-36"), ("gdm_main", "predictions")):
+        scores = np.load(interim / "recon" / exp / "species" / "seed-0" / "shard-000.npz")
+        preds = np.load(interim / cache / "species.npz")
+        assert int(preds["input_size"]) == (36 if exp == "ldm_main" else 32)
+        np.testing.assert_array_equal(scores["preds"], preds["preds"])
+    sized = np.load(interim / "predictions" / "input-36" / "species.npz")["logits"]
+    assert not np.allclose(sized, np.load(interim / "predictions" / "species.npz")["logits"])
+    baselines = (work / "data" / "processed" / "standin" / "baselines" / "species.csv").read_text()
+    assert "mc_dropout" in baselines.splitlines()[0]
     check = (
         work / "data" / "processed" / "standin" / "check" / "reproduction_check.csv"
     ).read_text()

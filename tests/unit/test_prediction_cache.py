@@ -32,10 +32,13 @@ from diffguard.data import read_imglist
 from diffguard.pipeline import (
     _cached,
     cache_predictions,
-    crop_sizes,
     prepare_ensemble_member,
 )
-from diffguard.runtime import load_records_images, load_trained_classifier
+from diffguard.runtime import (
+    experiment_image_sizes,
+    load_records_images,
+    load_trained_classifier,
+)
 from diffguard.training import WEIGHTS_FILE, save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -205,19 +208,12 @@ def test_prepare_ensemble_member_from_the_openood_v15_zip(tmp_path: Path) -> Non
 
 
 # ---------------------------------------------------------------------------- input sizes
-def test_crop_sizes_match_the_reconstruction_loader() -> None:
-    assert crop_sizes(BENCHMARK) == (16, 20)
-    assert crop_sizes(BENCHMARK, 18) == (18, 20)
-    assert crop_sizes(BENCHMARK, 24) == (24, 24)  # a crop larger than the resize: itself
-    assert crop_sizes({"image_size": 32}) == (32, 32)
-    imagenet = {"image_size": 224, "resize_size": 256}
-    assert crop_sizes(imagenet) == (224, 256) and crop_sizes(imagenet, 256) == (256, 256)
-
-
 def test_cache_at_an_experiment_input_size(bench: dict[str, Path], tmp_path: Path) -> None:
     base = _cache(bench, tmp_path / "base.npz", "cnn")
     sized = _cache(bench, tmp_path / "sized.npz", "cnn", input_size=20)
     assert int(base["input_size"]) == 16 and int(sized["input_size"]) == 20
+    # loaded as a reconstruct job of an experiment with input_size 20 loads them
+    assert experiment_image_sizes({"input_size": 20}, BENCHMARK) == (20, 20)
     model = load_trained_classifier(bench["cnn"], torch.device("cpu"))
     x = load_records_images(read_imglist(bench["imglist"]), bench["root"] / "images", 20, 3, 20)
     with torch.no_grad():

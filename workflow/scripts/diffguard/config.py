@@ -186,13 +186,12 @@ def guidance_input_size(config: dict[str, Any], experiment: dict[str, Any]) -> i
             f"experiments.{experiment.get('name')}.guidance_predictions: {mode!r} is not one of "
             f"{list(GUIDANCE_PREDICTIONS)}"
         )
-    benchmark_size = int(config["benchmark"]["image_size"])
     if mode == "benchmark":
         return None
-    size = int(
-        experiment.get("input_size") or config["classifier"].get("input_size") or benchmark_size
-    )
-    return None if size == benchmark_size else size
+    from diffguard.runtime import experiment_image_sizes
+
+    size, _ = experiment_image_sizes(experiment, config["benchmark"], config["classifier"])
+    return None if size == int(config["benchmark"]["image_size"]) else size
 
 
 def ensemble_members(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ import torch
 from diffguard import io
 from diffguard.data import read_imglist, subsample, validate_labels, write_imglist
 from diffguard.runtime import (  # noqa: F401  (re-exported for the rule scripts)
+    experiment_image_sizes,
     image_root,
     load_records_images,
     load_trained_classifier,
@@ -182,17 +183,6 @@ def prepare_ensemble_member(
 
 
 # -------------------------------------------------------------------------------- predictions
-def crop_sizes(benchmark: dict[str, Any], input_size: int | None = None) -> tuple[int, int]:
-    """``(input_size, pre_size)``: ``Resize(pre_size)`` then ``CenterCrop(input_size)``.
-
-    ``input_size`` None means ``benchmark.image_size``; ``pre_size`` is ``benchmark.resize_size``
-    (default the input size) but never below the crop, so a larger crop (the LDM's 256 on the
-    ImageNet benchmark, 224 after Resize(256)) resizes to itself, as reconstruction loads it.
-    """
-    size = int(input_size or benchmark["image_size"])
-    return size, max(int(benchmark.get("resize_size") or size), size)
-
-
 @torch.no_grad()
 def cache_predictions(
     imglist: str | Path,
@@ -211,9 +201,10 @@ def cache_predictions(
 ) -> None:
     """Logits, penultimate features, predictions (and MC-dropout / ensemble logits) of a dataset.
 
-    Images are loaded at ``input_size`` (default ``benchmark.image_size``; see
-    :func:`crop_sizes`); ``preds`` is the classifier's arg-max at that size, which is the
-    guidance label of the reconstruction jobs that read this file.
+    Images are loaded at ``input_size`` (default ``benchmark.image_size``) after the
+    ``benchmark.resize_size`` pre-resize, as reconstruction loads an experiment of that input
+    size (:func:`diffguard.runtime.experiment_image_sizes`); ``preds`` is the classifier's
+    arg-max at that size, the guidance label of the reconstruction jobs reading this file.
 
     MC-dropout (``mc_passes`` > 0): the classifier stays in eval mode (batch norm uses its
     running statistics) and each pass drops out the penultimate features, see
@@ -235,7 +226,7 @@ def cache_predictions(
                 f"{classifier_weights} {model.fc.out_features}"
             )
     p = mc_dropout_rate(model, mc_dropout_p) if mc_passes else 0.0
-    size, pre_size = crop_sizes(benchmark, input_size)
+    size, pre_size = experiment_image_sizes({"input_size": input_size}, benchmark)
     records = read_imglist(imglist)
     root = image_root(benchmark_json)
     logits, feats, mc, ens = [], [], [], []
