@@ -276,7 +276,14 @@ PER_IMAGE_COLUMNS = ("image_ids", "labels", "preds", "guide_labels", "rev_t", "s
 
 
 def gather_scores(shards: Sequence[str | Path], imglist: str | Path, out: str | Path) -> None:
-    """Concatenate shard scores into one per-image CSV; every listed image must appear once."""
+    """Concatenate shard scores into one per-image CSV; every listed image must appear once.
+
+    Columns: ``image_id``, ``path``, ``label``, ``pred`` (the classifier's prediction from the
+    cache the experiment's guidance labels come from: at its input size by default, see
+    ``experiments.<name>.guidance_predictions``; the baselines' CSVs carry the benchmark-size
+    one), ``guide_label`` (the label that guided the regeneration: ``pred``, or the oracle
+    label), ``rev_t``, ``start_index`` and one ``score_<distance>`` per distance.
+    """
     frames = []
     for shard in shards:
         data = io.read_npz(shard)
