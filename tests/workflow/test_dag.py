@@ -55,6 +55,8 @@ def test_default_dag_plans_every_artifact(repo_root: Path) -> None:
         "build_paper",
         "explore_notebook",
         "speed_benchmark",
+        "fig2_predictions",  # Fig. 2B from the trained models (no noise-aware classifier)
+        "plot_fig2",
     ):
         assert counts.get(rule) == 1, rule
 

@@ -29,6 +29,7 @@ FIGURES = ["score_histograms", "roc_curves", "recon_grid", "psnr_inversion"]
 if train_log_names():
     FIGURES.append("training_curves")
 EXTRA_FIGURES = (["sweeps"] if SWEEPS else []) + (["ablation_grid"] if ABLATION else [])
+EXTRA_FIGURES += FIG2_FIGURES  # rule plot_fig2 (workflow/rules/figure2.smk)
 FIGURES += EXTRA_FIGURES
 TABLE_FILES = [
     f"data/processed/{RUN}/tables/main_results.csv",
