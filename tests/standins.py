@@ -393,6 +393,45 @@ def write_resnet50_tv(
     return _result({"model": path}, spec)
 
 
+OPENOOD_V15_CIFAR10_RUN = "cifar10_resnet18_32x32_base_e100_lr0.1_default"
+"""Folder of OpenOOD v1.5's CIFAR-10 cross-entropy ResNet-18 runs in its checkpoint zip."""
+
+
+def write_openood_v15_cifar10(
+    out_dir: str | Path,
+    *,
+    runs: tuple[int, ...] = (0, 1, 2),
+    num_classes: int = 10,
+    filename: str = "cifar10_res18_v1.5.zip",
+) -> dict[str, Any]:
+    """OpenOOD v1.5's ``cifar10_res18_v1.5.zip``: ``<run folder>/s<i>/best.ckpt`` per training run.
+
+    Each ``best.ckpt`` is a bare ResNet18_32x32 state dict (OpenOOD key names, as
+    :func:`write_resnet18_32x32`, a different seed per run). ``paths`` has ``model`` (the zip);
+    ``members`` lists the members' paths inside it and ``options`` is the classifier spec.
+    """
+    import zipfile
+
+    out = Path(out_dir)
+    members = []
+    archive = out / filename
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for run in runs:
+            member = f"{OPENOOD_V15_CIFAR10_RUN}/s{run}/best.ckpt"
+            ckpt = write_resnet18_32x32(
+                out / "runs" / f"s{run}",
+                num_classes=num_classes,
+                seed=100 + run,
+                filename="best.ckpt",
+            )
+            zf.write(ckpt["path"], member)
+            members.append(member)
+    result = _result({"model": archive}, ckpt["options"])
+    result["members"] = members
+    return result
+
+
 # ------------------------------------------------------------------------------ Fig. 2 classifier
 
 
