@@ -40,6 +40,7 @@ def test_tiny_dag_job_counts(repo_root: Path) -> None:
     assert counts["select_images"] == 4 and counts["cache_predictions"] == 4
     assert counts["train_diffusion"] == 2 and counts["train_classifier"] == 1
     assert counts["evaluate"] == 1 and counts["baseline_scores"] == 1
+    assert counts["inversion_trace"] == 3  # Fig. 4: one per evaluation set
     assert time.perf_counter() - start < 120
 
 

@@ -53,7 +53,11 @@ def test_imagenet_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
         repo_root, sized_config(repo_root, tmp_path, "imagenet.yaml", sizes)
     )
     config = yaml.safe_load((repo_root / "config" / "imagenet.yaml").read_text())
-    explicit = [n for n, e in config["experiments"].items() if not e.get("speed_only")]
+    explicit = [
+        n
+        for n, e in config["experiments"].items()
+        if not e.get("speed_only") and not e.get("inversion_trace_only")
+    ]
     grid = sum(len(v) for e in config["experiments"].values() for v in e.get("grid", {}).values())
     assert len(explicit) == 12 and grid == 10
     # gdm_main has 4 seeds, every other experiment (and each grid one, from ldm_main) has 1
@@ -87,6 +91,10 @@ def test_imagenet_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
     for name in ("ldm_main__cam_cut0.2", "ldm_main__ddim_steps50", "gdm_es_psnr_6.39_dists_0.37"):
         assert f"recon/{name}/" in stdout, name
     assert "recon/gdm_speed/" not in stdout  # timed by the speed benchmark only
+    # Fig. 4: one full-inversion trace job per evaluation set, never reconstructed or evaluated
+    assert counts["inversion_trace"] == 5 and counts["plot_psnr_inversion"] == 1
+    assert "recon/gdm_inversion_trace/" not in stdout
+    assert "inversion_trace/gdm_inversion_trace/imagenet_o.csv" in stdout
     # resources of a reconstruction shard: a GPU, memory and a runtime that grow with retries
     block = stdout[stdout.index("rule reconstruct:") :].split("\n\n")[0]
     assert re.search(r"gpu=1", block) and re.search(r"mem_mb=32000", block), block

@@ -256,9 +256,10 @@ FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
     ),
     "psnr_inversion": (
         r"0.55\linewidth",
-        "PSNR (peak 2, the paper's units) between $x_t$ and the input along the DDIM "
-        "inversion, mean $\\pm$ sd per dataset over the images still inverting (lower panel: "
-        "their fraction); cf.\\ the paper's Fig.~4.",
+        "PSNR between $x_t$ and the input along the full DDIM inversion (no early stop), "
+        "mean $\\pm$ sd per dataset over a subsample; left axis: the experiment's PSNR peak "
+        "(the released code's 255; its early-stop threshold dashed), right axis: the paper's "
+        "units (peak 2); cf.\\ the paper's Fig.~4.",
     ),
     "sweeps": (
         r"\linewidth",
