@@ -126,12 +126,21 @@ def test_react_with_huge_percentile_equals_ebo(problem: Problem) -> None:
 
 def test_deep_ensemble_of_one_equals_msp(problem: Problem) -> None:
     one = CachedOutputs(ensemble_logits=problem.test_id.logits[None])
-    got = DeepEnsemble().fit(one).score(one)
-    assert got == pytest.approx(MSP().fit(problem.test_id).score(problem.test_id), rel=1e-12)
-    # mean softmax, not mean logits: two members with opposite logits average to uniform
-    logits = np.array([[5.0, 0.0], [0.0, 5.0]])
-    two = CachedOutputs(ensemble_logits=np.stack([logits, logits[:, ::-1]]))
-    assert DeepEnsemble().fit(two).score(two) == pytest.approx([0.5, 0.5])
+    for average in ("logits", "softmax"):
+        got = DeepEnsemble(average).fit(one).score(one)
+        assert got == pytest.approx(MSP().fit(problem.test_id).score(problem.test_id), rel=1e-12)
+
+
+def test_deep_ensemble_averages_logits_as_openood() -> None:
+    # members [2, 0] and [0, 0]: OpenOOD's softmax of the mean logits is softmax([1, 0]);
+    # the mean softmax of Lakshminarayanan et al. differs
+    members = np.stack([np.array([[2.0, 0.0]]), np.array([[0.0, 0.0]])])
+    data = CachedOutputs(ensemble_logits=members)
+    assert DeepEnsemble().fit(data).score(data) == pytest.approx([np.e / (np.e + 1)])
+    p = np.exp(2) / (np.exp(2) + 1)
+    assert DeepEnsemble("softmax").fit(data).score(data) == pytest.approx([(p + 0.5) / 2])
+    with pytest.raises(ValueError, match="average must be softmax|logits"):
+        DeepEnsemble("median")
 
 
 def test_mc_dropout_averages() -> None:
@@ -141,7 +150,9 @@ def test_mc_dropout_averages() -> None:
     # OpenOOD's variant averages logits first: softmax([1, 0])
     assert mc_dropout_scores(passes, "logits") == pytest.approx([np.e / (np.e + 1)])
     data = CachedOutputs(mc_logits=np.stack(passes))
-    assert MCDropout().fit(data).score(data) == pytest.approx([(p + 0.5) / 2])
+    # the baseline's default is OpenOOD's DropoutPostProcessor
+    assert MCDropout().fit(data).score(data) == pytest.approx([np.e / (np.e + 1)])
+    assert MCDropout("softmax").fit(data).score(data) == pytest.approx([(p + 0.5) / 2])
 
 
 def test_scores_are_per_sample(problem: Problem) -> None:

@@ -66,8 +66,13 @@ def test_imagenet_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
     assert counts["reconstruct"] == runs * (3 + 1 + 2 + 1 + 2)
     assert counts["gather_scores"] == runs * 5
     assert counts["select_images"] == 6 and counts["cache_predictions"] == 6
+    # the LDM experiments' guidance labels: predictions at their 256 crop on the 5 test sets
+    assert counts["cache_guidance_predictions"] == 5
+    assert "predictions/input-256/imagenet_val.npz" in stdout
+    assert "predictions/input-256/train.npz" not in stdout
     assert counts["prepare_diffusion_model"] == 2 and counts["prepare_classifier"] == 1
     assert "train_classifier" not in counts and "train_diffusion" not in counts
+    assert "prepare_ensemble_member" not in counts  # no deep_ensemble on ImageNet
     # 11 fetched files (lists, 4 OOD sets, ResNet-50, ADM, LDM ckpt + yaml, VGG16, DISTS),
     # ImageNet val and train linked from user-provided folders
     assert counts["download"] == 11 and counts["verify_download"] == 11
@@ -118,11 +123,50 @@ def test_cifar10_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
     # 2 experiments x 1 seed x (3 + 1 + 1 shards of 1000)
     assert counts["reconstruct"] == 2 * 5 and counts["gather_scores"] == 2 * 3
     assert counts["select_images"] == 4 and counts["cache_predictions"] == 4
-    assert counts["download"] == 5 and counts["link_manual_file"] == 1
-    assert counts["verify_download"] == 6 and counts["extract_download"] == 4
+    assert "cache_guidance_predictions" not in counts  # DiffNB runs at the benchmark's 32 px
+    # + OpenOOD v1.5's zip of three ResNet-18 runs (the Deep Ensemble members)
+    assert counts["download"] == 6 and counts["link_manual_file"] == 1
+    assert counts["verify_download"] == 7 and counts["extract_download"] == 5
     assert counts["prepare_diffusion_model"] == 1 and counts["prepare_classifier"] == 1
+    assert counts["prepare_ensemble_member"] == 3
     assert "torch_hub" not in counts  # logits/l2/ssim need no VGG weights
     assert_report_targets(stdout, "cifar10")
+    # the evaluation sets' caches take the members' weights, the training set's does not
+    for dataset, members in (("cifar100", 3), ("tin", 3), ("train", 0)):
+        block = job_block(stdout, f"predictions/{dataset}.npz")
+        assert block.count("models/ensemble/member-") == 2 * members, block
+
+
+def job_block(stdout: str, output: str) -> str:
+    """The dry run's block of the job writing ``output``."""
+    for block in re.split(r"\n(?=\[\w{3} \w{3} )", stdout):  # one block per "[<date>]"
+        if re.search(rf"output: [^\n]*{re.escape(output)}", block):
+            return block.split("\n\n")[0]
+    raise AssertionError(f"no job writes {output}")
+
+
+def test_deep_ensemble_without_members_is_a_config_error(repo_root: Path, tmp_path: Path) -> None:
+    config = yaml.safe_load((repo_root / "config" / "cifar10.yaml").read_text())
+    del config["classifier"]["ensemble_members"]
+    path = tmp_path / "no_members.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(repo_root, "-n", "--configfile", str(path))
+    assert result.returncode != 0
+    assert "deep_ensemble needs classifier.ensemble_members" in result.stdout + result.stderr
+
+
+def test_trained_classifier_ensemble_members_are_retrained_with_their_seeds(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    config = yaml.safe_load((repo_root / "config" / "tiny.yaml").read_text())
+    config["baselines"] = [*config["baselines"], "deep_ensemble"]
+    config["classifier"]["ensemble_members"] = [{"seed": 1}, {"seed": 2}]
+    path = tmp_path / "tiny_ensemble.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    counts, stdout, _ = dry_run(repo_root, path)
+    assert counts["train_ensemble_member"] == 2 and counts["train_classifier"] == 1
+    block = job_block(stdout, "ensemble/member-1/weights/model.safetensors")
+    assert "rule train_ensemble_member:" in block and "member=1" in block, block
 
 
 @pytest.mark.parametrize("name", ["imagenet.yaml", "cifar10.yaml"])

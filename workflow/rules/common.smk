@@ -18,8 +18,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from diffguard.config import (  # noqa: E402
+    ensemble_members,
     evaluation_datasets,
     experiment_seeds,
+    guidance_input_size,
     resolve_all,
     shard_count,
 )
@@ -278,3 +280,57 @@ def speed_experiments():
     if unknown:
         raise ValueError(f"speed.experiments: unknown experiment(s) {unknown}")
     return names
+
+
+# ------------------------------------------- classifier outputs: caches, MC-dropout, ensemble
+# The classifier spec a prepared checkpoint records (ensemble members share it).
+CLASSIFIER_SPEC_PARAMS = {
+    **{
+        k: v
+        for k, v in config["classifier"].items()
+        if k not in ("source", "checkpoint", "ensemble_members", "mc_dropout")
+    },
+    "num_classes": config["benchmark"]["num_classes"],
+    "in_channels": config["benchmark"]["channels"],
+    "input_size": config["classifier"].get("input_size", config["benchmark"]["image_size"]),
+}
+ENSEMBLE_MEMBERS = ensemble_members(config)
+BASELINES = config.get("baselines", ["msp"])
+MC_DROPOUT = config["classifier"].get("mc_dropout", {})
+
+
+def member_dir(index):
+    return f"data/interim/{RUN}/models/ensemble/member-{index}"
+
+
+def member_checkpoint(wildcards):
+    """A member's checkpoint file, or the extracted archive holding it."""
+    key = ENSEMBLE_MEMBERS[int(wildcards.member)]["checkpoint"]
+    return extracted_dir(key) if DOWNLOADS[key].get("extract") else download_file(key)
+
+
+def eval_set(dataset):
+    return config["datasets"][dataset]["role"] != "train"
+
+
+def ensemble_inputs(wildcards):
+    """Members' weights + specs, for the evaluation sets when deep_ensemble is a baseline."""
+    if "deep_ensemble" not in BASELINES or not eval_set(wildcards.dataset):
+        return []
+    return [
+        f"{member_dir(i)}/weights/{name}"
+        for i in range(len(ENSEMBLE_MEMBERS))
+        for name in ("model.safetensors", "spec.json")
+    ]
+
+
+def prediction_cache(dataset, size=None):
+    """The benchmark-size prediction cache (size None) or the one at input size ``size``."""
+    sub = "" if size is None else f"input-{size}/"
+    return f"data/interim/{RUN}/predictions/{sub}{dataset}.npz"
+
+
+def guidance_predictions(wildcards):
+    """The cache a reconstruction job takes its guidance labels (`preds`) from."""
+    size = guidance_input_size(config, EXPERIMENTS[wildcards.exp])
+    return prediction_cache(wildcards.dataset, size)

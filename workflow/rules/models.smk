@@ -22,6 +22,26 @@ if CLASSIFIER_SOURCE == "train":
         script:
             "../scripts/train_classifier.py"
 
+    # A deep-ensemble member of a trained classifier: the same training with another seed.
+    use rule train_classifier as train_ensemble_member with:
+        output:
+            weights=f"{member_dir('{member}')}/weights/model.safetensors",
+            spec=f"{member_dir('{member}')}/weights/spec.json",
+            train_log=f"{member_dir('{member}')}/train_log.csv",
+        log:
+            f"data/logs/train_ensemble_member/{RUN}/{{member}}.log",
+        wildcard_constraints:
+            member=r"\d+",
+        params:
+            classifier=lambda wildcards: {
+                **config["classifier"],
+                "train": {
+                    **config["classifier"].get("train", {}),
+                    "seed": ENSEMBLE_MEMBERS[int(wildcards.member)]["seed"],
+                },
+            },
+            benchmark=config["benchmark"],
+
 else:
 
     # The released classifier checkpoint -> the files train_classifier would write.
@@ -40,21 +60,36 @@ else:
         resources:
             mem_mb=job_mem_mb,
         params:
-            spec={
-                **{
-                    k: v
-                    for k, v in config["classifier"].items()
-                    if k not in ("source", "checkpoint")
-                },
-                "num_classes": config["benchmark"]["num_classes"],
-                "in_channels": config["benchmark"]["channels"],
-                "input_size": config["classifier"].get(
-                    "input_size", config["benchmark"]["image_size"]
-                ),
-            },
+            spec=CLASSIFIER_SPEC_PARAMS,
             out_dir=lambda wildcards, output: str(Path(output.weights).parent.parent),
         script:
             "../scripts/prepare_classifier.py"
+
+    # A deep-ensemble member's released checkpoint (a file, or a file of an extracted archive).
+    rule prepare_ensemble_member:
+        input:
+            checkpoint=member_checkpoint,
+            verified=lambda wildcards: verified_stamp(
+                ENSEMBLE_MEMBERS[int(wildcards.member)]["checkpoint"]
+            ),
+            code=pkg("backends.py", "classifiers.py", "checkpoints.py", "pipeline.py"),
+        output:
+            weights=f"{member_dir('{member}')}/weights/model.safetensors",
+            spec=f"{member_dir('{member}')}/weights/spec.json",
+        log:
+            f"data/logs/prepare_ensemble_member/{RUN}/{{member}}.log",
+        wildcard_constraints:
+            member=r"\d+",
+        conda:
+            "../../envs/diffguard.yaml"
+        resources:
+            mem_mb=job_mem_mb,
+        params:
+            spec=CLASSIFIER_SPEC_PARAMS,
+            path=lambda wildcards: ENSEMBLE_MEMBERS[int(wildcards.member)].get("path"),
+            out_dir=lambda wildcards, output: str(Path(output.weights).parent.parent),
+        script:
+            "../scripts/prepare_ensemble_member.py"
 
 
 rule train_diffusion:
@@ -113,15 +148,18 @@ rule prepare_diffusion_model:
         "../scripts/prepare_diffusion_model.py"
 
 
+# Classifier outputs at benchmark.image_size: the baselines' inputs (MC-dropout passes and
+# ensemble members' logits on the evaluation sets) and the default guidance labels.
 rule cache_predictions:
     input:
         imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
         benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
         weights=CLASSIFIER_WEIGHTS,
         spec=CLASSIFIER_SPEC,
+        ensemble=ensemble_inputs,
         code=pkg("classifiers.py", "data.py", "pipeline.py", "runtime.py"),
     output:
-        f"data/interim/{RUN}/predictions/{{dataset}}.npz",
+        prediction_cache("{dataset}"),
     log:
         f"data/logs/cache_predictions/{RUN}/{{dataset}}.log",
     retries: RETRIES
@@ -133,7 +171,35 @@ rule cache_predictions:
         mem_mb=job_mem_mb,
     params:
         benchmark=config["benchmark"],
-        mc_passes=10 if "mc_dropout" in config.get("baselines", []) else 0,
+        input_size=None,
+        mc_passes=lambda wildcards: (
+            int(MC_DROPOUT.get("passes", 5))
+            if "mc_dropout" in BASELINES and eval_set(wildcards.dataset)
+            else 0
+        ),
+        mc_dropout_p=MC_DROPOUT.get("p"),
         batch_size=config.get("batch_size", 64),
     script:
         "../scripts/cache_predictions.py"
+
+
+# Predictions at an experiment's own input size (the LDM's 256 crop): its guidance labels.
+use rule cache_predictions as cache_guidance_predictions with:
+    input:
+        imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
+        benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
+        weights=CLASSIFIER_WEIGHTS,
+        spec=CLASSIFIER_SPEC,
+        code=pkg("classifiers.py", "data.py", "pipeline.py", "runtime.py"),
+    output:
+        prediction_cache("{dataset}", "{size}"),
+    log:
+        f"data/logs/cache_guidance_predictions/{RUN}/{{size}}/{{dataset}}.log",
+    wildcard_constraints:
+        size=r"\d+",
+    params:
+        benchmark=config["benchmark"],
+        input_size=lambda wildcards: int(wildcards.size),
+        mc_passes=0,
+        mc_dropout_p=None,
+        batch_size=config.get("batch_size", 64),

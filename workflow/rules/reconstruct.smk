@@ -5,7 +5,8 @@ rule reconstruct:
     input:
         imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
         benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
-        predictions=f"data/interim/{RUN}/predictions/{{dataset}}.npz",
+        # guidance labels: predictions at the experiment's input size (guidance_predictions)
+        predictions=guidance_predictions,
         classifier=CLASSIFIER_WEIGHTS,
         classifier_spec=CLASSIFIER_SPEC,
         model=experiment_model,

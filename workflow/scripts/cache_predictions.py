@@ -1,4 +1,4 @@
-"""Rule cache_predictions: logits, features and predictions of one dataset, computed once."""
+"""Rules cache_predictions / cache_guidance_predictions: classifier outputs of one dataset."""
 
 import torch
 
@@ -15,4 +15,7 @@ cache_predictions(
     sm.output[0],
     mc_passes=sm.params.mc_passes,
     batch_size=sm.params.batch_size,
+    mc_dropout_p=sm.params.mc_dropout_p,
+    ensemble_weights=[p for p in sm.input.get("ensemble", []) if p.endswith(".safetensors")],
+    input_size=sm.params.input_size,
 )

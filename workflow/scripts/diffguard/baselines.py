@@ -17,8 +17,8 @@ Registry: ``BASELINES[name]`` is a class with ``fit(train) -> self`` and ``score
 - ``vim``: ``energy - alpha * ||residual||`` of features centred at ``u = -pinv(W) b`` outside the
   principal subspace of the train features; ``alpha`` = mean train max logit / mean train residual.
 - ``mahalanobis``: ``max_c -(f - mu_c)^T P (f - mu_c)`` with class means and one tied covariance.
-- ``deep_ensemble``: max of the mean softmax over ensemble members.
-- ``mc_dropout``: max of the mean softmax over stochastic (dropout) forward passes.
+- ``deep_ensemble``: max softmax of the mean logits of ensemble members (OpenOOD v1).
+- ``mc_dropout``: max softmax of the mean logits of stochastic (dropout) passes (OpenOOD v1).
 """
 
 from __future__ import annotations
@@ -185,9 +185,11 @@ def mc_dropout_scores(
     return mean_softmax_scores(mc_logits, average)
 
 
-def deep_ensemble_scores(ensemble_logits: ArrayLike | list[ArrayLike]) -> np.ndarray:
-    """Deep Ensemble score: MSP of the mean softmax of ``M`` members' ``(N, K)`` logits."""
-    return mean_softmax_scores(ensemble_logits, "softmax")
+def deep_ensemble_scores(
+    ensemble_logits: ArrayLike | list[ArrayLike], average: str = "softmax"
+) -> np.ndarray:
+    """Deep Ensemble score of ``M`` members' ``(N, K)`` logits (see :func:`mean_softmax_scores`)."""
+    return mean_softmax_scores(ensemble_logits, average)
 
 
 def odin_scores(
@@ -545,28 +547,42 @@ class Mahalanobis(Baseline):
         return -dist2.min(axis=1)
 
 
+def _check_average(name: str, average: str) -> str:
+    if average not in ("softmax", "logits"):
+        raise ValueError(f"baseline {name!r}: average must be softmax|logits, got {average!r}")
+    return average
+
+
 class DeepEnsemble(Baseline):
-    """MSP of the mean softmax over ``ensemble_logits`` (M, N, K)."""
+    """MSP of the members' averaged prediction over ``ensemble_logits`` (M, N, K).
+
+    ``average="logits"`` (default) is OpenOOD v1's EnsemblePostprocessor, which produced the
+    published Deep Ensemble numbers: softmax of the mean logits; ``"softmax"`` is the mean
+    softmax of Lakshminarayanan et al.
+    """
 
     name = "deep_ensemble"
     score_fields = ("ensemble_logits",)
 
+    def __init__(self, average: str = "logits") -> None:
+        self.average = _check_average(self.name, average)
+
     def _score(self, test: CachedOutputs) -> np.ndarray:
-        return deep_ensemble_scores(test.ensemble_logits)
+        return mean_softmax_scores(test.ensemble_logits, self.average)
 
 
 class MCDropout(Baseline):
-    """MSP of the mean prediction over ``mc_logits`` (T, N, K) from dropout-on passes."""
+    """MSP of the averaged prediction over ``mc_logits`` (T, N, K) from dropout-on passes.
+
+    ``average="logits"`` (default) is OpenOOD v1's DropoutPostProcessor (softmax of the mean
+    logits of its ``dropout_times`` passes); ``"softmax"`` is Gal & Ghahramani's predictive mean.
+    """
 
     name = "mc_dropout"
     score_fields = ("mc_logits",)
 
-    def __init__(self, average: str = "softmax") -> None:
-        if average not in ("softmax", "logits"):
-            raise ValueError(
-                f"baseline 'mc_dropout': average must be softmax|logits, got {average!r}"
-            )
-        self.average = average
+    def __init__(self, average: str = "logits") -> None:
+        self.average = _check_average(self.name, average)
 
     def _score(self, test: CachedOutputs) -> np.ndarray:
         return mc_dropout_scores(test.mc_logits, self.average)

@@ -286,3 +286,42 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
         log.warning("classifier %s built without weights (random initialisation)", arch)
     model.spec = dict(spec)  # type: ignore[assignment]
     return model.eval()
+
+
+OPENOOD_DROPOUT_P = 0.5
+"""OpenOOD v1 ``configs/networks/dropout_net.yml`` ``dropout_p`` (its DropoutNet's test-time p)."""
+OPENOOD_DROPOUT_PASSES = 5
+"""OpenOOD v1 ``configs/postprocessors/dropout.yml`` ``dropout_times``."""
+
+
+def mc_dropout_rate(model: nn.Module, p: float | None = None) -> float:
+    """Dropout rate of the MC passes: ``p``, else the model's own ``dropout`` layer, else 0.5.
+
+    A model built with a dropout layer before ``fc`` (``small_cnn``) keeps its rate; the
+    checkpoint classifiers (ResNets, no dropout layer) get OpenOOD's DropoutNet rate.
+    """
+    if p is None:
+        layer = getattr(model, "dropout", None)
+        p = float(layer.p) if isinstance(layer, nn.Dropout) else OPENOOD_DROPOUT_P
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"MC-dropout rate must be in [0, 1), got {p}")
+    return float(p)
+
+
+def mc_dropout_logits(
+    model: nn.Module, features: torch.Tensor, passes: int, p: float
+) -> torch.Tensor:
+    """``(passes, N, K)`` logits of ``fc`` on element-wise dropped-out penultimate features.
+
+    OpenOOD v1's DropoutNet: ``fc(dropout2d(features, p, training=True))`` on the pooled
+    ``(N, D)`` features of a network in eval mode, which torch applies element-wise to a 2-D
+    input (inverted dropout, kept entries scaled by ``1 / (1 - p)``). Batch norm therefore keeps
+    its running statistics; only the dropout masks vary (drawn from torch's global RNG).
+    """
+    if passes < 1:
+        raise ValueError(f"MC-dropout needs passes >= 1, got {passes}")
+    if features.ndim != 2:
+        raise ValueError(f"MC-dropout needs (N, D) features, got shape {tuple(features.shape)}")
+    return torch.stack(
+        [model.fc(F.dropout(features, p, training=True)) for _ in range(passes)], dim=0
+    )

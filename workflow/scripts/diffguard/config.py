@@ -165,3 +165,81 @@ def evaluation_datasets(config: dict[str, Any]) -> tuple[str, list[str]]:
     if not oods:
         raise ConfigError("datasets: at least one dataset must have role 'near' or 'far'")
     return ids[0], oods
+
+
+# ----------------------------------------------------------------- classifier outputs (cache)
+GUIDANCE_PREDICTIONS = ("experiment_input", "benchmark")
+"""``experiments.<name>.guidance_predictions``: where the guidance labels are predicted."""
+
+
+def guidance_input_size(config: dict[str, Any], experiment: dict[str, Any]) -> int | None:
+    """Input size of the prediction cache an experiment's guidance labels come from.
+
+    ``experiment_input`` (default, the released code: the LDM classifies its 256 crop) -> the
+    experiment's ``input_size``, else ``classifier.input_size``, else ``benchmark.image_size``;
+    ``benchmark`` -> the benchmark-size cache the baselines use. None means that cache
+    (``predictions/<dataset>.npz``); an int, the cache at that size.
+    """
+    mode = experiment.get("guidance_predictions", "experiment_input")
+    if mode not in GUIDANCE_PREDICTIONS:
+        raise ConfigError(
+            f"experiments.{experiment.get('name')}.guidance_predictions: {mode!r} is not one of "
+            f"{list(GUIDANCE_PREDICTIONS)}"
+        )
+    benchmark_size = int(config["benchmark"]["image_size"])
+    if mode == "benchmark":
+        return None
+    size = int(
+        experiment.get("input_size") or config["classifier"].get("input_size") or benchmark_size
+    )
+    return None if size == benchmark_size else size
+
+
+def ensemble_members(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """``classifier.ensemble_members`` as dicts, checked against the classifier and downloads.
+
+    Each member is one of: a download key (a checkpoint file), ``{checkpoint: key, path: file
+    inside that extracted archive}``, or ``{seed: s}`` (a trained classifier: the same training
+    with another seed). Members share the classifier's ``arch`` and spec. ``deep_ensemble`` in
+    ``baselines`` needs at least two members.
+    """
+    classifier = config["classifier"]
+    source = classifier.get("source", "train")
+    downloads = config.get("downloads", {})
+    members = []
+    for i, entry in enumerate(classifier.get("ensemble_members", []) or []):
+        where = f"classifier.ensemble_members[{i}]"
+        member = {"checkpoint": entry} if isinstance(entry, str) else dict(entry)
+        if "seed" in member:
+            if source != "train":
+                raise ConfigError(
+                    f"{where}: a {{seed}} member retrains the classifier, but classifier.source "
+                    f"is {source!r}; give download keys of member checkpoints instead"
+                )
+        else:
+            if source != "download":
+                raise ConfigError(
+                    f"{where}: a checkpoint member needs classifier.source 'download' (trained "
+                    "classifiers take {seed: s} members)"
+                )
+            key = member.get("checkpoint")
+            if key not in downloads:
+                raise ConfigError(f"{where}.checkpoint: {key!r} is not a key of `downloads`")
+            archive = bool(downloads[key].get("extract"))
+            if archive != ("path" in member):
+                raise ConfigError(
+                    f"{where}: download {key!r} is "
+                    + (
+                        "an archive: give the member's `path` inside it"
+                        if archive
+                        else "a single file: `path` applies to archives (extract: true) only"
+                    )
+                )
+        members.append(member)
+    if "deep_ensemble" in config.get("baselines", []) and len(members) < 2:
+        raise ConfigError(
+            "baselines: deep_ensemble needs classifier.ensemble_members (at least two "
+            f"independently trained classifiers of arch {classifier.get('arch')!r}), found "
+            f"{len(members)}"
+        )
+    return members

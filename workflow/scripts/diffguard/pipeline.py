@@ -158,7 +158,41 @@ def train_diffusion_stage(
     )
 
 
+def prepare_ensemble_member(
+    spec: dict[str, Any], checkpoint: str | Path, path: str | None, out_dir: str | Path
+) -> None:
+    """A deep-ensemble member's checkpoint -> ``out_dir/weights`` (as prepare_classifier).
+
+    ``checkpoint`` is the member's file, or with ``path`` the extracted archive holding it at
+    ``path`` (e.g. OpenOOD v1.5's ``<run>/s0/best.ckpt``).
+    """
+    from diffguard.backends import prepare_classifier
+
+    source = Path(checkpoint)
+    if path is not None:
+        member = source / path
+        if not member.is_file():
+            found = sorted(str(f.relative_to(source)) for f in source.rglob("*.ckpt"))[:20]
+            raise FileNotFoundError(
+                f"classifier.ensemble_members: {path!r} is not a file of the extracted archive "
+                f"{source}; its .ckpt files: {found or 'none'}"
+            )
+        source = member
+    prepare_classifier(spec, source, Path(out_dir))
+
+
 # -------------------------------------------------------------------------------- predictions
+def crop_sizes(benchmark: dict[str, Any], input_size: int | None = None) -> tuple[int, int]:
+    """``(input_size, pre_size)``: ``Resize(pre_size)`` then ``CenterCrop(input_size)``.
+
+    ``input_size`` None means ``benchmark.image_size``; ``pre_size`` is ``benchmark.resize_size``
+    (default the input size) but never below the crop, so a larger crop (the LDM's 256 on the
+    ImageNet benchmark, 224 after Resize(256)) resizes to itself, as reconstruction loads it.
+    """
+    size = int(input_size or benchmark["image_size"])
+    return size, max(int(benchmark.get("resize_size") or size), size)
+
+
 @torch.no_grad()
 def cache_predictions(
     imglist: str | Path,
@@ -170,36 +204,55 @@ def cache_predictions(
     batch_size: int = 64,
     device_name: str = "cpu",
     mc_seed: int = 0,
+    *,
+    mc_dropout_p: float | None = None,
+    ensemble_weights: Sequence[str | Path] = (),
+    input_size: int | None = None,
 ) -> None:
-    """Logits, penultimate features, predictions (and MC-dropout logits) of one dataset.
+    """Logits, penultimate features, predictions (and MC-dropout / ensemble logits) of a dataset.
 
-    The dropout masks of the MC passes come from torch's global RNG, seeded with ``mc_seed``
-    for each batch of images (within a fork, the caller's state is kept), so reruns agree.
+    Images are loaded at ``input_size`` (default ``benchmark.image_size``; see
+    :func:`crop_sizes`); ``preds`` is the classifier's arg-max at that size, which is the
+    guidance label of the reconstruction jobs that read this file.
+
+    MC-dropout (``mc_passes`` > 0): the classifier stays in eval mode (batch norm uses its
+    running statistics) and each pass drops out the penultimate features, see
+    :func:`diffguard.classifiers.mc_dropout_logits`; the rate is ``mc_dropout_p``, else the
+    model's own dropout layer, else OpenOOD's 0.5. The masks come from torch's global RNG, seeded
+    with ``mc_seed`` for each batch of images (within a fork, the caller's state is kept), so
+    reruns agree. ``ensemble_weights``: classifier weight files (``model.safetensors`` of
+    prepared members); their logits are stored as ``ensemble_logits`` ``(M, N, K)``.
     """
+    from diffguard.classifiers import mc_dropout_logits, mc_dropout_rate
+
     device = resolve_device(device_name)
     model = load_trained_classifier(classifier_weights, device)
+    members = [load_trained_classifier(w, device) for w in ensemble_weights]
+    for path, member in zip(ensemble_weights, members, strict=True):
+        if member.fc.out_features != model.fc.out_features:
+            raise ValueError(
+                f"ensemble member {path} has {member.fc.out_features} classes, the classifier "
+                f"{classifier_weights} {model.fc.out_features}"
+            )
+    p = mc_dropout_rate(model, mc_dropout_p) if mc_passes else 0.0
+    size, pre_size = crop_sizes(benchmark, input_size)
     records = read_imglist(imglist)
     root = image_root(benchmark_json)
-    logits, feats, mc = [], [], []
+    logits, feats, mc, ens = [], [], [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        x = load_records_images(
-            chunk,
-            root,
-            benchmark["image_size"],
-            benchmark["channels"],
-            benchmark.get("resize_size"),
-        ).to(device)
+        x = load_records_images(chunk, root, size, benchmark["channels"], pre_size).to(device)
         f = model.features(x)
         logits.append(model.fc(f).cpu())
         feats.append(f.cpu())
         if mc_passes:
-            model.train()  # dropout on; the small classifier has no batch norm in its head
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
                 torch.manual_seed(mc_seed * 1_000_003 + start)
-                mc.append(torch.stack([model(x).cpu() for _ in range(mc_passes)], dim=0))
-            model.eval()
+                mc.append(mc_dropout_logits(model, f, mc_passes, p).cpu())
+        if members:
+            ens.append(torch.stack([m(x).cpu() for m in members], dim=0))
     logits_t = torch.cat(logits)
+    k = logits_t.shape[1]
     io.write_npz(
         out,
         image_ids=np.array([r.image_id for r in records]),
@@ -208,11 +261,24 @@ def cache_predictions(
         logits=logits_t.numpy(),
         features=torch.cat(feats).numpy(),
         preds=logits_t.argmax(1).numpy(),
+        input_size=np.array(size),
         mc_logits=torch.cat(mc, dim=1).numpy()
         if mc
-        else np.zeros((0, len(records), 0), np.float32),
+        else np.zeros((0, len(records), k), np.float32),
+        ensemble_logits=torch.cat(ens, dim=1).numpy()
+        if ens
+        else np.zeros((0, len(records), k), np.float32),
     )
-    log.info("cached predictions of %d images to %s", len(records), out)
+    log.info(
+        "cached predictions of %d images at %d px (%d MC passes at p=%.2f, %d ensemble members) "
+        "to %s",
+        len(records),
+        size,
+        mc_passes,
+        p,
+        len(members),
+        out,
+    )
 
 
 PER_IMAGE_COLUMNS = ("image_ids", "labels", "preds", "guide_labels", "rev_t", "start_index")
@@ -251,12 +317,17 @@ def gather_scores(shards: Sequence[str | Path], imglist: str | Path, out: str | 
 def _cached(npz: dict[str, np.ndarray]) -> Any:
     from diffguard.baselines import CachedOutputs
 
-    mc = npz.get("mc_logits")
+    def sampled(key: str) -> np.ndarray | None:
+        """(S, N, K) logits of passes or members; absent or S = 0 -> None."""
+        value = npz.get(key)
+        return value if value is not None and value.shape[0] else None
+
     return CachedOutputs(
         logits=npz["logits"],
         features=npz["features"],
         labels=npz["labels"],
-        mc_logits=mc if mc is not None and mc.size else None,
+        mc_logits=sampled("mc_logits"),
+        ensemble_logits=sampled("ensemble_logits"),
     )
 
 
