@@ -11,6 +11,11 @@ import pytest
 import yaml
 from snakemake_cli import job_counts, snakemake
 
+# Started in the background by the dry_runs fixture (conftest.py), shared with other modules.
+IMAGENET_DAG = ("-n", "--forceall", "--configfile", "config/imagenet.yaml")
+LINT = [("--lint", "--configfile", f"config/{n}") for n in ("imagenet.yaml", "cifar10.yaml")]
+DRY_RUNS = [IMAGENET_DAG, *LINT]
+
 
 def sized_config(repo: Path, tmp_path: Path, name: str, sizes: dict[str, int]) -> Path:
     """The shipped paper config with fixed list sizes (`n`), so every shard is planned."""
@@ -119,9 +124,11 @@ def test_full_imagenet_dag_builds_in_seconds(repo_root: Path, tmp_path: Path) ->
     assert elapsed < 90, f"full ImageNet DAG took {elapsed:.1f} s"
 
 
-def test_full_lists_plan_up_to_the_checkpoint(repo_root: Path) -> None:
+def test_full_lists_plan_up_to_the_checkpoint(dry_runs) -> None:
     # n: null (the default) -> shard counts come from the selected lists (a checkpoint)
-    counts, stdout, _ = dry_run(repo_root, repo_root / "config" / "imagenet.yaml")
+    result = dry_runs.get(*IMAGENET_DAG)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts, stdout = job_counts(result.stdout), result.stdout
     assert counts["select_images"] == 6
     assert "DAG of jobs will be updated after completion" in stdout
 
@@ -195,8 +202,8 @@ def test_slurm_profile_accepted(repo_root: Path, tmp_path: Path, name: str) -> N
     assert "Job stats:" in result.stdout
 
 
-def test_paper_configs_lint_clean(repo_root: Path) -> None:
-    for name in ("imagenet.yaml", "cifar10.yaml"):
-        result = snakemake(repo_root, "--lint", "--configfile", f"config/{name}")
+def test_paper_configs_lint_clean(dry_runs) -> None:
+    for args in LINT:
+        result = dry_runs.get(*args)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Lints for" not in result.stdout + result.stderr, result.stdout
