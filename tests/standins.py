@@ -430,3 +430,133 @@ def write_openood_v15_cifar10(
     result = _result({"model": archive}, ckpt["options"])
     result["members"] = members
     return result
+
+
+# ------------------------------------------------------------------------------ Fig. 2 classifier
+
+
+def adm_classifier_layout(options: dict[str, Any]) -> list[tuple[str, str, tuple[int, ...]]]:
+    """``(kind, name, shape)`` of every tensor of guided-diffusion's ``EncoderUNetModel``.
+
+    Written from the released architecture (``guided_diffusion/unet.py`` EncoderUNetModel with
+    ``pool="attention"``, as ``script_util.create_classifier`` builds it), not from a manifest:
+    no manifest of ``256x256_classifier.pt`` exists. ``kind`` is ``norm`` (GroupNorm affine),
+    ``bias`` or ``weight``. ``options`` uses the converter's flag names
+    (:data:`diffguard.convert.adm_classifier.CLASSIFIER_DEFAULTS`).
+    """
+    from diffguard.convert.adm import _DEFAULT_CHANNEL_MULT
+    from diffguard.convert.adm_classifier import CLASSIFIER_DEFAULTS
+
+    cfg = {**CLASSIFIER_DEFAULTS, **options}
+    size, width = int(cfg["image_size"]), int(cfg["classifier_width"])
+    mult = cfg["channel_mult"]
+    mult = _DEFAULT_CHANNEL_MULT[size] if mult in ("", None) else [int(m) for m in mult.split(",")]
+    attention_ds = {size // int(r) for r in str(cfg["classifier_attention_resolutions"]).split(",")}
+    scale_shift = bool(cfg["classifier_use_scale_shift_norm"])
+    updown = bool(cfg["classifier_resblock_updown"])
+    emb = 4 * width
+    out: list[tuple[str, str, tuple[int, ...]]] = []
+
+    def param(kind: str, name: str, *shape: int) -> None:
+        out.append((kind, name, shape))
+
+    def resblock(prefix: str, c_in: int, c_out: int) -> None:
+        param("norm", f"{prefix}.in_layers.0.weight", c_in)
+        param("bias", f"{prefix}.in_layers.0.bias", c_in)
+        param("weight", f"{prefix}.in_layers.2.weight", c_out, c_in, 3, 3)
+        param("bias", f"{prefix}.in_layers.2.bias", c_out)
+        param("weight", f"{prefix}.emb_layers.1.weight", (2 if scale_shift else 1) * c_out, emb)
+        param("bias", f"{prefix}.emb_layers.1.bias", (2 if scale_shift else 1) * c_out)
+        param("norm", f"{prefix}.out_layers.0.weight", c_out)
+        param("bias", f"{prefix}.out_layers.0.bias", c_out)
+        param("weight", f"{prefix}.out_layers.3.weight", c_out, c_out, 3, 3)
+        param("bias", f"{prefix}.out_layers.3.bias", c_out)
+        if c_out != c_in:
+            param("weight", f"{prefix}.skip_connection.weight", c_out, c_in, 1, 1)
+            param("bias", f"{prefix}.skip_connection.bias", c_out)
+
+    def attention(prefix: str, ch: int) -> None:
+        param("norm", f"{prefix}.norm.weight", ch)
+        param("bias", f"{prefix}.norm.bias", ch)
+        param("weight", f"{prefix}.qkv.weight", 3 * ch, ch, 1)
+        param("bias", f"{prefix}.qkv.bias", 3 * ch)
+        param("weight", f"{prefix}.proj_out.weight", ch, ch, 1)
+        param("bias", f"{prefix}.proj_out.bias", ch)
+
+    param("weight", "time_embed.0.weight", emb, width)
+    param("bias", "time_embed.0.bias", emb)
+    param("weight", "time_embed.2.weight", emb, emb)
+    param("bias", "time_embed.2.bias", emb)
+    ch = int(mult[0]) * width
+    param("weight", "input_blocks.0.0.weight", ch, 3, 3, 3)
+    param("bias", "input_blocks.0.0.bias", ch)
+    block, ds = 1, 1
+    for level, m in enumerate(mult):
+        for _ in range(int(cfg["classifier_depth"])):
+            resblock(f"input_blocks.{block}.0", ch, int(m) * width)
+            ch = int(m) * width
+            if ds in attention_ds:
+                attention(f"input_blocks.{block}.1", ch)
+            block += 1
+        if level != len(mult) - 1:
+            if updown:
+                resblock(f"input_blocks.{block}.0", ch, ch)
+            else:
+                param("weight", f"input_blocks.{block}.0.op.weight", ch, ch, 3, 3)
+                param("bias", f"input_blocks.{block}.0.op.bias", ch)
+            block += 1
+            ds *= 2
+    resblock("middle_block.0", ch, ch)
+    attention("middle_block.1", ch)
+    resblock("middle_block.2", ch, ch)
+    param("norm", "out.0.weight", ch)
+    param("bias", "out.0.bias", ch)
+    param("weight", "out.2.positional_embedding", ch, (size // ds) ** 2 + 1)
+    param("weight", "out.2.qkv_proj.weight", 3 * ch, ch, 1)
+    param("bias", "out.2.qkv_proj.bias", 3 * ch)
+    param("weight", "out.2.c_proj.weight", int(cfg["num_classes"]), ch, 1)
+    param("bias", "out.2.c_proj.bias", int(cfg["num_classes"]))
+    return out
+
+
+def write_adm_classifier(
+    out_dir: str | Path,
+    *,
+    image_size: int = 32,
+    width: int = 32,
+    num_classes: int = 1000,
+    seed: int = 0,
+    filename: str = "256x256_classifier.pt",
+) -> dict[str, Any]:
+    """``256x256_classifier.pt`` in miniature: a bare ``EncoderUNetModel`` state dict.
+
+    The released flags (``classifier_defaults()`` with image_size 256) with ``width`` instead of
+    128 (``num_head_channels`` 64 scales with it, so heads keep their count) and ``image_size``
+    instead of 256 (attention resolutions scale with it, so attention sits at the same levels;
+    the channel multipliers stay the 256 model's). Tensor names from
+    :func:`adm_classifier_layout` (the released architecture). ``options`` is the converter's
+    flag set (``figures.fig2.noisy_classifier.options``).
+    """
+    if width % 32 or image_size % 32 or image_size > 256:
+        raise ValueError("write_adm_classifier: width and image_size must be multiples of 32")
+    ratio = 256 // image_size
+    options = {
+        "image_size": image_size,
+        "classifier_width": width,
+        "classifier_attention_resolutions": ",".join(str(r // ratio) for r in (32, 16, 8)),
+        "num_head_channels": 64 * width // 128,
+        "num_classes": num_classes,
+        "channel_mult": "1,1,2,2,4,4",
+    }
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for kind, name, shape in adm_classifier_layout(options):
+        if kind == "norm":
+            state[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif kind == "bias":
+            state[name] = 0.05 * torch.randn(shape, generator=gen)
+        else:
+            fan_in = math.prod(shape[1:])
+            state[name] = torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+    path = _save(state, Path(out_dir) / filename)
+    return _result({"model": path}, options)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from snakemake_cli import local_env
 
 LOGGER = logging.getLogger(__name__)
 
@@ -111,8 +112,9 @@ def clone_run(run_dir: Path, dest: Path) -> Path:
 
 
 def run_env(work: Path) -> dict[str, str]:
-    """Environment of a workflow run: the venv first on PATH, fixed build timestamp."""
-    env = dict(os.environ)
+    """Environment of a workflow run: the venv first on PATH, fixed build timestamp, and
+    ``scontrol`` hidden (``tests/no_slurm``: ~9 s per snakemake start saved)."""
+    env = local_env()
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["DIFFGUARD_SHARED"] = str(work.parent / "shared")
     env["SOURCE_DATE_EPOCH"] = "1700000000"

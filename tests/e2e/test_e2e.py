@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from snakemake_cli import local_env
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ TINY = ["--configfile", "config/tiny.yaml"]
 
 
 def run(repo: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SOURCE_DATE_EPOCH": "0"}
+    env = {**local_env(), "SOURCE_DATE_EPOCH": "0"}
     result = subprocess.run(
         [SNAKEMAKE, *args],
         cwd=repo,

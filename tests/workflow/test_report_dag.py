@@ -16,6 +16,7 @@ REPORT_RULES = (
     "plot_figures",
     "plot_sweeps",
     "plot_ablation_grid",
+    "plot_psnr_inversion",
     "write_paper_numbers",
     "build_paper",
 )
@@ -26,6 +27,14 @@ def _dry_run(repo: Path, *args: str) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def _config_args(configfile: str) -> tuple[str, ...]:
+    """Dry-run arguments for a shipped config; the default one is loaded by the Snakefile
+    itself (the same call as test_dag.py's default DAG, so the run is shared)."""
+    if configfile == "config/config.yaml":
+        return ("-n", "--forceall")
+    return ("-n", "--forceall", "--configfile", configfile)
+
+
 # config -> report rules planned once (the others: not at all)
 EXPECTED = {
     "config/config.yaml": {
@@ -34,6 +43,7 @@ EXPECTED = {
         "reproduction_gate",
         "plot_figures",
         "plot_ablation_grid",
+        "plot_psnr_inversion",
         "write_paper_numbers",
         "build_paper",
     },
@@ -43,17 +53,25 @@ EXPECTED = {
         "reproduction_gate",
         "plot_figures",
         "plot_ablation_grid",
+        "plot_psnr_inversion",
         "write_paper_numbers",
         "build_paper",
     },
     "config/imagenet.yaml": set(REPORT_RULES),
-    "config/cifar10.yaml": set(REPORT_RULES) - {"plot_sweeps", "plot_ablation_grid"},
+    # CIFAR-10 has no GDM (DiffNB's CFG only): no Fig. 4
+    "config/cifar10.yaml": set(REPORT_RULES)
+    - {"plot_sweeps", "plot_ablation_grid", "plot_psnr_inversion"},
 }
 
 
+# Started in the background by the dry_runs fixture (conftest.py), shared with other modules.
+DRY_RUNS = [_config_args(c) for c in sorted(EXPECTED)]
+
+
 @pytest.mark.parametrize("configfile", sorted(EXPECTED))
-def test_report_rules_per_config(repo_root: Path, configfile: str) -> None:
-    rc, output = _dry_run(repo_root, "--configfile", configfile)
+def test_report_rules_per_config(dry_runs, configfile: str) -> None:
+    result = dry_runs.get(*_config_args(configfile))
+    rc, output = result.returncode, result.output
     assert rc == 0, output[-4000:]
     counts = job_counts(output)
     planned = {rule for rule in REPORT_RULES if counts.get(rule)}
@@ -64,13 +82,18 @@ def test_report_rules_per_config(repo_root: Path, configfile: str) -> None:
     assert "check/gate.txt" in build
 
 
-def test_imagenet_paper_tables_and_figures_are_targets(repo_root: Path) -> None:
-    rc, output = _dry_run(repo_root, "--configfile", "config/imagenet.yaml")
+def test_imagenet_paper_tables_and_figures_are_targets(dry_runs) -> None:
+    result = dry_runs.get(*_config_args("config/imagenet.yaml"))
+    rc, output = result.returncode, result.output
     assert rc == 0, output[-4000:]
     for name in ("table2_imagenet", "table3_clean_grad_ablation", "table4_early_stop_ablation"):
         for path in (f"paper/tables/{name}.tex", f"data/processed/imagenet/tables/{name}.md"):
             assert path in output, path
-    for path in ("figures/imagenet/sweeps.pdf", "figures/imagenet/ablation_grid.pdf"):
+    for path in (
+        "figures/imagenet/sweeps.pdf",
+        "figures/imagenet/ablation_grid.pdf",
+        "figures/imagenet/psnr_inversion.pdf",
+    ):
         assert path in output, path
     assert "figures/imagenet/training_curves.pdf" not in output  # no trained model
 
@@ -93,3 +116,8 @@ def test_report_section_errors_name_the_key(repo_root: Path, tmp_path: Path) -> 
         repo_root, "--configfile", "config/tiny.yaml", "--config", "report_config=missing.yaml"
     )
     assert rc != 0 and "missing.yaml does not exist" in output
+    report.write_text("report:\n  figures:\n    psnr_inversion: {experiment: gdm_main}\n")
+    rc, output = _dry_run(
+        repo_root, "--configfile", "config/tiny.yaml", "--config", f"report_config={report}"
+    )
+    assert rc != 0 and "psnr_inversion.experiment: 'gdm_main' is not an experiment" in output

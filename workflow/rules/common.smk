@@ -1,6 +1,5 @@
 """Config validation, experiment resolution and input functions (no rules here)."""
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -11,13 +10,8 @@ validate(config, "../schemas/config.schema.yaml")
 
 PACKAGE_ROOT = str(Path(workflow.basedir) / "workflow" / "scripts")
 sys.path.insert(0, PACKAGE_ROOT)
-# Rule scripts run in child processes: they must import this checkout's package, not another
-# copy an editable install (or a stale site-packages) would put first on their path.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-)
-
 from diffguard.config import (  # noqa: E402
+    child_processes_import,
     ensemble_members,
     evaluation_datasets,
     experiment_seeds,
@@ -26,6 +20,10 @@ from diffguard.config import (  # noqa: E402
     shard_count,
 )
 
+# Rule scripts run in child processes: they must import this checkout's package, not a copy
+# an editable install (or a stale site-packages) would put first on their path.
+child_processes_import(PACKAGE_ROOT)
+
 RUN = config["run"]
 EXPERIMENTS = resolve_all(config["experiments"])  # grid-generated experiments included
 ID_SET, OOD_SETS = evaluation_datasets(config)
@@ -33,8 +31,14 @@ EVAL_SETS = [ID_SET, *OOD_SETS]
 ALL_SETS = list(config["datasets"])
 SEEDS = [int(s) for s in config.get("seeds", [0])]
 EXP_SEEDS = {name: experiment_seeds(config, exp) for name, exp in EXPERIMENTS.items()}
-# speed-only experiments (the released speed configs) are timed, never run over the datasets
-EVAL_EXPERIMENTS = {n: e for n, e in EXPERIMENTS.items() if not e.get("speed_only", False)}
+# speed-only experiments (the released speed configs) are timed, never run over the datasets;
+# inversion-trace experiments (Fig. 4) only invert a subsample of each evaluation set
+TRACE_EXPERIMENTS = {n: e for n, e in EXPERIMENTS.items() if e["inversion_trace_only"]}
+EVAL_EXPERIMENTS = {
+    n: e
+    for n, e in EXPERIMENTS.items()
+    if not e.get("speed_only", False) and n not in TRACE_EXPERIMENTS
+}
 PKG = "workflow/scripts/diffguard"
 SPEED_TABLES = {}  # filled by workflow/rules/speed.smk when included
 CPUS_PER_JOB = int(config.get("cpus_per_job", 1))

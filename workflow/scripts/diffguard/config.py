@@ -5,12 +5,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from typing import Any
 
 from diffguard.cfg import CfgSettings
 from diffguard.gdm import GdmSettings
 
 METHOD_SETTINGS = {"gdm": GdmSettings, "cfg": CfgSettings}
+
+
+TRACE_IMAGES = 100
+"""Default images per dataset of an ``inversion_trace_only`` experiment (schema default)."""
 
 
 class ConfigError(ValueError):
@@ -58,8 +63,16 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
         raise ConfigError(
             f"experiments.{name}.{method}: unknown key(s) {unknown}; valid keys: {sorted(known)}"
         )
+    if resolved.get("inversion_trace_only") and method != "gdm":
+        raise ConfigError(
+            f"experiments.{name}.inversion_trace_only: the inversion trace (Fig. 4) is a GDM "
+            f"procedure; method is {method!r}"
+        )
     resolved["name"] = name
     resolved.setdefault("oracle_labels", False)
+    resolved.setdefault("inversion_trace_only", False)
+    if resolved["inversion_trace_only"]:
+        resolved.setdefault("trace_images", TRACE_IMAGES)
     return resolved
 
 
@@ -242,3 +255,11 @@ def ensemble_members(config: dict[str, Any]) -> list[dict[str, Any]]:
             f"{len(members)}"
         )
     return members
+
+
+def child_processes_import(package_root: str) -> None:
+    """Put ``package_root`` first on ``PYTHONPATH`` so child processes import this package copy."""
+    rest = [
+        p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != package_root
+    ]
+    os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *rest])

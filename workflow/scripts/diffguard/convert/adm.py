@@ -545,13 +545,34 @@ def convert_adm_state_dict(
     """
     spec = _spec(config)
     rules = _plan(spec)
+    out = apply_rules(state_dict, rules, spec, "ADM")
+
+    target = _meta_model(config).state_dict()
+    if set(out) != set(target):
+        raise ValueError(
+            "ADM conversion produced keys that differ from UNet2DModel's: missing "
+            f"{sorted(set(target) - set(out))}, unexpected {sorted(set(out) - set(target))}"
+        )
+    check_shapes(out, target, rules, "ADM")
+    return out
+
+
+def apply_rules(
+    state_dict: Mapping[str, torch.Tensor], rules: list[_Rule], spec: _AdmSpec, what: str
+) -> dict[str, torch.Tensor]:
+    """Apply conversion rules; every rule's source must exist and every tensor be consumed.
+
+    Raises:
+        KeyError: Required tensors are missing (missing and unconsumed keys both named).
+        ValueError: Tensors are left unconsumed, or a tensor has the wrong layout.
+    """
     missing = [r.src for r in rules if r.src not in state_dict]
     consumed = {r.src for r in rules}
     leftover = sorted(set(state_dict) - consumed)
     if missing or leftover:
         # Report both lists together: a renamed tensor shows up once in each.
         message = (
-            f"ADM state dict does not match the config: {len(missing)} required tensor(s) "
+            f"{what} state dict does not match the config: {len(missing)} required tensor(s) "
             f"missing {missing}; {len(leftover)} tensor(s) unconsumed {leftover}"
         )
         raise KeyError(message) if missing else ValueError(message)
@@ -571,13 +592,16 @@ def convert_adm_state_dict(
             values = _split_qkv(tensor, rule.heads, spec.use_new_attention_order, rule.src)
         for dst, value in zip(rule.dst, values, strict=True):
             out[dst] = value
+    return out
 
-    target = _meta_model(config).state_dict()
-    if set(out) != set(target):
-        raise ValueError(
-            "ADM conversion produced keys that differ from UNet2DModel's: missing "
-            f"{sorted(set(target) - set(out))}, unexpected {sorted(set(out) - set(target))}"
-        )
+
+def check_shapes(
+    out: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    rules: list[_Rule],
+    what: str,
+) -> None:
+    """Raise a ValueError naming every converted tensor whose shape differs from the target."""
     source_of = {dst: r.src for r in rules for dst in r.dst}
     bad = [
         f"{source_of[k]} -> {k}: {tuple(v.shape)} != {tuple(target[k].shape)}"
@@ -585,8 +609,7 @@ def convert_adm_state_dict(
         if v.shape != target[k].shape
     ]
     if bad:
-        raise ValueError(f"ADM state dict shapes do not match the config: {bad}")
-    return out
+        raise ValueError(f"{what} state dict shapes do not match the config: {bad}")
 
 
 def load_adm_unet(
