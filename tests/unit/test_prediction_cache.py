@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -31,6 +32,7 @@ from diffguard.config import ConfigError, ensemble_members, guidance_input_size,
 from diffguard.data import read_imglist
 from diffguard.pipeline import (
     _cached,
+    baseline_scores_stage,
     cache_predictions,
     prepare_ensemble_member,
 )
@@ -307,3 +309,26 @@ def test_trained_classifier_members_are_seeds() -> None:
     config["classifier"]["ensemble_members"] = ["resnet50_tv"]
     with pytest.raises(ConfigError, match=r"\[0\]: a checkpoint member needs classifier.source"):
         ensemble_members(config)
+
+
+def test_baseline_scores_read_the_cached_passes_and_members(
+    bench: dict[str, Path], tmp_path: Path
+) -> None:
+    from diffguard.baselines import DeepEnsemble, MCDropout
+
+    members = [bench["cnn"], bench["cnn_b"]]
+    train = _cache(bench, tmp_path / "train.npz", "cnn")
+    test = _cache(bench, tmp_path / "test.npz", "cnn", mc_passes=4, ensemble_weights=members)
+    assert train["mc_logits"].shape[0] == 0  # the training set's cache needs neither
+    out = tmp_path / "scores.csv"
+    baseline_scores_stage(
+        tmp_path / "train.npz",
+        [tmp_path / "test.npz"],
+        bench["cnn"],
+        ["msp", "mc_dropout", "deep_ensemble"],
+        [out],
+    )
+    frame = pd.read_csv(out)
+    cached = _cached(test)
+    np.testing.assert_allclose(frame["mc_dropout"], MCDropout().fit(cached).score(cached))
+    np.testing.assert_allclose(frame["deep_ensemble"], DeepEnsemble().fit(cached).score(cached))
