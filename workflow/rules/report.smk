@@ -149,6 +149,7 @@ if PAPER_TABLES:
             published=[
                 f"{PUBLISHED_DIR}/{spec.get('published', name)}.csv"
                 for name, spec in PAPER_TABLES.items()
+                if spec.get("published", name) is not None
             ],
             code=pkg("reproduction.py", "tables.py", "io.py"),
         output:
@@ -169,7 +170,7 @@ if PAPER_TABLES:
         params:
             tables=PAPER_TABLES,
             outputs=PAPER_TABLE_OUTPUTS,
-            published_dir=lambda wildcards, input: str(Path(input.published[0]).parent),
+            published_dir=PUBLISHED_DIR,
             headline_distance=HEADLINE_DISTANCE,
             run=RUN,
         script:

@@ -20,6 +20,7 @@ import torch
 from diffguard import io
 from diffguard.data import read_imglist, subsample, validate_labels, write_imglist
 from diffguard.runtime import (  # noqa: F401  (re-exported for the rule scripts)
+    crop_sizes,
     image_root,
     load_records_images,
     load_trained_classifier,
@@ -182,17 +183,6 @@ def prepare_ensemble_member(
 
 
 # -------------------------------------------------------------------------------- predictions
-def crop_sizes(benchmark: dict[str, Any], input_size: int | None = None) -> tuple[int, int]:
-    """``(input_size, pre_size)``: ``Resize(pre_size)`` then ``CenterCrop(input_size)``.
-
-    ``input_size`` None means ``benchmark.image_size``; ``pre_size`` is ``benchmark.resize_size``
-    (default the input size) but never below the crop, so a larger crop (the LDM's 256 on the
-    ImageNet benchmark, 224 after Resize(256)) resizes to itself, as reconstruction loads it.
-    """
-    size = int(input_size or benchmark["image_size"])
-    return size, max(int(benchmark.get("resize_size") or size), size)
-
-
 @torch.no_grad()
 def cache_predictions(
     imglist: str | Path,
