@@ -11,6 +11,14 @@ import pytest
 import yaml
 from snakemake_cli import job_counts, snakemake
 
+# Started in the background by the dry_runs fixture (conftest.py), shared with other modules.
+IMAGENET_DAG = ("-n", "--forceall", "--configfile", "config/imagenet.yaml")
+LINT = [
+    ("--lint", "--configfile", f"config/{n}")
+    for n in ("imagenet.yaml", "cifar10.yaml", "imagenet_v15.yaml")
+]
+DRY_RUNS = [IMAGENET_DAG, *LINT]
+
 
 def sized_config(repo: Path, tmp_path: Path, name: str, sizes: dict[str, int]) -> Path:
     """The shipped paper config with fixed list sizes (`n`), so every shard is planned."""
@@ -72,14 +80,22 @@ def test_imagenet_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
     assert counts["prepare_diffusion_model"] == 2 and counts["prepare_classifier"] == 1
     assert "train_classifier" not in counts and "train_diffusion" not in counts
     assert "prepare_ensemble_member" not in counts  # no deep_ensemble on ImageNet
-    # 11 fetched files (lists, 4 OOD sets, ResNet-50, ADM, LDM ckpt + yaml, VGG16, DISTS),
-    # ImageNet val and train linked from user-provided folders
-    assert counts["download"] == 11 and counts["verify_download"] == 11
+    # 12 fetched files (lists, 4 OOD sets, ResNet-50, ADM, the ADM noisy classifier of Fig. 2,
+    # LDM ckpt + yaml, VGG16, DISTS), ImageNet val and train linked from user-provided folders
+    assert counts["download"] == 12 and counts["verify_download"] == 12
     assert counts["link_manual_folder"] == 2 and counts["extract_download"] == 5
     assert counts["torch_hub"] == 1 and counts["assemble_openood_benchmark"] == 1
     for rule in ("evaluate", "baseline_scores", "build_paper"):
         assert counts[rule] == 1, rule
     assert_report_targets(stdout, "imagenet")
+    # Fig. 2: one prediction job (noisy classifier, ResNet-50, ADM x0) and one plot job
+    assert counts["fig2_predictions"] == 1 and counts["plot_fig2"] == 1
+    block = stdout[stdout.index("rule fig2_predictions:") :].split("\n\n")[0]
+    assert "downloads/adm256_classifier/256x256_classifier.pt" in block, block
+    assert "models/adm256_uncond/model.done" in block and "lists/imagenet_val.txt" in block
+    assert re.search(r"gpu=1", block), block
+    for name in ("noisy_classifier_agreement", "accuracy_over_timesteps"):
+        assert f"figures/imagenet/{name}.pdf" in stdout, name
     for name in ("ldm_main__cam_cut0.2", "ldm_main__ddim_steps50", "gdm_es_psnr_6.39_dists_0.37"):
         assert f"recon/{name}/" in stdout, name
     assert "recon/gdm_speed/" not in stdout  # timed by the speed benchmark only
@@ -149,9 +165,11 @@ def test_full_imagenet_dag_builds_in_seconds(repo_root: Path, tmp_path: Path) ->
     assert elapsed < 90, f"full ImageNet DAG took {elapsed:.1f} s"
 
 
-def test_full_lists_plan_up_to_the_checkpoint(repo_root: Path) -> None:
+def test_full_lists_plan_up_to_the_checkpoint(dry_runs) -> None:
     # n: null (the default) -> shard counts come from the selected lists (a checkpoint)
-    counts, stdout, _ = dry_run(repo_root, repo_root / "config" / "imagenet.yaml")
+    result = dry_runs.get(*IMAGENET_DAG)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts, stdout = job_counts(result.stdout), result.stdout
     assert counts["select_images"] == 6
     assert "DAG of jobs will be updated after completion" in stdout
 
@@ -169,6 +187,7 @@ def test_cifar10_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
     assert counts["prepare_diffusion_model"] == 1 and counts["prepare_classifier"] == 1
     assert counts["prepare_ensemble_member"] == 3
     assert "torch_hub" not in counts  # logits/l2/ssim need no VGG weights
+    assert "fig2_predictions" not in counts  # Fig. 2 is an ImageNet figure
     assert_report_targets(stdout, "cifar10")
     # the evaluation sets' caches take the members' weights, the training set's does not
     for dataset, members in (("cifar100", 3), ("tin", 3), ("train", 0)):
@@ -224,8 +243,8 @@ def test_slurm_profile_accepted(repo_root: Path, tmp_path: Path, name: str) -> N
     assert "Job stats:" in result.stdout
 
 
-def test_paper_configs_lint_clean(repo_root: Path) -> None:
-    for name in ("imagenet.yaml", "cifar10.yaml", "imagenet_v15.yaml"):
-        result = snakemake(repo_root, "--lint", "--configfile", f"config/{name}")
+def test_paper_configs_lint_clean(dry_runs) -> None:
+    for args in LINT:
+        result = dry_runs.get(*args)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Lints for" not in result.stdout + result.stderr, result.stdout

@@ -27,6 +27,14 @@ def _dry_run(repo: Path, *args: str) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def _config_args(configfile: str) -> tuple[str, ...]:
+    """Dry-run arguments for a shipped config; the default one is loaded by the Snakefile
+    itself (the same call as test_dag.py's default DAG, so the run is shared)."""
+    if configfile == "config/config.yaml":
+        return ("-n", "--forceall")
+    return ("-n", "--forceall", "--configfile", configfile)
+
+
 # config -> report rules planned once (the others: not at all)
 EXPECTED = {
     "config/config.yaml": {
@@ -56,9 +64,14 @@ EXPECTED = {
 }
 
 
+# Started in the background by the dry_runs fixture (conftest.py), shared with other modules.
+DRY_RUNS = [_config_args(c) for c in sorted(EXPECTED)]
+
+
 @pytest.mark.parametrize("configfile", sorted(EXPECTED))
-def test_report_rules_per_config(repo_root: Path, configfile: str) -> None:
-    rc, output = _dry_run(repo_root, "--configfile", configfile)
+def test_report_rules_per_config(dry_runs, configfile: str) -> None:
+    result = dry_runs.get(*_config_args(configfile))
+    rc, output = result.returncode, result.output
     assert rc == 0, output[-4000:]
     counts = job_counts(output)
     planned = {rule for rule in REPORT_RULES if counts.get(rule)}
@@ -69,8 +82,9 @@ def test_report_rules_per_config(repo_root: Path, configfile: str) -> None:
     assert "check/gate.txt" in build
 
 
-def test_imagenet_paper_tables_and_figures_are_targets(repo_root: Path) -> None:
-    rc, output = _dry_run(repo_root, "--configfile", "config/imagenet.yaml")
+def test_imagenet_paper_tables_and_figures_are_targets(dry_runs) -> None:
+    result = dry_runs.get(*_config_args("config/imagenet.yaml"))
+    rc, output = result.returncode, result.output
     assert rc == 0, output[-4000:]
     for name in ("table2_imagenet", "table3_clean_grad_ablation", "table4_early_stop_ablation"):
         for path in (f"paper/tables/{name}.tex", f"data/processed/imagenet/tables/{name}.md"):

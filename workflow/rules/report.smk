@@ -34,6 +34,7 @@ EXTRA_FIGURES = (
     + (["ablation_grid"] if ABLATION else [])
     + (["psnr_inversion"] if PSNR_FIGURE else [])
 )
+EXTRA_FIGURES += FIG2_FIGURES  # rule plot_fig2 (workflow/rules/figure2.smk)
 FIGURES += EXTRA_FIGURES
 TABLE_FILES = [
     f"data/processed/{RUN}/tables/main_results.csv",

@@ -1,0 +1,28 @@
+"""The test harness itself: local snakemake runs skip the SLURM plugin's scontrol probe, and
+the shared dry runs run each command once."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from snakemake_cli import NO_SLURM_BIN, local_env
+
+
+def test_local_runs_find_the_failing_scontrol_first() -> None:
+    env = local_env({"PATH": "/usr/bin:/bin"})
+    found = shutil.which("scontrol", path=env["PATH"])
+    assert found is not None and Path(found) == NO_SLURM_BIN / "scontrol"
+    start = time.monotonic()
+    proc = subprocess.run([found], capture_output=True, text=True, timeout=10, check=False)
+    assert proc.returncode != 0 and time.monotonic() - start < 5
+    assert "hidden" in proc.stderr
+
+
+def test_dry_runs_run_each_command_once(dry_runs) -> None:
+    args = ("--version",)
+    first = dry_runs.get(*args)
+    assert first.returncode == 0 and first.stdout.strip()
+    assert dry_runs.get(*args) is first
