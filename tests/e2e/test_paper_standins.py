@@ -182,7 +182,8 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
     ldm["cfg"]["ddim_steps"] = 4
     ldm["grid"] = {"cfg.cam_cut": [0.2]}
     experiments["gdm_speed"]["gdm"]["early_stop_steps"] = 4
-    keep = ("gdm_main", "ldm_main", "gdm_speed")
+    experiments["gdm_inversion_trace"]["trace_images"] = 3  # Fig. 4: full ddim10 inversions
+    keep = ("gdm_main", "ldm_main", "gdm_speed", "gdm_inversion_trace")
     # MC-Dropout on the ResNet-50 (no dropout layer: OpenOOD's p 0.5 on its features)
     config["baselines"] = [*config["baselines"], "mc_dropout"]
     config["experiments"] = {k: v for k, v in experiments.items() if k in keep}
@@ -230,6 +231,14 @@ def test_paper_workflow_with_standins(
     assert "train_classifier" not in counts and "train_diffusion" not in counts
     for rule in ("render_paper_tables", "reproduction_check", "plot_sweeps", "plot_ablation_grid"):
         assert counts[rule] == 1, rule
+    # Fig. 4: the full inversion (all 10 ddim10 steps, no early stop) of 3 images per set
+    assert counts["inversion_trace"] == 5 and counts["plot_psnr_inversion"] == 1
+    trace = pd.read_csv(
+        work / "data/processed/standin/inversion_trace/gdm_inversion_trace/species.csv"
+    )
+    assert trace["image_id"].nunique() == 3 and trace["step"].tolist() == list(range(1, 11)) * 3
+    assert trace["timestep"].max() == 1000 and (trace["psnr_peak"] == 255.0).all()
+    assert (work / "figures" / "standin" / "psnr_inversion.pdf").stat().st_size > 0
     # Fig. 2: the downloaded noisy classifier, the prepared ResNet-50 and ADM on the ID list
     assert counts["fig2_predictions"] == 1 and counts["plot_fig2"] == 1
     processed = work / "data" / "processed" / "standin"

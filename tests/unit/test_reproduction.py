@@ -21,6 +21,7 @@ from diffguard.reproduction import (
     run_check,
     select_rows,
 )
+from diffguard.tables import metrics_table
 
 SETS = ("species", "inaturalist")
 EVAL_COLUMNS = [
@@ -236,6 +237,74 @@ def test_render_check_and_gate(metrics: pd.DataFrame, published: Path, tmp_path:
         run_check({"t2": out["csv"]}, {"tables": {"t9": {}}}, check_out, run="unit")
 
 
+def _with_far_sets(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The fixture's sets as near-OOD plus a far-OOD set, with the evaluate rule's near/far
+    average rows (OpenOOD v1.5's layout)."""
+    per_set = metrics[metrics["dataset"] != "average"].copy()
+    far = per_set[per_set["dataset"] == "inaturalist"].copy()
+    far["dataset"], far["role"] = "textures", "far"
+    far[["auroc", "fpr95_id_recall"]] -= 10.0
+    per_set = pd.concat([per_set, far], ignore_index=True)
+    keys = ["method", "seed"]
+    frames = [per_set]
+    for role, name in (("near", "average_near"), ("far", "average_far"), (None, "average")):
+        part = per_set if role is None else per_set[per_set["role"] == role]
+        means = part.groupby(keys, dropna=False, sort=False)[EVAL_COLUMNS[-5:]].mean()
+        first = part.groupby(keys, dropna=False, sort=False)[EVAL_COLUMNS[:-5]].first()
+        group = first.join(means).reset_index(drop=True)
+        group["dataset"], group["role"] = name, role or "all"
+        frames.append(group[EVAL_COLUMNS])
+    return pd.concat(frames, ignore_index=True)[EVAL_COLUMNS]
+
+
+def test_reproduced_only_table_near_far_averages_and_no_check(
+    metrics: pd.DataFrame, tmp_path: Path
+) -> None:
+    """`published: null` (OpenOOD v1.5): reproduced cells of every set, the near/far averages
+    and the average; no published column; the check skips it (not applicable)."""
+    frame = _with_far_sets(metrics)
+    metrics_csv = tmp_path / "metrics.csv"
+    frame.to_csv(metrics_csv, index=False)
+    out = {k: tmp_path / f"v15.{k}" for k in ("csv", "md", "tex")}
+    spec = {"published": None, "rows": ROWS, "metrics": ["auroc", "fpr95_ood_recall"]}
+    render_paper_tables(
+        metrics_csv,
+        {"v15": spec},
+        {"v15": out},
+        published_dir=tmp_path / "nowhere",
+        headline_distance="dists",
+        run="unit",
+    )
+    table = pd.read_csv(out["csv"])
+    assert table["published"].isna().all() and table["delta"].isna().all()
+    sets = list(dict.fromkeys(table["dataset"]))
+    assert sets == ["species", "inaturalist", "textures", "average_near", "average_far", "average"]
+    assert set(table["convention"].fillna("")) == {"", "b"}
+    cell = table.set_index(["published_row", "dataset", "metric"])["reproduced"]
+    gdm = {d: np.mean([v[0] if d == "species" else v[1] for v in GDM_SEEDS.values()]) for d in SETS}
+    assert cell[("Ours(GDM)", "average_near", "AUROC")] == pytest.approx(
+        np.mean(list(gdm.values()))
+    )
+    assert cell[("Ours(GDM)", "average_far", "AUROC")] == pytest.approx(gdm["inaturalist"] - 10)
+    ebo_sets = [72.04, 90.61, 80.61]
+    assert cell[("EBO", "average", "AUROC")] == pytest.approx(np.mean(ebo_sets))
+    sd = table.set_index(["published_row", "dataset", "metric"])["reproduced_sd"]
+    assert sd[("Ours(GDM)", "species", "AUROC")] == pytest.approx(
+        np.std([v[0] for v in GDM_SEEDS.values()], ddof=1)
+    )
+    md = out["md"].read_text()
+    assert "| Method |" in md and "Near avg. AUROC" in md and "Far avg. FPR@95 (b)" in md
+    assert "(--, --)" not in md and "no published counterpart" in md
+    assert "nothing was published" in out["tex"].read_text()
+    # the main results table keeps its layout unless asked for the group averages
+    assert not [c for c in metrics_table(frame).columns if "average_" in c and "_near" in c]
+    grouped = metrics_table(frame, group_averages=True)
+    assert "average_far_auroc" in grouped and "average_near_fpr95_id_recall" in grouped
+    check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
+    assert run_check({"v15": out["csv"]}, {}, check_out, run="unit") == "not applicable"
+    assert "v15" in pd.read_csv(check_out["csv"])["published_row"].iloc[0]
+
+
 def test_no_published_tables_is_not_applicable(tmp_path: Path) -> None:
     out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
     assert run_check({}, {}, out, run="embedded") == "not applicable"
@@ -334,7 +403,7 @@ def test_load_report_section_sources_and_defaults(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["imagenet", "cifar10", "embedded", "tiny"])
+@pytest.mark.parametrize("name", ["imagenet", "cifar10", "embedded", "tiny", "imagenet_v15"])
 def test_shipped_report_configs_match_published_rows(name: str) -> None:
     """Every configured published row exists in its CSV (a typo would fail the paper build)."""
     import yaml
@@ -358,6 +427,8 @@ def test_shipped_report_configs_match_published_rows(name: str) -> None:
         baselines = {sel["baseline"] for sel in spec["rows"].values() if "baseline" in sel}
         assert baselines <= set(config["baselines"]), baselines - set(config["baselines"])
     for table, spec in section["tables"].items():
+        if "published" in spec and spec["published"] is None:
+            continue  # a reproduced-only table (nothing published)
         published = pd.read_csv(CONFIG_DIR / "published" / f"{spec.get('published', table)}.csv")
         keys = _row_keys(published, _published_key_columns(published))
         assert set(spec["rows"]) <= set(keys), (table, set(spec["rows"]) - set(keys))

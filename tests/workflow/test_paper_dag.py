@@ -13,7 +13,10 @@ from snakemake_cli import job_counts, snakemake
 
 # Started in the background by the dry_runs fixture (conftest.py), shared with other modules.
 IMAGENET_DAG = ("-n", "--forceall", "--configfile", "config/imagenet.yaml")
-LINT = [("--lint", "--configfile", f"config/{n}") for n in ("imagenet.yaml", "cifar10.yaml")]
+LINT = [
+    ("--lint", "--configfile", f"config/{n}")
+    for n in ("imagenet.yaml", "cifar10.yaml", "imagenet_v15.yaml")
+]
 DRY_RUNS = [IMAGENET_DAG, *LINT]
 
 
@@ -106,6 +109,44 @@ def test_imagenet_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
     assert re.search(r"runtime=600", block), block
 
 
+def test_imagenet_v15_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
+    """The optional OpenOOD v1.5 ImageNet-1K benchmark: near (SSB-hard, NINCO) and far
+    (iNaturalist, Textures, OpenImage-O) sets, two experiments, a reproduced-only table."""
+    sizes = {
+        "train": 100,
+        "imagenet_val": 1200,  # 3 shards of 500
+        "ssb_hard": 500,  # 1
+        "ninco": 600,  # 2
+        "inaturalist": 100,  # 1
+        "textures": 1000,  # 2
+        "openimage_o": 501,  # 2
+    }
+    counts, stdout, _ = dry_run(
+        repo_root, sized_config(repo_root, tmp_path, "imagenet_v15.yaml", sizes)
+    )
+    # gdm_main and ldm_main, one seed each, over 3 + 1 + 2 + 1 + 2 + 2 shards
+    assert counts["reconstruct"] == 2 * 11 and counts["gather_scores"] == 2 * 6
+    assert counts["select_images"] == 7
+    # 6 eval sets + train at the benchmark size; the LDM's guidance labels at its 256 crop
+    assert counts["cache_predictions"] == 7 and counts["cache_guidance_predictions"] == 6
+    assert counts["prepare_diffusion_model"] == 2 and counts["prepare_classifier"] == 1
+    # v1.5 lists, SSB-hard, NINCO, iNaturalist, Textures, OpenImage-O, ResNet-50, ADM, LDM ckpt
+    # + yaml, VGG16, DISTS; ImageNet val and train linked from user-provided folders
+    assert counts["download"] == 12 and counts["verify_download"] == 12
+    assert counts["link_manual_folder"] == 2 and counts["extract_download"] == 6
+    assert counts["assemble_openood_benchmark"] == 1
+    for rule in ("evaluate", "baseline_scores", "render_paper_tables", "build_paper"):
+        assert counts[rule] == 1, rule
+    assert "inversion_trace" not in counts and "plot_sweeps" not in counts
+    assert_report_targets(stdout, "imagenet_v15")
+    assert "paper/tables/results_openood_v15.tex" in stdout
+    for name in ("ssb_hard", "ninco", "textures"):
+        assert f"recon/gdm_main/{name}/" in stdout, name
+    # a reproduced-only table needs no published CSV
+    block = stdout[stdout.index("rule render_paper_tables:") :].split("\n\n")[0]
+    assert "config/published" not in block, block
+
+
 def test_full_imagenet_dag_builds_in_seconds(repo_root: Path, tmp_path: Path) -> None:
     # list sizes of the OpenOOD v1 ImageNet benchmark (order of magnitude; PAPER.md D.3)
     sizes = {
@@ -186,7 +227,7 @@ def test_trained_classifier_ensemble_members_are_retrained_with_their_seeds(
     assert "rule train_ensemble_member:" in block and "member=1" in block, block
 
 
-@pytest.mark.parametrize("name", ["imagenet.yaml", "cifar10.yaml"])
+@pytest.mark.parametrize("name", ["imagenet.yaml", "cifar10.yaml", "imagenet_v15.yaml"])
 def test_slurm_profile_accepted(repo_root: Path, tmp_path: Path, name: str) -> None:
     config = yaml.safe_load((repo_root / "config" / name).read_text())
     sizes = {d: 10 for d in config["datasets"]}

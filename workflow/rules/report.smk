@@ -12,7 +12,7 @@ REPORT = load_report_section(
 PAPER_TABLES = REPORT["tables"]
 PUBLISHED_DIR = REPORT["published_dir"]
 REPORT_FIGURES = REPORT["figures"]
-HEADLINE_EXPERIMENT = config.get("headline_experiment", next(iter(EXPERIMENTS)))
+HEADLINE_EXPERIMENT = config.get("headline_experiment", next(iter(EVAL_EXPERIMENTS)))
 HEADLINE_SEED = SEEDS[0]
 HEADLINE_DISTANCE = config.get("headline_distance", "l2")
 SWEEPS = {
@@ -150,6 +150,7 @@ if PAPER_TABLES:
             published=[
                 f"{PUBLISHED_DIR}/{spec.get('published', name)}.csv"
                 for name, spec in PAPER_TABLES.items()
+                if spec.get("published", name) is not None
             ],
             code=pkg("reproduction.py", "tables.py", "io.py"),
         output:
@@ -170,7 +171,7 @@ if PAPER_TABLES:
         params:
             tables=PAPER_TABLES,
             outputs=PAPER_TABLE_OUTPUTS,
-            published_dir=lambda wildcards, input: str(Path(input.published[0]).parent),
+            published_dir=PUBLISHED_DIR,
             headline_distance=HEADLINE_DISTANCE,
             run=RUN,
         script:

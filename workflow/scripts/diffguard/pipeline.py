@@ -20,6 +20,7 @@ import torch
 from diffguard import io
 from diffguard.data import read_imglist, subsample, validate_labels, write_imglist
 from diffguard.runtime import (  # noqa: F401  (re-exported for the rule scripts)
+    crop_sizes,
     experiment_image_sizes,
     image_root,
     load_records_images,

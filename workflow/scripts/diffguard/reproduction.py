@@ -35,11 +35,14 @@ import pandas as pd
 from diffguard.io import write_csv, write_text
 from diffguard.tables import (
     FPR_CONVENTIONS,
+    NO_PUBLISHED_NOTE,
     comparison_notes,
     latex_escape,
+    metric_columns,
     metrics_table,
     published_vs_reproduced,
     read_metrics,
+    split_column,
 )
 
 log = logging.getLogger(__name__)
@@ -230,7 +233,7 @@ def best_over_distances(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([best, averages], ignore_index=True)[list(frame.columns)]
 
 
-def _wide(selected: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+def _wide(selected: Mapping[str, pd.DataFrame], **table_kwargs: Any) -> pd.DataFrame:
     """Wide table (as :func:`metrics_table`) with one row per published row label."""
     frames = []
     for label, rows in selected.items():
@@ -241,7 +244,9 @@ def _wide(selected: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         frames.append(rows)
     if not frames:
         return pd.DataFrame({"method": list(selected)})
-    wide = metrics_table(pd.concat(frames, ignore_index=True), convention_note=False)
+    wide = metrics_table(
+        pd.concat(frames, ignore_index=True), convention_note=False, **table_kwargs
+    )
     missing = [label for label in selected if label not in set(wide["method"])]
     if missing:
         wide = pd.concat([wide, pd.DataFrame({"method": missing})], ignore_index=True)
@@ -282,6 +287,77 @@ def paper_table(
     return published_vs_reproduced(wide, published_csv, {label: label for label in selected})
 
 
+REPRODUCED_METRICS = ("auroc", "fpr95_id_recall")
+"""Default metrics of a reproduced-only table (``published: null``)."""
+
+_CONVENTION = {"auroc": "", "fpr95_id_recall": "a", "fpr95_ood_recall": "b"}
+
+
+def reproduced_table(
+    metrics: pd.DataFrame,
+    rows: Mapping[str, Mapping[str, Any]],
+    *,
+    headline_distance: str,
+    best_of_distances: Sequence[str] = (),
+    shown: Sequence[str] = REPRODUCED_METRICS,
+) -> pd.DataFrame:
+    """Reproduced values of every configured row where nothing was published.
+
+    A benchmark the paper never reported (e.g. OpenOOD v1.5): the cells are every OOD set, the
+    near-OOD and far-OOD averages (when the run has both) and the average, in the long layout
+    of :func:`paper_table` with empty ``published``, ``published_sd`` and ``delta``.
+
+    Raises:
+        ValueError: No rows, or a metric outside :data:`_CONVENTION`.
+    """
+    if not rows:
+        raise ValueError("reproduced-only report table: no rows configured")
+    unknown = [m for m in shown if m not in _CONVENTION]
+    if unknown:
+        raise ValueError(f"report table metrics {unknown}: expected some of {list(_CONVENTION)}")
+    selected = {
+        str(label): select_rows(
+            metrics,
+            selector,
+            headline_distance=headline_distance,
+            best_of_distances=best_of_distances,
+        )
+        for label, selector in rows.items()
+    }
+    wide = _wide(
+        selected, per_set_metrics=shown, average_metrics=shown, group_averages=True
+    ).set_index("method")
+    out = []
+    for label in selected:
+        for column in metric_columns(wide.reset_index()):
+            dataset, metric = split_column(column)
+            value = wide.at[label, column]
+            sd = wide.at[label, f"{column}_sd"] if f"{column}_sd" in wide else np.nan
+            out.append(
+                {
+                    "published_row": label,
+                    "method": label,
+                    "dataset": dataset,
+                    "metric": "AUROC" if metric == "auroc" else "FPR@95",
+                    "convention": _CONVENTION[metric],
+                    "reproduced": value,
+                    "published": np.nan,
+                    "published_sd": np.nan,
+                    "delta": np.nan,
+                    "reproduced_sd": sd,
+                    "n_seeds": wide.at[label, "n_seeds"] if "n_seeds" in wide else np.nan,
+                }
+            )
+    columns = ["published_row", "method", "dataset", "metric", "convention", "reproduced"]
+    columns += ["published", "published_sd", "delta", "reproduced_sd", "n_seeds"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def has_published(comparison: pd.DataFrame) -> bool:
+    """Whether a paper table's comparison holds any published value (else reproduced-only)."""
+    return bool(pd.to_numeric(comparison["published"], errors="coerce").notna().any())
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -292,6 +368,12 @@ def _cell(value: float, sd: float, decimals: int = 2, pm: str = " ± ") -> str:
     if sd is not None and not pd.isna(sd):
         text += f"{pm}{sd:.{decimals}f}"
     return text
+
+
+def _set_name(dataset: str) -> str:
+    return {"average": "Average", "average_near": "Near avg.", "average_far": "Far avg."}.get(
+        dataset, dataset
+    )
 
 
 def _columns(comparison: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -312,13 +394,16 @@ def wide_markdown(comparison: pd.DataFrame, title: str, notes: Sequence[str] = (
     ``reproduced (published, delta)``."""
     columns = _columns(comparison)
     cells = _by_cell(comparison)
-    header = ["Published row"] + [
-        f"{'Average' if d == 'average' else d} {m}{f' ({c})' if c else ''}" for d, m, c in columns
+    published = has_published(comparison)
+    header = ["Published row" if published else "Method"] + [
+        f"{_set_name(d)} {m}{f' ({c})' if c else ''}" for d, m, c in columns
     ]
     lines = [
         f"# {title}",
         "",
-        "Each cell: reproduced (published, delta = reproduced - published).",
+        "Each cell: reproduced (published, delta = reproduced - published)."
+        if published
+        else "Reproduced values only: nothing was published for this table.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join([":---", *["---:"] * len(columns)]) + "|",
@@ -332,8 +417,10 @@ def wide_markdown(comparison: pd.DataFrame, title: str, notes: Sequence[str] = (
                 continue
             delta = "--" if pd.isna(r["delta"]) else f"{r['delta']:+.2f}"
             reproduced = _cell(r["reproduced"], r.get("reproduced_sd"))
-            published = _cell(r["published"], r["published_sd"])
-            out.append(f"{reproduced} ({published}, {delta})")
+            if not published:
+                out.append(reproduced)
+                continue
+            out.append(f"{reproduced} ({_cell(r['published'], r['published_sd'])}, {delta})")
         lines.append("| " + " | ".join(out) + " |")
     if notes:
         lines += ["", *(f"- {n}" for n in notes)]
@@ -346,9 +433,10 @@ def wide_latex(
     """Paper-shaped booktabs LaTeX: reproduced value over ``(published, delta)`` per cell."""
     columns = _columns(comparison)
     cells = _by_cell(comparison)
-    top = ["Published row"]
+    published_any = has_published(comparison)
+    top = ["Published row" if published_any else "Method"]
     for d, m, c in columns:
-        name = "Average" if d == "average" else latex_escape(d)
+        name = latex_escape(_set_name(d))
         arrow = r"$\downarrow$" if m.startswith("FPR") else r"$\uparrow$"
         top.append(rf"\shortstack{{{name}\\{latex_escape(m)}{f'$^{c}$' if c else ''}{arrow}}}")
     body = [
@@ -370,6 +458,9 @@ def wide_latex(
                 out.append("")
                 continue
             reproduced = _cell(r["reproduced"], r.get("reproduced_sd"), pm=r"$\pm$")
+            if not published_any:
+                out.append(reproduced)
+                continue
             published = _cell(r["published"], r["published_sd"], pm=r"$\pm$")
             delta = "--" if pd.isna(r["delta"]) else f"{r['delta']:+.2f}"
             out.append(rf"\shortstack{{{reproduced}\\{{\scriptsize ({published}, {delta})}}}}")
@@ -403,19 +494,36 @@ def render_paper_tables(
     """
     metrics = read_metrics(metrics_csv)
     for name, spec in tables.items():
-        published_csv = Path(published_dir) / f"{spec.get('published', name)}.csv"
-        if not published_csv.is_file():
-            raise FileNotFoundError(
-                f"report.tables.{name}: published numbers {published_csv} do not exist"
+        if "published" in spec and spec["published"] is None:
+            comparison = reproduced_table(
+                metrics,
+                spec["rows"],
+                headline_distance=headline_distance,
+                best_of_distances=spec.get("best_of_distances", ()),
+                shown=spec.get("metrics", REPRODUCED_METRICS),
             )
-        comparison = paper_table(
-            metrics,
-            published_csv,
-            spec["rows"],
-            headline_distance=headline_distance,
-            best_of_distances=spec.get("best_of_distances", ()),
-        )
-        notes = [*comparison_notes(published_csv, comparison)]
+            notes = [
+                NO_PUBLISHED_NOTE,
+                *(
+                    FPR_CONVENTIONS[m]
+                    for m in spec.get("metrics", REPRODUCED_METRICS)
+                    if m in FPR_CONVENTIONS
+                ),
+            ]
+        else:
+            published_csv = Path(published_dir) / f"{spec.get('published', name)}.csv"
+            if not published_csv.is_file():
+                raise FileNotFoundError(
+                    f"report.tables.{name}: published numbers {published_csv} do not exist"
+                )
+            comparison = paper_table(
+                metrics,
+                published_csv,
+                spec["rows"],
+                headline_distance=headline_distance,
+                best_of_distances=spec.get("best_of_distances", ()),
+            )
+            notes = [*comparison_notes(published_csv, comparison)]
         if spec.get("best_of_distances"):
             notes.append(
                 "DiffGuard cells: best value per OOD set over the distances "
@@ -429,10 +537,11 @@ def render_paper_tables(
         paths = outputs[name]
         write_csv(paths["csv"], comparison)
         write_text(paths["md"], wide_markdown(comparison, f"{title} ({run})", notes))
-        caption = (
-            latex_escape(str(title))
-            + rf": reproduced (run \texttt{{{latex_escape(run)}}}) with published value and"
+        caption = latex_escape(str(title)) + (
+            rf": reproduced (run \texttt{{{latex_escape(run)}}}) with published value and"
             r" $\Delta$ = reproduced $-$ published in brackets."
+            if has_published(comparison)
+            else rf": reproduced (run \texttt{{{latex_escape(run)}}}); nothing was published."
         )
         write_text(paths["tex"], wide_latex(comparison, caption, f"tab:{name}", notes))
         log.info(
@@ -639,11 +748,16 @@ def run_check(
             f"({sorted(comparisons)})"
         )
     frames = []
+    unpublished = []
     for name, path in comparisons.items():
         override = per_table.get(name, {})
+        comparison = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        if not has_published(comparison):
+            unpublished.append(name)  # a reproduced-only table: nothing to compare
+            continue
         frames.append(
             check_table(
-                pd.read_csv(path, keep_default_na=False, na_values=[""]),
+                comparison,
                 name,
                 tolerance={**tolerance, **dict(override.get("tolerance", {}))},
                 sd_factor=float(override.get("sd_factor", sd_factor)),
@@ -651,6 +765,11 @@ def run_check(
         )
     if frames:
         check = pd.concat(frames, ignore_index=True)
+    elif unpublished:
+        check = not_applicable(
+            f"nothing was published for this run's tables ({', '.join(unpublished)}); "
+            "nothing is compared and nothing passes"
+        )
     else:
         check = not_applicable(
             "this run has no published counterpart (no report.tables configured); "

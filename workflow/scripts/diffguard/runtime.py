@@ -64,24 +64,29 @@ def load_records_images(
     return torch.stack([load_image(root / r.path, size, channels, pre_size) for r in records])
 
 
+def crop_sizes(benchmark: Mapping[str, Any], input_size: int | None = None) -> tuple[int, int]:
+    """``(input_size, pre_size)``: ``Resize(pre_size)`` then ``CenterCrop(input_size)``.
+
+    ``input_size`` None means ``benchmark.image_size``; ``pre_size`` is ``benchmark.resize_size``
+    (default the input size) but never below the crop, so a larger crop (the LDM's 256 on the
+    ImageNet benchmark, 224 after Resize(256)) resizes to itself, as reconstruction loads it.
+    """
+    size = int(input_size or benchmark["image_size"])
+    return size, max(int(benchmark.get("resize_size") or size), size)
+
+
 def experiment_image_sizes(
     experiment: Mapping[str, Any],
     benchmark: Mapping[str, Any],
     classifier_spec: Mapping[str, Any] | None = None,
 ) -> tuple[int, int]:
-    """``(input_size, pre_size)`` an experiment's images are loaded at (as its reconstruct jobs).
+    """``(input_size, pre_size)`` an experiment's images are loaded at (its reconstruct jobs).
 
     ``input_size`` is the experiment's ``input_size``, else the classifier spec's, else
-    ``benchmark.image_size``; ``pre_size`` is ``benchmark.resize_size`` (the shorter side before
-    the centre crop), never below ``input_size`` (a 256 crop for the LDM resizes to 256).
+    ``benchmark.image_size``; ``pre_size`` as :func:`crop_sizes`.
     """
-    input_size = int(
-        experiment.get("input_size")
-        or (classifier_spec or {}).get("input_size")
-        or benchmark["image_size"]
-    )
-    pre_size = max(int(benchmark.get("resize_size") or input_size), input_size)
-    return input_size, pre_size
+    size = experiment.get("input_size") or (classifier_spec or {}).get("input_size")
+    return crop_sizes(benchmark, size)
 
 
 def load_experiment_images(

@@ -62,6 +62,9 @@ PER_SET_METRICS = ("auroc", "fpr95_id_recall")
 AVERAGE_METRICS = ("auroc", "fpr95_id_recall", "fpr95_ood_recall")
 """Metrics shown for the average over OOD sets (both FPR conventions)."""
 
+GROUP_AVERAGES = ("average_near", "average_far")
+"""Metrics rows averaging the near-OOD / far-OOD sets (written by the ``evaluate`` rule)."""
+
 REQUIRED_COLUMNS = ("method", "kind", "dataset", *PER_SET_METRICS, "fpr95_ood_recall")
 
 NO_PUBLISHED_NOTE = (
@@ -106,6 +109,7 @@ def metrics_table(
     *,
     per_set_metrics: Sequence[str] = PER_SET_METRICS,
     average_metrics: Sequence[str] = AVERAGE_METRICS,
+    group_averages: bool = False,
 ) -> pd.DataFrame:
     """Wide results table: one row per method, AUROC / FPR@95 per OOD set and on average.
 
@@ -120,9 +124,12 @@ def metrics_table(
             (rendered below the Markdown and LaTeX tables).
         per_set_metrics: Metrics shown for each OOD set.
         average_metrics: Metrics shown for the average.
+        group_averages: Also show the near-OOD and far-OOD averages (``average_near_<metric>``,
+            ``average_far_<metric>``, OpenOOD v1.5's layout) of the metrics rows that have them.
 
     Returns:
-        Frame with columns ``method, kind, <set>_<metric>..., average_<metric>...`` (+ sd).
+        Frame with columns ``method, kind, <set>_<metric>..., [average_near_<metric>...,
+        average_far_<metric>...,] average_<metric>...`` (+ sd).
 
     Raises:
         ValueError: Missing columns, an unknown ``kind`` or no OOD-set rows.
@@ -162,7 +169,9 @@ def metrics_table(
     if computed:
         log.info("metrics table: computed %d missing 'average' rows", len(computed))
         average = pd.concat([average, pd.DataFrame(computed)], ignore_index=True)
-    long = pd.concat([per_set, average], ignore_index=True)
+    groups = [g for g in GROUP_AVERAGES if group_averages and (frame["dataset"] == g).any()]
+    long = pd.concat([per_set, *(frame[frame["dataset"] == g] for g in groups), average])
+    long = long.reset_index(drop=True)
     grouped = long.groupby(["kind", "method", "dataset"], sort=False)[value_cols]
     mean = grouped.mean()
     sd = grouped.std(ddof=1)
@@ -171,6 +180,7 @@ def metrics_table(
     methods = list(dict.fromkeys(zip(long["kind"], long["method"], strict=True)))
     methods.sort(key=lambda km: KIND_ORDER.index(km[0]))  # stable: keeps first appearance
     columns = [f"{d}_{m}" for d in datasets for m in per_set_metrics]
+    columns += [f"{g}_{m}" for g in groups for m in average_metrics]
     columns += [f"average_{m}" for m in average_metrics]
     multi_seed = bool((n > 1).any())
     rows = []
