@@ -20,6 +20,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/speed.smk"
+include: "workflow/rules/figure2.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -384,3 +384,56 @@ def test_speed_benchmark_runs_converted_models_through_their_backends(
     ours = frame[frame["implementation"] == "ours"]
     # The released execution and ours compute the same reconstructions (to float rounding).
     assert (ours["max_abs_score_diff"] < 1e-2).all(), ours
+
+
+def test_inversion_trace_job_writes_full_per_image_traces(
+    models: dict[str, tuple[dict[str, Any], Path]], tmp_path: Path
+) -> None:
+    """Fig. 4's job: images loaded as the reconstruct jobs, resized to the model, inverted over
+    every step (early stop ignored); one row per image and step, traceable by image id."""
+    import pandas as pd
+
+    from diffguard.config import method_settings
+    from diffguard.data import read_imglist
+    from diffguard.reconstruction import TRACE_COLUMNS, inversion_trace_job
+    from diffguard.runtime import load_records_images
+
+    imglist, bench, _ = _mini_benchmark(tmp_path, 28)
+    prepare_classifier(
+        {"arch": "small_cnn", "num_classes": 1000, "in_channels": 3, "width": 8, "input_size": 28},
+        None,
+        tmp_path / "clf",
+    )
+    experiment = {"name": "trace", "method": "gdm", "inversion_trace_only": True, "gdm": JOBS[0][3]}
+    benchmark = {"image_size": 16, "resize_size": 30, "channels": 3, "num_classes": 1000}
+    out = tmp_path / "trace.csv"
+    kwargs: dict[str, Any] = {
+        "imglist": imglist,
+        "benchmark_json": bench,
+        "classifier_spec": tmp_path / "clf" / "weights" / "spec.json",
+        "model_dir": models["adm"][1],
+        "benchmark": benchmark,
+        "images": 5,  # more than the list holds: all of it
+        "batch_size": 1,
+        "device_name": "cpu",
+        "out": out,
+    }
+    frame = inversion_trace_job(experiment=experiment, **kwargs)
+    written = pd.read_csv(out)
+    assert list(written.columns) == list(TRACE_COLUMNS)
+    assert len(written) == len(frame) == 2 * 10  # 2 images x all 10 steps of ddim10
+    assert written["image_id"].unique().tolist() == ["img/im0", "img/im1"]
+    assert written["label"].tolist() == [4] * 10 + [-1] * 10
+    assert written["step"].tolist() == list(range(1, 11)) * 2
+    assert written["timestep"].iloc[-1] == 1000 and (written["psnr_peak"] == 255.0).all()
+    # the same as gdm.inversion_trace on the 28 px crops (pre-resized to 30) resized to 32
+    x = load_records_images(read_imglist(imglist), tmp_path, 28, 3, 30) * 2 - 1
+    backend = load_backend(models["adm"][1], "cpu")
+    settings = method_settings(experiment)
+    want = gdm.inversion_trace(backend.eps, resize_images(x, 32), settings)
+    got = written["psnr_db"].to_numpy().reshape(2, 10)
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="method gdm"):
+        inversion_trace_job(experiment={"name": "c", "method": "cfg", "cfg": {}}, **kwargs)
+    with pytest.raises(ValueError, match="pixel-space"):
+        inversion_trace_job(experiment=experiment, **{**kwargs, "model_dir": models["ldm"][1]})

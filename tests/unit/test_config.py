@@ -33,6 +33,15 @@ def test_unknown_setting_is_named() -> None:
         resolve_experiment(bad, "e")
 
 
+def test_inversion_trace_experiments_are_gdm_with_a_default_subsample() -> None:
+    exps = {**EXPERIMENTS, "trace": {"extends": "base", "inversion_trace_only": True}}
+    assert resolve_experiment(exps, "trace")["trace_images"] == 100
+    assert resolve_experiment(exps, "base")["inversion_trace_only"] is False
+    bad = {"c": {"method": "cfg", "inversion_trace_only": True}}
+    with pytest.raises(ConfigError, match=r"experiments\.c\.inversion_trace_only.*'cfg'"):
+        resolve_experiment(bad, "c")
+
+
 def test_unknown_base_and_cycles_are_named() -> None:
     with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
         resolve_experiment({"a": {"extends": "nope"}}, "a")

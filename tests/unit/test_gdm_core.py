@@ -150,3 +150,43 @@ def test_zero_scale_makes_guided_equal_unguided() -> None:
     )
     out = gdm.reconstruct(eps, clf, x0, torch.tensor([0, 1]), settings, {})
     assert torch.equal(out.recon, out.recon_uncond)
+
+
+def test_inversion_trace_runs_every_step_without_early_stop() -> None:
+    """Fig. 4's trace: all S steps whatever the early-stop settings, in psnr_peak units."""
+    eps = ToyEps()
+    torch.manual_seed(4)
+    x0 = torch.rand(3, 3, 16, 16) * 2 - 1
+    # a threshold every image crosses at the first step, and a capped grid
+    settings = GdmSettings(
+        respacing="ddim20",
+        early_stop_steps=6,
+        early_stop_metrics=("psnr",),
+        early_stop_thresholds=(1000.0,),
+    )
+    _, rev_t, stopped = gdm.invert(eps, x0, settings, {})
+    assert rev_t.tolist() == [0, 0, 0] and stopped[:, 1:].isnan().all()
+    trace = gdm.inversion_trace(eps, x0, settings)
+    assert trace.shape == (3, 20) and torch.isfinite(trace).all()
+    full = GdmSettings(
+        respacing="ddim20", early_stop_steps=0, early_stop_metrics=(), early_stop_thresholds=()
+    )
+    _, _, paper_units = gdm.invert(eps, x0, full, None)
+    torch.testing.assert_close(trace, paper_units + 20 * math.log10(127.5))
+    # the first steps match the capped inversion before its images stopped
+    torch.testing.assert_close(trace[:, 0], stopped[:, 0] + 20 * math.log10(127.5))
+    # x_t drifts away from the input: the last level (alpha_bar 0, pure epsilon) is the lowest
+    assert (trace[:, -1] < trace[:, 0]).all()
+    levels = gdm.inversion_levels(settings)
+    assert (
+        levels.shape == (20,)
+        and levels[-1] == 1000
+        and levels[0] == settings.schedule().timesteps[1]
+    )
+    assert gdm.psnr_threshold(settings) == 1000.0
+    assert (
+        gdm.psnr_threshold(GdmSettings(early_stop_metrics=("dists",), early_stop_thresholds=(0.4,)))
+        is None
+    )
+    two = gdm.inversion_trace(eps, x0, GdmSettings(respacing="ddim20", psnr_peak=2.0))
+    torch.testing.assert_close(two, paper_units)

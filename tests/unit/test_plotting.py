@@ -19,6 +19,7 @@ from diffguard.plotting import (
     plot_roc_curves,
     plot_score_histograms,
     plot_training_curves,
+    trace_summary,
 )
 
 PDF_MAGIC = b"%PDF"
@@ -132,17 +133,47 @@ def test_recon_grid(tmp_path: Path, channels: int) -> None:
         plot_recon_grid([], tmp_path / "x")
 
 
+def _trace_frame(rng: np.random.Generator, n: int, steps: int, peak: float = 255.0) -> pd.DataFrame:
+    """An inversion_trace CSV: PSNR falling over the levels, one row per image and step."""
+    psnr = 60 - np.cumsum(rng.uniform(0.5, 1.5, (n, steps)), axis=1)
+    return pd.DataFrame(
+        {
+            "image_id": np.repeat([f"img/{i:03d}" for i in range(n)], steps),
+            "label": 0,
+            "step": np.tile(np.arange(1, steps + 1), n),
+            "timestep": np.tile(np.append(np.arange(1, steps) * 100, 1000), n),
+            "psnr_db": psnr.ravel(),
+            "psnr_peak": peak,
+        }
+    )
+
+
 def test_psnr_inversion(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
-    traces = {"id": _shard(rng, 15, 1, "id", False)["psnr_trace"]}
-    traces["ood"] = _shard(rng, 15, 1, "ood", False)["psnr_trace"]
+    traces = {"id": _trace_frame(rng, 6, 10), "ood": _trace_frame(rng, 4, 10)}
+    summary = trace_summary(traces)
+    assert summary.groupby("dataset")["images"].max().to_dict() == {"id": 6, "ood": 4}
+    first = traces["id"][traces["id"]["step"] == 1]["psnr_db"]
+    row = summary[(summary["dataset"] == "id") & (summary["step"] == 1)].iloc[0]
+    assert row["mean_db"] == pytest.approx(first.mean()) and row["sd_db"] == pytest.approx(
+        first.std()
+    )
+    assert row["mean_paper_db"] == pytest.approx(first.mean() - 20 * np.log10(127.5))
+    assert summary["timestep"].max() == 1000 and len(summary) == 20
     stem = tmp_path / "psnr"
-    _assert_figure(plot_psnr_inversion(traces, stem), stem)
-    # CFG experiments record no trace (N x 0): the figure says so instead of failing
-    empty = tmp_path / "psnr_empty"
-    _assert_figure(plot_psnr_inversion({"id": np.zeros((5, 0))}, empty), empty)
-    with pytest.raises(ValueError, match="N x S"):
-        plot_psnr_inversion({"id": np.zeros(5)}, tmp_path / "x")
+    _assert_figure(plot_psnr_inversion(summary, stem, threshold=48.5, title="t"), stem)
+    paper = tmp_path / "psnr_paper_units"
+    two = trace_summary({"id": _trace_frame(rng, 3, 5, peak=2.0)})
+    assert (two["mean_paper_db"] == two["mean_db"]).all()
+    _assert_figure(plot_psnr_inversion(two, paper), paper)
+    with pytest.raises(ValueError, match="missing column"):
+        trace_summary({"id": traces["id"].drop(columns="psnr_peak")})
+    with pytest.raises(ValueError, match="several peaks"):
+        trace_summary({"id": traces["id"], "two": _trace_frame(rng, 2, 10, peak=2.0)})
+    with pytest.raises(ValueError, match="different steps"):
+        trace_summary({"id": traces["id"].iloc[:-1]})
+    with pytest.raises(ValueError, match="no rows"):
+        trace_summary({"id": traces["id"].iloc[:0]})
 
 
 def test_training_curves(tmp_path: Path) -> None:

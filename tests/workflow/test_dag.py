@@ -44,6 +44,7 @@ def test_tiny_dag_job_counts(dry_runs) -> None:
     assert counts["select_images"] == 4 and counts["cache_predictions"] == 4
     assert counts["train_diffusion"] == 2 and counts["train_classifier"] == 1
     assert counts["evaluate"] == 1 and counts["baseline_scores"] == 1
+    assert counts["inversion_trace"] == 3  # Fig. 4: one per evaluation set
     assert result.seconds < 120
 
 
@@ -59,6 +60,8 @@ def test_default_dag_plans_every_artifact(dry_runs) -> None:
         "build_paper",
         "explore_notebook",
         "speed_benchmark",
+        "fig2_predictions",  # Fig. 2B from the trained models (no noise-aware classifier)
+        "plot_fig2",
     ):
         assert counts.get(rule) == 1, rule
 

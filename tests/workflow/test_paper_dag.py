@@ -58,7 +58,11 @@ def test_imagenet_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
         repo_root, sized_config(repo_root, tmp_path, "imagenet.yaml", sizes)
     )
     config = yaml.safe_load((repo_root / "config" / "imagenet.yaml").read_text())
-    explicit = [n for n, e in config["experiments"].items() if not e.get("speed_only")]
+    explicit = [
+        n
+        for n, e in config["experiments"].items()
+        if not e.get("speed_only") and not e.get("inversion_trace_only")
+    ]
     grid = sum(len(v) for e in config["experiments"].values() for v in e.get("grid", {}).values())
     assert len(explicit) == 12 and grid == 10
     # gdm_main has 4 seeds, every other experiment (and each grid one, from ldm_main) has 1
@@ -73,17 +77,29 @@ def test_imagenet_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
     assert counts["prepare_diffusion_model"] == 2 and counts["prepare_classifier"] == 1
     assert "train_classifier" not in counts and "train_diffusion" not in counts
     assert "prepare_ensemble_member" not in counts  # no deep_ensemble on ImageNet
-    # 11 fetched files (lists, 4 OOD sets, ResNet-50, ADM, LDM ckpt + yaml, VGG16, DISTS),
-    # ImageNet val and train linked from user-provided folders
-    assert counts["download"] == 11 and counts["verify_download"] == 11
+    # 12 fetched files (lists, 4 OOD sets, ResNet-50, ADM, the ADM noisy classifier of Fig. 2,
+    # LDM ckpt + yaml, VGG16, DISTS), ImageNet val and train linked from user-provided folders
+    assert counts["download"] == 12 and counts["verify_download"] == 12
     assert counts["link_manual_folder"] == 2 and counts["extract_download"] == 5
     assert counts["torch_hub"] == 1 and counts["assemble_openood_benchmark"] == 1
     for rule in ("evaluate", "baseline_scores", "build_paper"):
         assert counts[rule] == 1, rule
     assert_report_targets(stdout, "imagenet")
+    # Fig. 2: one prediction job (noisy classifier, ResNet-50, ADM x0) and one plot job
+    assert counts["fig2_predictions"] == 1 and counts["plot_fig2"] == 1
+    block = stdout[stdout.index("rule fig2_predictions:") :].split("\n\n")[0]
+    assert "downloads/adm256_classifier/256x256_classifier.pt" in block, block
+    assert "models/adm256_uncond/model.done" in block and "lists/imagenet_val.txt" in block
+    assert re.search(r"gpu=1", block), block
+    for name in ("noisy_classifier_agreement", "accuracy_over_timesteps"):
+        assert f"figures/imagenet/{name}.pdf" in stdout, name
     for name in ("ldm_main__cam_cut0.2", "ldm_main__ddim_steps50", "gdm_es_psnr_6.39_dists_0.37"):
         assert f"recon/{name}/" in stdout, name
     assert "recon/gdm_speed/" not in stdout  # timed by the speed benchmark only
+    # Fig. 4: one full-inversion trace job per evaluation set, never reconstructed or evaluated
+    assert counts["inversion_trace"] == 5 and counts["plot_psnr_inversion"] == 1
+    assert "recon/gdm_inversion_trace/" not in stdout
+    assert "inversion_trace/gdm_inversion_trace/imagenet_o.csv" in stdout
     # resources of a reconstruction shard: a GPU, memory and a runtime that grow with retries
     block = stdout[stdout.index("rule reconstruct:") :].split("\n\n")[0]
     assert re.search(r"gpu=1", block) and re.search(r"mem_mb=32000", block), block
@@ -130,6 +146,7 @@ def test_cifar10_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:
     assert counts["prepare_diffusion_model"] == 1 and counts["prepare_classifier"] == 1
     assert counts["prepare_ensemble_member"] == 3
     assert "torch_hub" not in counts  # logits/l2/ssim need no VGG weights
+    assert "fig2_predictions" not in counts  # Fig. 2 is an ImageNet figure
     assert_report_targets(stdout, "cifar10")
     # the evaluation sets' caches take the members' weights, the training set's does not
     for dataset, members in (("cifar100", 3), ("tin", 3), ("train", 0)):

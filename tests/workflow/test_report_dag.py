@@ -16,6 +16,7 @@ REPORT_RULES = (
     "plot_figures",
     "plot_sweeps",
     "plot_ablation_grid",
+    "plot_psnr_inversion",
     "write_paper_numbers",
     "build_paper",
 )
@@ -42,6 +43,7 @@ EXPECTED = {
         "reproduction_gate",
         "plot_figures",
         "plot_ablation_grid",
+        "plot_psnr_inversion",
         "write_paper_numbers",
         "build_paper",
     },
@@ -51,11 +53,14 @@ EXPECTED = {
         "reproduction_gate",
         "plot_figures",
         "plot_ablation_grid",
+        "plot_psnr_inversion",
         "write_paper_numbers",
         "build_paper",
     },
     "config/imagenet.yaml": set(REPORT_RULES),
-    "config/cifar10.yaml": set(REPORT_RULES) - {"plot_sweeps", "plot_ablation_grid"},
+    # CIFAR-10 has no GDM (DiffNB's CFG only): no Fig. 4
+    "config/cifar10.yaml": set(REPORT_RULES)
+    - {"plot_sweeps", "plot_ablation_grid", "plot_psnr_inversion"},
 }
 
 
@@ -84,7 +89,11 @@ def test_imagenet_paper_tables_and_figures_are_targets(dry_runs) -> None:
     for name in ("table2_imagenet", "table3_clean_grad_ablation", "table4_early_stop_ablation"):
         for path in (f"paper/tables/{name}.tex", f"data/processed/imagenet/tables/{name}.md"):
             assert path in output, path
-    for path in ("figures/imagenet/sweeps.pdf", "figures/imagenet/ablation_grid.pdf"):
+    for path in (
+        "figures/imagenet/sweeps.pdf",
+        "figures/imagenet/ablation_grid.pdf",
+        "figures/imagenet/psnr_inversion.pdf",
+    ):
         assert path in output, path
     assert "figures/imagenet/training_curves.pdf" not in output  # no trained model
 
@@ -107,3 +116,8 @@ def test_report_section_errors_name_the_key(repo_root: Path, tmp_path: Path) -> 
         repo_root, "--configfile", "config/tiny.yaml", "--config", "report_config=missing.yaml"
     )
     assert rc != 0 and "missing.yaml does not exist" in output
+    report.write_text("report:\n  figures:\n    psnr_inversion: {experiment: gdm_main}\n")
+    rc, output = _dry_run(
+        repo_root, "--configfile", "config/tiny.yaml", "--config", f"report_config={report}"
+    )
+    assert rc != 0 and "psnr_inversion.experiment: 'gdm_main' is not an experiment" in output

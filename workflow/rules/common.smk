@@ -33,8 +33,14 @@ EVAL_SETS = [ID_SET, *OOD_SETS]
 ALL_SETS = list(config["datasets"])
 SEEDS = [int(s) for s in config.get("seeds", [0])]
 EXP_SEEDS = {name: experiment_seeds(config, exp) for name, exp in EXPERIMENTS.items()}
-# speed-only experiments (the released speed configs) are timed, never run over the datasets
-EVAL_EXPERIMENTS = {n: e for n, e in EXPERIMENTS.items() if not e.get("speed_only", False)}
+# speed-only experiments (the released speed configs) are timed, never run over the datasets;
+# inversion-trace experiments (Fig. 4) only invert a subsample of each evaluation set
+TRACE_EXPERIMENTS = {n: e for n, e in EXPERIMENTS.items() if e["inversion_trace_only"]}
+EVAL_EXPERIMENTS = {
+    n: e
+    for n, e in EXPERIMENTS.items()
+    if not e.get("speed_only", False) and n not in TRACE_EXPERIMENTS
+}
 PKG = "workflow/scripts/diffguard"
 SPEED_TABLES = {}  # filled by workflow/rules/speed.smk when included
 CPUS_PER_JOB = int(config.get("cpus_per_job", 1))

@@ -68,3 +68,43 @@ rule gather_scores:
         "../../envs/diffguard.yaml"
     script:
         "../scripts/gather_scores.py"
+
+
+rule inversion_trace:
+    """Fig. 4: PSNR(x_t, x_0) along the full GDM inversion (no early stop) of a subsample."""
+    input:
+        imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
+        benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
+        classifier_spec=CLASSIFIER_SPEC,
+        model=experiment_model,
+        code=pkg(
+            "gdm.py",
+            "schedules.py",
+            "data.py",
+            "runtime.py",
+            "reconstruction.py",
+            "config.py",
+            "io.py",
+            "backends.py",
+        ),
+    output:
+        f"data/processed/{RUN}/inversion_trace/{{exp}}/{{dataset}}.csv",
+    log:
+        f"data/logs/inversion_trace/{RUN}/{{exp}}/{{dataset}}.log",
+    retries: RETRIES
+    conda:
+        "../../envs/diffguard.yaml"
+    threads: CPUS_PER_JOB
+    resources:
+        gpu=config.get("gpus_per_job", 0),
+        mem_mb=job_mem_mb,
+        runtime=reconstruct_runtime,
+    params:
+        experiment=experiment_spec,
+        benchmark=config["benchmark"],
+        batch_size=config.get("batch_size", 64),
+        device=config.get("device", "auto"),
+        dtype=config.get("dtype", "float32"),
+        model_dir=experiment_model_dir,
+    script:
+        "../scripts/inversion_trace.py"

@@ -24,11 +24,17 @@ SWEEPS = {
     for name, spec in REPORT_FIGURES.get("sweeps", {}).items()
 }
 ABLATION = REPORT_FIGURES.get("ablation_grid")
+PSNR_FIGURE = REPORT_FIGURES.get("psnr_inversion")
 
-FIGURES = ["score_histograms", "roc_curves", "recon_grid", "psnr_inversion"]
+FIGURES = ["score_histograms", "roc_curves", "recon_grid"]
 if train_log_names():
     FIGURES.append("training_curves")
-EXTRA_FIGURES = (["sweeps"] if SWEEPS else []) + (["ablation_grid"] if ABLATION else [])
+EXTRA_FIGURES = (
+    (["sweeps"] if SWEEPS else [])
+    + (["ablation_grid"] if ABLATION else [])
+    + (["psnr_inversion"] if PSNR_FIGURE else [])
+)
+EXTRA_FIGURES += FIG2_FIGURES  # rule plot_fig2 (workflow/rules/figure2.smk)
 FIGURES += EXTRA_FIGURES
 TABLE_FILES = [
     f"data/processed/{RUN}/tables/main_results.csv",
@@ -264,6 +270,38 @@ if ABLATION:
             images=(ABLATION or {}).get("images", 6),
             prefer_misclassified=(ABLATION or {}).get("prefer_misclassified", True),
             dataset=(ABLATION or {}).get("dataset", ID_SET),
+        script:
+            "../scripts/plot_report_figures.py"
+
+
+if PSNR_FIGURE:
+
+    rule plot_psnr_inversion:
+        """Fig. 4: PSNR(x_t, x_0) along the full inversion, from the inversion traces."""
+        input:
+            traces=expand(
+                "data/processed/{run}/inversion_trace/{exp}/{dataset}.csv",
+                run=RUN,
+                exp=PSNR_FIGURE["experiment"],
+                dataset=EVAL_SETS,
+            ),
+            code=pkg("plotting.py", "io.py", "gdm.py", "config.py"),
+        output:
+            pdf=report(
+                f"figures/{RUN}/psnr_inversion.pdf",
+                caption="../report/psnr_inversion.rst",
+                category="Figures",
+            ),
+            png=f"figures/{RUN}/psnr_inversion.png",
+            csv=f"data/processed/{RUN}/tables/psnr_inversion.csv",
+        log:
+            f"data/logs/plot_psnr_inversion/{RUN}.log",
+        localrule: True
+        conda:
+            "../../envs/diffguard.yaml"
+        params:
+            datasets=EVAL_SETS,
+            experiment=EXPERIMENTS[PSNR_FIGURE["experiment"]],
         script:
             "../scripts/plot_report_figures.py"
 

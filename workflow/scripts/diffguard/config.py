@@ -13,6 +13,10 @@ from diffguard.gdm import GdmSettings
 METHOD_SETTINGS = {"gdm": GdmSettings, "cfg": CfgSettings}
 
 
+TRACE_IMAGES = 100
+"""Default images per dataset of an ``inversion_trace_only`` experiment (schema default)."""
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or inconsistent (the message names the key)."""
 
@@ -58,8 +62,16 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
         raise ConfigError(
             f"experiments.{name}.{method}: unknown key(s) {unknown}; valid keys: {sorted(known)}"
         )
+    if resolved.get("inversion_trace_only") and method != "gdm":
+        raise ConfigError(
+            f"experiments.{name}.inversion_trace_only: the inversion trace (Fig. 4) is a GDM "
+            f"procedure; method is {method!r}"
+        )
     resolved["name"] = name
     resolved.setdefault("oracle_labels", False)
+    resolved.setdefault("inversion_trace_only", False)
+    if resolved["inversion_trace_only"]:
+        resolved.setdefault("trace_images", TRACE_IMAGES)
     return resolved
 
 

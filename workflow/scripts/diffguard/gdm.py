@@ -7,10 +7,13 @@ that are not active at a given step instead of running one image at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -173,6 +176,43 @@ def invert(
         if not active.any():
             break
     return x, rev_t, trace
+
+
+def full_inversion_settings(settings: GdmSettings) -> GdmSettings:
+    """``settings`` inverting over every step of the respaced grid, early stop off (Fig. 4)."""
+    return dataclasses.replace(
+        settings, early_stop_steps=0, early_stop_metrics=(), early_stop_thresholds=()
+    )
+
+
+def psnr_threshold(settings: GdmSettings) -> float | None:
+    """The PSNR early-stop threshold (units of ``psnr_peak``), None when PSNR is not used."""
+    thresholds = dict(zip(settings.early_stop_metrics, settings.early_stop_thresholds, strict=True))
+    return None if "psnr" not in thresholds else float(thresholds["psnr"])
+
+
+def inversion_levels(settings: GdmSettings) -> np.ndarray:
+    """Original timestep of each level ``1..S`` a full inversion reaches (the last is ``T``,
+    where the respaced schedule's next alpha_bar is 0)."""
+    sched = settings.schedule()
+    return np.append(sched.timesteps[1:], settings.num_train_steps).astype(np.int64)
+
+
+def inversion_trace(
+    eps_model: EpsModel,
+    x0: torch.Tensor,
+    settings: GdmSettings,
+    counter: CallCounter | None = None,
+) -> torch.Tensor:
+    """PSNR(x_t, x0) after every step of the full DDIM inversion (no early stop, no sampling).
+
+    The paper's Fig. 4. Runs :func:`invert` with :func:`full_inversion_settings` and returns an
+    N x S tensor in the units of ``settings.psnr_peak`` (the released code's early-stop PSNR;
+    column ``k`` is level ``k + 1``, at original timestep ``inversion_levels(settings)[k]``).
+    """
+    _, _, trace = invert(eps_model, x0, full_inversion_settings(settings), None, counter)
+    # ``invert`` records peak 2 (paper units): PSNR = 20 log10(peak) - 10 log10(MSE)
+    return trace + 20 * math.log10(settings.psnr_peak / 2.0)
 
 
 def denoise_start_index(rev_t: torch.Tensor, settings: GdmSettings, num_steps: int) -> torch.Tensor:

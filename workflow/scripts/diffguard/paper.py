@@ -256,9 +256,10 @@ FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
     ),
     "psnr_inversion": (
         r"0.55\linewidth",
-        "PSNR (peak 2, the paper's units) between $x_t$ and the input along the DDIM "
-        "inversion, mean $\\pm$ sd per dataset over the images still inverting (lower panel: "
-        "their fraction); cf.\\ the paper's Fig.~4.",
+        "PSNR between $x_t$ and the input along the full DDIM inversion (no early stop), "
+        "mean $\\pm$ sd per dataset over a subsample; left axis: the experiment's PSNR peak "
+        "(the released code's 255; its early-stop threshold dashed), right axis: the paper's "
+        "units (peak 2); cf.\\ the paper's Fig.~4.",
     ),
     "sweeps": (
         r"\linewidth",
@@ -266,9 +267,33 @@ FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
         "paper's Fig.~7: the CAM cut-point and the number of DDIM steps); dotted: the "
         "configured value; error bars: sd over seeds where there are several.",
     ),
+    "noisy_classifier_agreement": (
+        r"0.4\linewidth",
+        "Agreement of guided-diffusion's noise-aware classifier and the protected classifier on "
+        "the clean ID images ($t=0$): both correct, both wrong with the same prediction, or "
+        "different predictions (cf.\\ the paper's Fig.~2A: they differ on about 35\\,\\%).",
+    ),
+    "accuracy_over_timesteps": (
+        r"0.6\linewidth",
+        "Top-1 accuracy on ID images noised to timestep $t$ ($q(x_t\\mid x_0)$, seeded noise): "
+        "the noise-aware classifier on $x_t$, the protected classifier on $x_t$, and the "
+        "protected classifier on the diffusion model's clean estimate $\\hat x_0(x_t)$ "
+        "(cf.\\ the paper's Fig.~2B).",
+    ),
     "training_curves": (r"\linewidth", "Training losses of the models trained by the workflow."),
 }
 """Caption of every figure the paper can include (generated into ``\\reportFigures``)."""
+
+FIGURE_NOTES_WITHOUT: dict[str, tuple[str, str]] = {
+    # stem -> (stem whose absence triggers the note, note appended to the caption)
+    "accuracy_over_timesteps": (
+        "noisy_classifier_agreement",
+        "This run configures no noise-aware classifier (\\texttt{figures.fig2."
+        "noisy\\_classifier}): only the two curves of the protected classifier are drawn, "
+        "and panel A, which needs one, is absent.",
+    ),
+}
+"""Caption notes for figures drawn without a companion figure of the same run."""
 
 
 def figure_blocks(figures: Sequence[str]) -> str:
@@ -284,6 +309,9 @@ def figure_blocks(figures: Sequence[str]) -> str:
     for name, (width, caption) in FIGURE_CAPTIONS.items():
         if name not in figures:
             continue
+        companion, note = FIGURE_NOTES_WITHOUT.get(name, (name, ""))
+        if companion not in figures:
+            caption = f"{caption} {note}"
         blocks.append(
             "\\begin{figure}[tbp]\n\\centering\n"
             f"\\includegraphics[width={width}]{{\\figdir/{name}.pdf}}\n"

@@ -28,9 +28,10 @@ from diffguard.io import atomic_path, read_npz  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("score_histograms", "roc_curves", "recon_grid", "psnr_inversion", "training_curves")
+FIGURES = ("score_histograms", "roc_curves", "recon_grid", "training_curves")
 """File stems :func:`plot_all` writes into its folder, each as ``.pdf`` and ``.png``
-(``training_curves`` only when the run trained a model)."""
+(``training_curves`` only when the run trained a model). Fig. 4 (``psnr_inversion``), Fig. 6
+and Fig. 7 are drawn by their own rules when the report config names them."""
 
 FPR_LEGEND = {
     "a": "FPR@95 (a): OOD accepted at 95% ID recall (DiffGuard / OpenOOD v1)",
@@ -381,66 +382,116 @@ def plot_recon_grid(
 # PSNR along the inversion
 
 
-def plot_psnr_inversion(
-    traces: Mapping[str, np.ndarray],
-    out_stem: str | Path,
-    *,
-    title: str | None = None,
-    min_images: int = 1,
-) -> list[Path]:
-    """PSNR(x_t, x_0) along the DDIM inversion, mean +- sd per dataset (the paper's Fig. 4).
+TRACE_REQUIRED = ("image_id", "step", "timestep", "psnr_db", "psnr_peak")
+"""Columns :func:`trace_summary` needs (an ``inversion_trace`` rule CSV)."""
 
-    Each trace is N x S (images x inversion steps, paper units, NaN after an image stopped
-    early). Statistics at a step use the images still inverting there; a lower panel shows that
-    fraction. Traces with no steps (methods without adaptive early stop) are skipped; with none
-    left the figure says so instead of failing.
+PAPER_PSNR_PEAK = 2.0
+"""The paper's PSNR peak on [-1, 1] images (the released code uses 255: +42.11 dB)."""
+
+
+def trace_summary(traces: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Mean and SD of PSNR(x_t, x_0) per dataset and inversion level (Fig. 4's curves).
 
     Args:
-        traces: Dataset -> N x S array.
-        out_stem: Output path without extension.
-        title: Figure title.
-        min_images: Steps with fewer images still inverting are not drawn.
+        traces: Dataset -> long trace frame (one row per image and level, see
+            :data:`TRACE_REQUIRED`; every dataset in the same PSNR peak).
+
+    Returns:
+        Columns ``dataset, step, timestep, images, mean_db, sd_db, mean_paper_db, psnr_peak``
+        (``mean_paper_db``: the mean in the paper's units, peak 2).
+
+    Raises:
+        ValueError: A frame without the needed columns, with no rows, with several peaks, or
+            with images that do not share the same levels.
     """
-    _theme()
-    usable = {k: np.asarray(v, dtype=np.float64) for k, v in traces.items()}
-    for name, trace in usable.items():
-        if trace.ndim != 2:
-            raise ValueError(f"PSNR trace of {name!r}: expected N x S, got shape {trace.shape}")
-    usable = {k: v for k, v in usable.items() if v.size and np.isfinite(v).any()}
-    fig, (ax, ax_n) = plt.subplots(
-        2, 1, figsize=(4.6, 3.8), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    rows = []
+    peaks: set[float] = set()
+    for name, frame in traces.items():
+        missing = [c for c in TRACE_REQUIRED if c not in frame]
+        if missing:
+            raise ValueError(
+                f"inversion trace of {name!r}: missing column(s) {missing}; "
+                f"got {list(frame.columns)}"
+            )
+        if frame.empty:
+            raise ValueError(f"inversion trace of {name!r}: no rows")
+        peaks |= set(frame["psnr_peak"].astype(float))
+        per_image = frame.groupby("image_id")["step"].apply(lambda s: tuple(sorted(s)))
+        if per_image.nunique() != 1:
+            raise ValueError(f"inversion trace of {name!r}: images cover different steps")
+        values = pd.to_numeric(frame["psnr_db"], errors="coerce")
+        grouped = frame.assign(psnr_db=values.where(np.isfinite(values))).groupby(
+            ["step", "timestep"], sort=True
+        )["psnr_db"]
+        stats = grouped.agg(["count", "mean", "std"]).reset_index()
+        for row in stats.itertuples(index=False):
+            rows.append(
+                {
+                    "dataset": name,
+                    "step": int(row.step),
+                    "timestep": int(row.timestep),
+                    "images": int(row.count),
+                    "mean_db": float(row.mean),
+                    "sd_db": float(row.std) if row.count > 1 else 0.0,
+                }
+            )
+    if len(peaks) > 1:
+        raise ValueError(f"inversion traces: PSNR in several peaks {sorted(peaks)}")
+    summary = pd.DataFrame(
+        rows, columns=["dataset", "step", "timestep", "images", "mean_db", "sd_db"]
     )
-    if not usable:
-        ax.text(
-            0.5,
-            0.5,
-            "no PSNR trace recorded\n(this experiment has no adaptive early stop)",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            fontsize=8,
+    peak = peaks.pop() if peaks else PAPER_PSNR_PEAK
+    summary["mean_paper_db"] = summary["mean_db"] - 20 * np.log10(peak / PAPER_PSNR_PEAK)
+    summary["psnr_peak"] = peak
+    return summary
+
+
+def plot_psnr_inversion(
+    summary: pd.DataFrame,
+    out_stem: str | Path,
+    *,
+    threshold: float | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """PSNR(x_t, x_0) along the full DDIM inversion, mean +- sd per dataset (the paper's Fig. 4).
+
+    The left axis is in the traces' PSNR peak (the released code's 255 for exp6.1), the right
+    axis in the paper's units (peak 2); the x axis is the original timestep ``t`` of each
+    inversion level (up to ``T``). ``threshold`` (same units as the left axis) draws the
+    experiment's PSNR early-stop threshold.
+
+    Args:
+        summary: :func:`trace_summary` frame.
+        out_stem: Output path without extension.
+        threshold: Early-stop PSNR threshold, or None.
+        title: Figure title.
+    """
+    if summary.empty:
+        raise ValueError("PSNR along the inversion: no trace to draw")
+    peaks = summary["psnr_peak"].unique()
+    if len(peaks) != 1:
+        raise ValueError(f"PSNR along the inversion: several peaks {sorted(peaks)}")
+    peak = float(peaks[0])
+    offset = 20 * np.log10(peak / PAPER_PSNR_PEAK)
+    _theme()
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    names = list(dict.fromkeys(summary["dataset"]))
+    palette = sns.color_palette("colorblind", len(names))
+    for color, name in zip(palette, names, strict=True):
+        part = summary[summary["dataset"] == name].sort_values("timestep")
+        t, mean, sd = part["timestep"], part["mean_db"], part["sd_db"]
+        ax.plot(t, mean, color=color, lw=1.2, label=f"{name} (n={int(part['images'].max())})")
+        ax.fill_between(t, mean - sd, mean + sd, color=color, alpha=0.2, lw=0)
+    if threshold is not None:
+        ax.axhline(
+            threshold, color="0.3", ls="--", lw=0.9, label=f"early-stop threshold ({threshold:g})"
         )
-        ax_n.set_xlabel("DDIM inversion step")
-    palette = sns.color_palette("colorblind", max(1, len(usable)))
-    for color, (name, trace) in zip(palette, usable.items(), strict=False):
-        running = np.isfinite(trace).sum(axis=0)
-        steps = np.arange(1, trace.shape[1] + 1)
-        keep = running >= min_images
-        with np.errstate(invalid="ignore"):
-            # all-NaN steps are masked by ``keep``; silence numpy's warning about them
-            mean = np.nanmean(np.where(keep, trace, 0.0), axis=0)
-            sd = np.nanstd(np.where(keep, trace, 0.0), axis=0)
-        mean[~keep] = np.nan
-        sd[~keep] = np.nan
-        ax.plot(steps, mean, color=color, lw=1.2, label=f"{name} (n={trace.shape[0]})")
-        ax.fill_between(steps, mean - sd, mean + sd, color=color, alpha=0.2, lw=0)
-        ax_n.plot(steps, running / trace.shape[0], color=color, lw=1.0)
-    if usable:
-        ax.legend(fontsize=6)
-    ax.set_ylabel("PSNR($x_t$, $x_0$) [dB, peak 2]")
-    ax_n.set_ylabel("still\ninverting", fontsize=7)
-    ax_n.set_ylim(0, 1.05)
-    ax_n.set_xlabel("DDIM inversion step")
+    ax.legend(fontsize=6)
+    ax.set_xlabel("$t$ (DDIM inversion, no early stop)")
+    ax.set_ylabel(f"PSNR($x_t$, $x_0$) [dB, peak {peak:g}]")
+    if offset != 0:
+        right = ax.secondary_yaxis("right", functions=(lambda v: v - offset, lambda v: v + offset))
+        right.set_ylabel(f"[dB, peak {PAPER_PSNR_PEAK:g}: paper units]")
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -498,21 +549,6 @@ def _paths(value: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(v) for v in value]
 
 
-def _concat_shards(paths: Sequence[Path]) -> dict[str, np.ndarray]:
-    """Concatenate per-image arrays of several shards (images only from the first)."""
-    shards = [read_npz(p) for p in paths]
-    merged = dict(shards[0])
-    if len(shards) > 1 and "psnr_trace" in merged:
-        traces = [s["psnr_trace"] for s in shards if s["psnr_trace"].ndim == 2]
-        width = max((t.shape[1] for t in traces), default=0)
-        padded = [
-            np.pad(t.astype(np.float64), ((0, 0), (0, width - t.shape[1])), constant_values=np.nan)
-            for t in traces
-        ]
-        merged["psnr_trace"] = np.concatenate(padded) if padded else merged["psnr_trace"]
-    return merged
-
-
 def plot_all(
     *,
     id_set: str,
@@ -536,7 +572,7 @@ def plot_all(
         ood_sets: OOD sets, in table order.
         score_files: Dataset -> per-image score CSV of the headline experiment.
         shard_files: Dataset -> reconstruction shard(s) of the headline experiment (images are
-            shown from the first; PSNR traces pooled over all).
+            shown from the first).
         train_logs: Model name -> ``train_log.csv``.
         out_dir: Figure folder.
         baseline_files: Dataset -> per-image baseline score CSV (for the ROC figure).
@@ -591,16 +627,12 @@ def plot_all(
             roc[label] = {d: frames[d][b].to_numpy() for d in sets}
     written += plot_roc_curves(roc, out / "roc_curves", id_name=id_set)
 
-    shards = {d: _concat_shards(_paths(shard_files[d])) for d in sets}
+    shards = {d: read_npz(_paths(shard_files[d])[0]) for d in sets}
     columns = grid_columns(shards, id_name=id_set, score_key=column, per_set=per_set)
     if not columns:
         raise ValueError("plot_all: the reconstruction shards store no images to show")
     written += plot_recon_grid(
         columns, out / "recon_grid", score_name=distance, title=f"{name}: regenerations"
-    )
-    traces = {d: shards[d]["psnr_trace"] for d in sets if "psnr_trace" in shards[d]}
-    written += plot_psnr_inversion(
-        traces, out / "psnr_inversion", title=f"{experiment}: PSNR along the inversion"
     )
     if train_logs:  # downloaded models (paper configs) have no training log
         logs = {model: pd.read_csv(path) for model, path in train_logs.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import zlib
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from diffguard import io
@@ -92,6 +94,118 @@ def dists_similarity(
     return similarity
 
 
+def unconditional_eps(backend: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``eps(x, t)`` of a backend without guidance (a conditional model's null label)."""
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if backend.conditional:
+            null = torch.full((x.shape[0],), backend.null_label, dtype=torch.long)
+            return backend.eps(x, t, null.to(x.device))
+        return backend.eps(x, t)
+
+    return eps
+
+
+TRACE_COLUMNS = ("image_id", "label", "step", "timestep", "psnr_db", "psnr_peak")
+"""Columns of an inversion-trace CSV: one row per image and inversion level ``step`` (1..S)."""
+
+
+def inversion_trace_job(
+    *,
+    imglist: str | Path,
+    benchmark_json: str | Path,
+    classifier_spec: str | Path,
+    model_dir: str | Path,
+    experiment: dict[str, Any],
+    benchmark: dict[str, Any],
+    images: int | None,
+    batch_size: int,
+    device_name: str,
+    out: str | Path,
+    dtype: str = "float32",
+) -> pd.DataFrame:
+    """Fig. 4: PSNR(x_t, x0) along the full GDM inversion of a subsample of one dataset.
+
+    Runs only the deterministic DDIM inversion of a ``inversion_trace_only`` experiment over
+    every step of its respaced grid (its early-stop settings are ignored, nothing is
+    regenerated) on ``images`` images drawn from ``imglist`` with ``benchmark.seed`` (all when
+    None or larger than the list). Images are loaded as the experiment's reconstruct jobs load
+    them and compared with x_t at the model's sample size, as the released early stop does.
+    Writes :data:`TRACE_COLUMNS` (PSNR in units of the experiment's ``psnr_peak``) to ``out``.
+
+    Raises:
+        ValueError: The experiment is not a GDM one or its model is a latent one.
+    """
+    from diffguard import gdm
+    from diffguard.backends import check_schedule, resize_images
+    from diffguard.config import method_settings
+    from diffguard.data import subsample
+
+    name = experiment["name"]
+    if experiment["method"] != "gdm":
+        raise ValueError(
+            f"experiments.{name}: an inversion trace needs method gdm, got {experiment['method']}"
+        )
+    settings = method_settings(experiment)
+    assert isinstance(settings, gdm.GdmSettings)
+    device = resolve_device(device_name)
+    records = read_imglist(imglist)
+    n = None if images is None or images >= len(records) else int(images)
+    records = subsample(records, n, int(benchmark.get("seed", 0)))
+    spec = json.loads(Path(classifier_spec).read_text(encoding="utf-8"))
+    backend = load_diffusion_model(model_dir, device, experiment.get("dtype", dtype))
+    if backend.latent:
+        raise ValueError(
+            f"experiments.{name}: an inversion trace needs a pixel-space model, got a latent "
+            f"({backend.source}) one"
+        )
+    check_schedule(backend, settings, f"experiments.{name}.gdm")
+    eps = unconditional_eps(backend)
+    root = image_root(benchmark_json)
+    levels = gdm.inversion_levels(settings)
+    log.info(
+        "experiment %s: full %s inversion (%d steps, no early stop) of %d images of %s",
+        name,
+        settings.respacing,
+        len(levels),
+        len(records),
+        imglist,
+    )
+    counter = gdm.CallCounter()
+    traces = []
+    start = time.perf_counter()
+    for first in range(0, len(records), batch_size):
+        chunk = records[first : first + batch_size]
+        x01 = load_experiment_images(chunk, root, experiment, benchmark, spec).to(device)
+        x_model = resize_images(x01 * 2 - 1, backend.sample_size)
+        traces.append(gdm.inversion_trace(eps, x_model, settings, counter).numpy())
+        log.info(
+            "%d/%d images, %.1f s", first + len(chunk), len(records), time.perf_counter() - start
+        )
+    trace = np.concatenate(traces) if traces else np.zeros((0, len(levels)))
+    steps = len(levels)
+    frame = pd.DataFrame(
+        {
+            "image_id": np.repeat([r.image_id for r in records], steps),
+            "label": np.repeat([r.label for r in records], steps),
+            "step": np.tile(np.arange(1, steps + 1), len(records)),
+            "timestep": np.tile(levels, len(records)),
+            "psnr_db": trace.reshape(-1).astype(np.float64),
+            "psnr_peak": float(settings.psnr_peak),
+        },
+        columns=list(TRACE_COLUMNS),
+    )
+    io.write_csv(out, frame)
+    log.info(
+        "wrote %s: %d images x %d steps, %.1f UNet evaluations/image",
+        out,
+        len(records),
+        steps,
+        counter.unet_rows / max(len(records), 1),
+    )
+    return frame
+
+
 def reconstruct_shard(
     *,
     imglist: str | Path,
@@ -162,12 +276,7 @@ def reconstruct_shard(
         backend.sample_size,
     )
 
-    def eps_uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if backend.conditional:  # a conditional model's unconditional branch: the null label
-            null = torch.full((x.shape[0],), backend.null_label, dtype=torch.long)
-            return backend.eps(x, t, null.to(x.device))
-        return backend.eps(x, t)
-
+    eps_uncond = unconditional_eps(backend)
     extra_similarities = {}
     if isinstance(settings, gdm.GdmSettings) and "dists" in settings.early_stop_metrics:
         extra_similarities["dists"] = dists_similarity(torch_hub_dir, device)

@@ -124,6 +124,12 @@ def load_report_section(
                         key,
                         selector[key],
                     )
+    trace = section["figures"].get("psnr_inversion", {}).get("experiment")
+    if trace is not None and not experiments.get(trace, {}).get("inversion_trace_only"):
+        raise ValueError(
+            f"{where}: report.figures.psnr_inversion.experiment: {trace!r} is not an "
+            "experiment with `inversion_trace_only: true`"
+        )
     for label, exp in section["figures"].get("ablation_grid", {}).get("rows", {}).items():
         if exp not in experiments:
             raise ValueError(

@@ -1,0 +1,23 @@
+"""Rule inversion_trace: per-image PSNR along the full GDM inversion of one dataset (Fig. 4)."""
+
+import torch
+
+from diffguard.reconstruction import inversion_trace_job
+from diffguard.runtime import setup_logging
+
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+torch.set_num_threads(sm.threads)
+inversion_trace_job(
+    imglist=sm.input.imglist,
+    benchmark_json=sm.input.benchmark,
+    classifier_spec=sm.input.classifier_spec,
+    model_dir=sm.params.model_dir,
+    experiment=dict(sm.params.experiment),
+    benchmark=dict(sm.params.benchmark),
+    images=sm.params.experiment["trace_images"],
+    batch_size=int(sm.params.batch_size),
+    device_name=sm.params.device,
+    out=sm.output[0],
+    dtype=sm.params.dtype,
+)
