@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -95,6 +96,10 @@ def build_served(root: Path) -> dict[str, Any]:
     resnet = standins.write_resnet50_tv(
         served, num_classes=NUM_CLASSES, filename="resnet50-standin.pth"
     )
+    # Fig. 2's noise-aware classifier (guided-diffusion EncoderUNetModel, released tensor names)
+    noisy = standins.write_adm_classifier(
+        served / "classifier", image_size=32, width=32, num_classes=NUM_CLASSES
+    )
     # piq's DISTS: torchvision's VGG16 layout (full size) and the DISTS alpha/beta tensors
     from torchvision.models import vgg16
 
@@ -114,10 +119,16 @@ def build_served(root: Path) -> dict[str, Any]:
         ldm_cin256_v2=ldm["paths"]["model"],
         ldm_cin256_v2_config=ldm["paths"]["config"],
         resnet50_tv=resnet["path"],
+        adm256_classifier=noisy["path"],
         vgg16=served / "vgg16-standin.pth",
         dists_weights=served / "dists_weights.pt",
     )
-    return {"files": files, "imagenet": imagenet, "adm_options": adm["options"]}
+    return {
+        "files": files,
+        "imagenet": imagenet,
+        "adm_options": adm["options"],
+        "noisy_options": noisy["options"],
+    }
 
 
 def sha256(path: Path) -> str:
@@ -143,7 +154,6 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
     for name, n in SIZES.items():
         config["datasets"][name]["n"] = n
     downloads = config["downloads"]
-    del downloads["adm256_classifier"]  # Fig. 2 only; nothing here consumes it
     folder_of = {"species_sub": "species_sub", "inaturalist": "inaturalist"}
     folder_of.update(openimage_o="openimage_o", imagenet_o="imagenet_o")
     for key, entry in downloads.items():
@@ -157,6 +167,10 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
         # checkpoints pinned; archives recorded on first download (both code paths run)
         entry["sha256"] = None if entry.get("extract") else sha256(path)
     config["diffusion_models"]["adm256_uncond"]["options"] = data["adm_options"]
+    # Fig. 2 at the stand-ins' 32 px (released: 256), all ddim100 indices, the noisy classifier
+    fig2 = config["figures"]["fig2"]
+    fig2.update(images=SIZES["imagenet_val"], image_size=32, resize_size=36, batch_size=4)
+    fig2["noisy_classifier"]["options"] = data["noisy_options"]
     experiments = config["experiments"]
     gdm = experiments["gdm_main"]
     gdm["seeds"] = [0]
@@ -199,7 +213,7 @@ def test_paper_workflow_with_standins(
     result = e2e.snakemake(work, "--cores", "2", configfiles=[config], timeout=2400)
     counts = result.job_counts()
     # every stage of the paper DAG ran, none was replaced
-    assert counts["download"] == 11 and counts["verify_download"] == 11
+    assert counts["download"] == 12 and counts["verify_download"] == 12
     assert counts["link_manual_folder"] == 2 and counts["extract_download"] == 5
     assert counts["torch_hub"] == 1 and counts["assemble_openood_benchmark"] == 1
     assert counts["prepare_classifier"] == 1 and counts["prepare_diffusion_model"] == 2
@@ -211,6 +225,19 @@ def test_paper_workflow_with_standins(
     assert "train_classifier" not in counts and "train_diffusion" not in counts
     for rule in ("render_paper_tables", "reproduction_check", "plot_sweeps", "plot_ablation_grid"):
         assert counts[rule] == 1, rule
+    # Fig. 2: the downloaded noisy classifier, the prepared ResNet-50 and ADM on the ID list
+    assert counts["fig2_predictions"] == 1 and counts["plot_fig2"] == 1
+    processed = work / "data" / "processed" / "standin"
+    predictions = pd.read_csv(processed / "fig2" / "predictions.csv")
+    assert len(predictions) == SIZES["imagenet_val"] * 11
+    assert set(predictions["timestep"]) == {0, *range(90, 1000, 100)}
+    assert {"pred_noisy", "pred_xt", "pred_x0"} <= set(predictions.columns)
+    agreement = pd.read_csv(processed / "tables" / "fig2_agreement.csv")
+    assert agreement["count"].sum() == SIZES["imagenet_val"]
+    for name in ("noisy_classifier_agreement", "accuracy_over_timesteps"):
+        assert (work / "figures" / "standin" / f"{name}.pdf").stat().st_size > 0, name
+    numbers = (work / "paper" / "numbers.tex").read_text()
+    assert "noisy_classifier_agreement.pdf" in numbers and "accuracy_over_timesteps.pdf" in numbers
     check = (work / "data/processed/standin/check/reproduction_check.md").read_text()
     assert check.startswith("# Reproduction check (standin): ") and "table2_imagenet" in check
     assert (work / "paper" / "ms.pdf").stat().st_size > 0

@@ -172,3 +172,12 @@ def test_settings_errors_name_the_key() -> None:
         check_fig2_config({}, "val", "x", config)
     with pytest.raises(ValueError, match="noisy_classifier.checkpoint"):
         check_fig2_config({"noisy_classifier": {"checkpoint": "z"}}, "val", "m", config)
+
+
+def test_paper_caption_says_which_curves_exist() -> None:
+    from diffguard.paper import figure_blocks
+
+    alone = figure_blocks([FIGURE_B])
+    both = figure_blocks([FIGURE_A, FIGURE_B])
+    assert "no noise-aware classifier" in alone and "no noise-aware classifier" not in both
+    assert both.index(f"{FIGURE_A}.pdf") < both.index(f"{FIGURE_B}.pdf")

@@ -1,6 +1,5 @@
 """Config validation, experiment resolution and input functions (no rules here)."""
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -11,13 +10,8 @@ validate(config, "../schemas/config.schema.yaml")
 
 PACKAGE_ROOT = str(Path(workflow.basedir) / "workflow" / "scripts")
 sys.path.insert(0, PACKAGE_ROOT)
-# Rule scripts run in child processes: they must import this checkout's package, not another
-# copy an editable install (or a stale site-packages) would put first on their path.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-)
-
 from diffguard.config import (  # noqa: E402
+    child_processes_import,
     ensemble_members,
     evaluation_datasets,
     experiment_seeds,
@@ -25,6 +19,10 @@ from diffguard.config import (  # noqa: E402
     resolve_all,
     shard_count,
 )
+
+# Rule scripts run in child processes: they must import this checkout's package, not a copy
+# an editable install (or a stale site-packages) would put first on their path.
+child_processes_import(PACKAGE_ROOT)
 
 RUN = config["run"]
 EXPERIMENTS = resolve_all(config["experiments"])  # grid-generated experiments included

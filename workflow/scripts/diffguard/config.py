@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from typing import Any
 
 from diffguard.cfg import CfgSettings
@@ -255,3 +256,11 @@ def ensemble_members(config: dict[str, Any]) -> list[dict[str, Any]]:
             f"{len(members)}"
         )
     return members
+
+
+def child_processes_import(package_root: str) -> None:
+    """Put ``package_root`` first on ``PYTHONPATH`` so child processes import this package copy."""
+    rest = [
+        p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != package_root
+    ]
+    os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *rest])

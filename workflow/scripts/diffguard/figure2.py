@@ -297,7 +297,10 @@ def plot_agreement(agreement: pd.DataFrame, out_stem: str | Path) -> list[Path]:
         ax.bar(
             ["ID"], [row["percent"]], bottom=[bottom], width=0.5, color=colour, label=row["case"]
         )
-        ax.text(0, bottom + row["percent"] / 2, f"{row['percent']:.1f}%", ha="center", fontsize=7)
+        if row["percent"] >= 3:  # label segments tall enough to hold their number
+            ax.text(
+                0, bottom + row["percent"] / 2, f"{row['percent']:.1f}%", ha="center", fontsize=7
+            )
         bottom += row["percent"]
     ax.set_ylim(0, 100)
     ax.set_ylabel("images (%)")
@@ -333,7 +336,13 @@ def compute_predictions(
     )
 
     device = resolve_device(device_name)
-    records = subsample(read_imglist(imglist), settings.images, settings.seed)
+    available = read_imglist(imglist)
+    if settings.images is not None and settings.images > len(available):
+        raise ValueError(
+            f"figures.fig2.images = {settings.images} but {imglist} holds only "
+            f"{len(available)} images"
+        )
+    records = subsample(available, settings.images, settings.seed)
     if not records:
         raise ValueError(f"{imglist}: no images for Fig. 2")
     classifier = load_trained_classifier(classifier_weights, device)

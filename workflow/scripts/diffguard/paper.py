@@ -276,7 +276,8 @@ FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
     "accuracy_over_timesteps": (
         r"0.6\linewidth",
         "Top-1 accuracy on ID images noised to timestep $t$ ($q(x_t\\mid x_0)$, seeded noise): "
-        "the noise-aware classifier on $x_t$, the protected classifier on $x_t$, and the "
+        "the noise-aware classifier on $x_t$ (where the run has one), the protected classifier "
+        "on $x_t$, and the "
         "protected classifier on the diffusion model's clean estimate $\\hat x_0(x_t)$ "
         "(cf.\\ the paper's Fig.~2B).",
     ),
