@@ -5,10 +5,13 @@ and starts (``tests/slurm/start_slurm.sh``) SLURM on this host; it needs root an
 with the reason otherwise. The test copies the repository into a temporary folder and runs the
 real workflow on ``config/tiny.yaml`` through ``--profile slurm`` (every job goes through
 sbatch), with ``gpus_per_job=1`` so that the GPU rules ask SLURM for a GPU as on a real
-cluster; the node's stand-in GPUs take those jobs and they run on the CPU. It then checks that
-the jobs ran under SLURM (plugin log, per-job SLURM logs, ``squeue``, the job completion file,
-the GPU requests read back with ``scontrol``) and that every output is byte-identical to the
-session's local tiny run (``tiny_run``, shared with the resume and determinism tests).
+cluster; the node's stand-in GPUs take those jobs and they run on the CPU. It builds one score
+table from scratch (``SLURM_TARGETS``: 9 jobs, every rule up to the scores, each GPU rule among
+them) rather than the whole metrics.csv DAG (32 jobs). It then checks that every job of that DAG
+ran under SLURM (plugin log, per-job SLURM logs, ``squeue``, the job completion file, the GPU
+requests read back with ``scontrol``) and that every output is byte-identical to the session's
+local tiny run (``tiny_run``, shared with the resume and determinism tests), which built them
+among its own.
 
 ``DIFFGUARD_SLURM_WORKFLOW=toy`` runs a small toy workflow written by the test instead (the
 cluster and the profile alone, a local run of it as reference).
@@ -41,7 +44,10 @@ SLURM_SCRIPTS = REPO_ROOT / "tests" / "slurm"
 # config whose GPU count is 0, so that the GPU rules run on the CPU-only test node.
 SLURM_CONFIGFILE = "config/tiny.yaml"
 # Targets (files or rule names) to build; empty means the workflow's default target (rule all).
-SLURM_TARGETS: list[str] = ["data/processed/tiny/metrics.csv"]
+# One score table: benchmark, image lists, classifier, diffusion model, predictions, 2 shards and
+# the gather (9 jobs, every GPU rule included); metrics.csv would submit 32 jobs of the same rules
+# plus baseline_scores and evaluate, ~3 x the time. Each must be an output of ``tiny_run``.
+SLURM_TARGETS: list[str] = ["data/processed/tiny/scores/gdm_main/far_photos/seed-0.csv"]
 # Glob patterns (fnmatch, relative to the repository root) of outputs that must exist after
 # both runs but whose bytes are not compared, e.g. executed notebooks, which store wall-clock
 # timestamps. Keep this empty unless a format cannot be made deterministic.
@@ -322,26 +328,33 @@ def _produced_files(work: Path, before: set[Path]) -> set[Path]:
     } - before
 
 
-def _declared_outputs(work: Path, spec: WorkflowSpec) -> list[str]:
-    """Output files of the run's jobs, as listed by `snakemake --summary`."""
+def _declared_outputs(work: Path, spec: WorkflowSpec) -> list[tuple[str, str, list[str]]]:
+    """Output file, rule and log files of the run's jobs, as listed by `snakemake --summary`."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", spec.snakefile, "--configfile"]
     cmd += [spec.configfile, "--summary", "--cores", "1", "--nocolor", *spec.targets]
     proc = _run(cmd, timeout=300, cwd=work, env=_env(work))
     assert proc.returncode == 0, f"snakemake --summary failed:\n{proc.stderr[-4000:]}"
     rows = [line.split("\t") for line in proc.stdout.splitlines() if "\t" in line]
-    assert rows and rows[0][0] == "output_file", f"unexpected --summary output:\n{proc.stdout}"
-    return [row[0] for row in rows[1:]]
+    assert rows and rows[0][:4] == ["output_file", "date", "rule", "log-file(s)"], (
+        f"unexpected --summary output:\n{proc.stdout}"
+    )
+    return [(row[0], row[2], [f for f in row[3].split(",") if f != "-"]) for row in rows[1:]]
 
 
-def _check_gpu_requests(job_ids: set[str]) -> None:
+def _check_gpu_requests(job_ids: set[str]) -> set[str]:
     """GPU rules' jobs were submitted with a GPU request (``TresPerJob=gres:gpu:N``), the
-    others without: read back from SLURM itself (``scontrol show job``)."""
-    gpu_jobs, cpu_jobs = [], []
+    others without: read back from SLURM itself (``scontrol show job``).
+
+    Returns:
+        The rules of the jobs.
+    """
+    gpu_jobs, cpu_jobs, rules = [], [], set()
     for job_id in sorted(job_ids):
         proc = _run(["scontrol", "show", "job", "-o", job_id], timeout=30)
         assert proc.returncode == 0, f"scontrol show job {job_id}: {proc.stderr}"
         fields = dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
         rule = re.sub(r"^rule_|_wildcards_.*$", "", fields.get("Comment", ""))
+        rules.add(rule)
         asked = fields.get("TresPerJob", "") + fields.get("TresPerNode", "")
         if rule in GPU_RULES:
             assert f"gpu:{SLURM_GPUS_PER_JOB}" in asked, f"job {job_id} ({rule}): {asked!r}"
@@ -351,6 +364,7 @@ def _check_gpu_requests(job_ids: set[str]) -> None:
             cpu_jobs.append(job_id)
     assert gpu_jobs and cpu_jobs, (gpu_jobs, cpu_jobs)
     LOGGER.info("%d jobs asked SLURM for a GPU, %d did not", len(gpu_jobs), len(cpu_jobs))
+    return rules
 
 
 @pytest.mark.slurm
@@ -379,10 +393,11 @@ def test_workflow_on_slurm_matches_local_run(
         local_before = _produced_files(local_work, set())
         _snakemake(local_work, spec, ["--cores", "2"], LOCAL_RUN_TIMEOUT_S)
     else:
-        assert spec.configfile == "config/tiny.yaml" and spec.targets == (
-            "data/processed/tiny/metrics.csv",
-        ), "the shared tiny_run reference builds metrics.csv of config/tiny.yaml"
         local_work = request.getfixturevalue("tiny_run").work
+        assert spec.configfile == "config/tiny.yaml" and spec.targets, spec
+        assert all((local_work / t).is_file() for t in spec.targets), (
+            f"the shared tiny_run reference (config/tiny.yaml) did not build {spec.targets}"
+        )
         local_before = {local_work / p for p in _repo_files(REPO_ROOT)}
         local_before = {p.relative_to(local_work) for p in local_before}
     t0 = time.monotonic()
@@ -431,8 +446,13 @@ def test_workflow_on_slurm_matches_local_run(
     assert queue.returncode == 0, queue.stderr
     states = dict(line.split("|", 1) for line in queue.stdout.split())
     assert {j: states.get(j) for j in job_ids} == dict.fromkeys(job_ids, "COMPLETED"), states
+    # Every job of the targets' DAG went through sbatch: its rules, read back from SLURM, are
+    # the DAG's (so each GPU rule of GPU_RULES had its request checked).
+    outputs = _declared_outputs(slurm_work, spec)
+    assert outputs, "the workflow declared no output files"
     if not spec.toy:
-        _check_gpu_requests(job_ids)
+        rules = _check_gpu_requests(job_ids)
+        assert rules == {rule for _, rule, _ in outputs} and rules >= set(GPU_RULES), rules
     jobcomp = STATE_DIR / "log" / "jobcomp.txt"
     if slurm_cluster.started_here or jobcomp.is_file():
         records = {
@@ -444,19 +464,23 @@ def test_workflow_on_slurm_matches_local_run(
         }
         assert {j: records.get(j) for j in job_ids} == dict.fromkeys(job_ids, "COMPLETED")
 
-    # (2) Same files, same bytes.
+    # (2) Same files, same bytes. The toy runs build the same targets; the real one builds
+    # part of what tiny_run built: every file it made (outputs, logs, weights), tiny_run made
+    # too, and every declared output and log of its jobs is there.
     local_files = _produced_files(local_work, local_before)
     slurm_files = _produced_files(slurm_work, slurm_before)
-    assert local_files == slurm_files, (
-        f"only local: {sorted(local_files - slurm_files)}; "
-        f"only slurm: {sorted(slurm_files - local_files)}"
-    )
-    outputs = _declared_outputs(local_work, spec)
-    assert outputs, "the workflow declared no output files"
+    only_slurm = slurm_files - local_files
     if spec.toy:
-        assert sorted(Path(o).name for o in outputs) == TOY_OUTPUTS, outputs
+        assert local_files == slurm_files, (
+            f"only local: {sorted(local_files - slurm_files)}; only slurm: {sorted(only_slurm)}"
+        )
+        assert sorted(Path(o).name for o, _, _ in outputs) == TOY_OUTPUTS, outputs
+    assert not only_slurm, f"only slurm: {sorted(only_slurm)}"
+    expected = {Path(f) for output, _, logs in outputs for f in (output, *logs)}
+    missing = [p for p in expected - slurm_files if not (slurm_work / p).is_dir()]
+    assert not missing, f"missing in the SLURM run: {sorted(missing)}"
     compared = 0
-    for rel in outputs:
+    for rel, _, _ in outputs:
         assert (local_work / rel).exists() and (slurm_work / rel).exists(), rel
         if any(fnmatch.fnmatch(rel, pattern) for pattern in SLURM_COMPARE_SKIP):
             continue

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from snakemake_cli import NO_SLURM_BIN, local_env
@@ -26,3 +28,19 @@ def test_dry_runs_run_each_command_once(dry_runs) -> None:
     first = dry_runs.get(*args)
     assert first.returncode == 0 and first.stdout.strip()
     assert dry_runs.get(*args) is first
+
+
+def test_a_queued_dry_run_is_taken_back_by_the_test(repo_root: Path, dry_runs) -> None:
+    DryRuns = type(dry_runs)  # noqa: N806  (``from conftest import`` may find another conftest)
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(release.wait, 60)  # the background worker is busy
+        runs = DryRuns(repo_root, pool)
+        runs.start("--version")
+        queued = runs.runs[("--version",)]
+        try:
+            result = runs.get("--version")
+            assert queued.cancelled() and result.returncode == 0 and result.stdout.strip()
+            assert runs.get("--version") is result
+        finally:
+            release.set()
