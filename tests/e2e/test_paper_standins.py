@@ -232,7 +232,7 @@ def test_paper_workflow_with_standins(
     for rule in ("render_paper_tables", "reproduction_check", "plot_sweeps", "plot_ablation_grid"):
         assert counts[rule] == 1, rule
     # Fig. 4: the full inversion (all 10 ddim10 steps, no early stop) of 3 images per set
-    assert counts["inversion_trace"] == 5 and counts["plot_psnr_inversion"] == 1
+    assert counts["inversion_trace"] == 1 and counts["plot_psnr_inversion"] == 1
     trace = pd.read_csv(
         work / "data/processed/standin/inversion_trace/gdm_inversion_trace/species.csv"
     )

@@ -408,7 +408,7 @@ def test_inversion_trace_job_writes_full_per_image_traces(
     benchmark = {"image_size": 16, "resize_size": 30, "channels": 3, "num_classes": 1000}
     out = tmp_path / "trace.csv"
     kwargs: dict[str, Any] = {
-        "imglist": imglist,
+        "imglists": {"id": imglist, "again": imglist},
         "benchmark_json": bench,
         "classifier_spec": tmp_path / "clf" / "weights" / "spec.json",
         "model_dir": models["adm"][1],
@@ -416,10 +416,11 @@ def test_inversion_trace_job_writes_full_per_image_traces(
         "images": 5,  # more than the list holds: all of it
         "batch_size": 1,
         "device_name": "cpu",
-        "out": out,
+        "outs": {"id": out, "again": tmp_path / "again.csv"},
     }
-    frame = inversion_trace_job(experiment=experiment, **kwargs)
+    frame = inversion_trace_job(experiment=experiment, **kwargs)["id"]
     written = pd.read_csv(out)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again.csv"), written)
     assert list(written.columns) == list(TRACE_COLUMNS)
     assert len(written) == len(frame) == 2 * 10  # 2 images x all 10 steps of ddim10
     assert written["image_id"].unique().tolist() == ["img/im0", "img/im1"]
@@ -437,3 +438,5 @@ def test_inversion_trace_job_writes_full_per_image_traces(
         inversion_trace_job(experiment={"name": "c", "method": "cfg", "cfg": {}}, **kwargs)
     with pytest.raises(ValueError, match="pixel-space"):
         inversion_trace_job(experiment=experiment, **{**kwargs, "model_dir": models["ldm"][1]})
+    with pytest.raises(ValueError, match="outputs"):
+        inversion_trace_job(experiment=experiment, **{**kwargs, "outs": {"id": out}})

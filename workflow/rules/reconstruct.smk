@@ -71,9 +71,10 @@ rule gather_scores:
 
 
 rule inversion_trace:
-    """Fig. 4: PSNR(x_t, x_0) along the full GDM inversion (no early stop) of a subsample."""
+    """Fig. 4: PSNR(x_t, x_0) along the full GDM inversion (no early stop) of a subsample of
+    every evaluation set, in one job (the model is loaded once)."""
     input:
-        imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
+        imglists=expand("data/interim/{run}/lists/{dataset}.txt", run=RUN, dataset=EVAL_SETS),
         benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
         classifier_spec=CLASSIFIER_SPEC,
         model=experiment_model,
@@ -88,9 +89,13 @@ rule inversion_trace:
             "backends.py",
         ),
     output:
-        f"data/processed/{RUN}/inversion_trace/{{exp}}/{{dataset}}.csv",
+        expand(
+            "data/processed/{run}/inversion_trace/{{exp}}/{dataset}.csv",
+            run=RUN,
+            dataset=EVAL_SETS,
+        ),
     log:
-        f"data/logs/inversion_trace/{RUN}/{{exp}}/{{dataset}}.log",
+        f"data/logs/inversion_trace/{RUN}/{{exp}}.log",
     retries: RETRIES
     conda:
         "../../envs/diffguard.yaml"
@@ -106,5 +111,6 @@ rule inversion_trace:
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
         model_dir=experiment_model_dir,
+        datasets=EVAL_SETS,
     script:
         "../scripts/inversion_trace.py"

@@ -1,4 +1,4 @@
-"""Rule inversion_trace: per-image PSNR along the full GDM inversion of one dataset (Fig. 4)."""
+"""Rule inversion_trace: per-image PSNR along the full GDM inversion of each dataset (Fig. 4)."""
 
 import torch
 
@@ -8,8 +8,9 @@ from diffguard.runtime import setup_logging
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
 torch.set_num_threads(sm.threads)
+datasets = list(sm.params.datasets)
 inversion_trace_job(
-    imglist=sm.input.imglist,
+    imglists=dict(zip(datasets, sm.input.imglists, strict=True)),
     benchmark_json=sm.input.benchmark,
     classifier_spec=sm.input.classifier_spec,
     model_dir=sm.params.model_dir,
@@ -18,6 +19,6 @@ inversion_trace_job(
     images=sm.params.experiment["trace_images"],
     batch_size=int(sm.params.batch_size),
     device_name=sm.params.device,
-    out=sm.output[0],
+    outs=dict(zip(datasets, sm.output, strict=True)),
     dtype=sm.params.dtype,
 )

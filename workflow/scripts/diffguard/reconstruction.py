@@ -6,7 +6,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ TRACE_COLUMNS = ("image_id", "label", "step", "timestep", "psnr_db", "psnr_peak"
 
 def inversion_trace_job(
     *,
-    imglist: str | Path,
+    imglists: Mapping[str, str | Path],
     benchmark_json: str | Path,
     classifier_spec: str | Path,
     model_dir: str | Path,
@@ -121,20 +121,22 @@ def inversion_trace_job(
     images: int | None,
     batch_size: int,
     device_name: str,
-    out: str | Path,
+    outs: Mapping[str, str | Path],
     dtype: str = "float32",
-) -> pd.DataFrame:
-    """Fig. 4: PSNR(x_t, x0) along the full GDM inversion of a subsample of one dataset.
+) -> dict[str, pd.DataFrame]:
+    """Fig. 4: PSNR(x_t, x0) along the full GDM inversion of a subsample of each dataset.
 
     Runs only the deterministic DDIM inversion of a ``inversion_trace_only`` experiment over
     every step of its respaced grid (its early-stop settings are ignored, nothing is
-    regenerated) on ``images`` images drawn from ``imglist`` with ``benchmark.seed`` (all when
-    None or larger than the list). Images are loaded as the experiment's reconstruct jobs load
-    them and compared with x_t at the model's sample size, as the released early stop does.
-    Writes :data:`TRACE_COLUMNS` (PSNR in units of the experiment's ``psnr_peak``) to ``out``.
+    regenerated) on ``images`` images drawn from each dataset's list with ``benchmark.seed``
+    (all when None or larger than the list). Images are loaded as the experiment's reconstruct
+    jobs load them and compared with x_t at the model's sample size, as the released early stop
+    does. One job for every dataset: the model is loaded once. Writes :data:`TRACE_COLUMNS`
+    (PSNR in units of the experiment's ``psnr_peak``) to ``outs[dataset]``.
 
     Raises:
-        ValueError: The experiment is not a GDM one or its model is a latent one.
+        ValueError: The experiment is not a GDM one, its model is a latent one, or the datasets
+            of ``imglists`` and ``outs`` differ.
     """
     from diffguard import gdm
     from diffguard.backends import check_schedule, resize_images
@@ -146,12 +148,11 @@ def inversion_trace_job(
         raise ValueError(
             f"experiments.{name}: an inversion trace needs method gdm, got {experiment['method']}"
         )
+    if set(imglists) != set(outs):
+        raise ValueError(f"inversion trace: lists {sorted(imglists)} but outputs {sorted(outs)}")
     settings = method_settings(experiment)
     assert isinstance(settings, gdm.GdmSettings)
     device = resolve_device(device_name)
-    records = read_imglist(imglist)
-    n = None if images is None or images >= len(records) else int(images)
-    records = subsample(records, n, int(benchmark.get("seed", 0)))
     spec = json.loads(Path(classifier_spec).read_text(encoding="utf-8"))
     backend = load_diffusion_model(model_dir, device, experiment.get("dtype", dtype))
     if backend.latent:
@@ -163,47 +164,46 @@ def inversion_trace_job(
     eps = unconditional_eps(backend)
     root = image_root(benchmark_json)
     levels = gdm.inversion_levels(settings)
-    log.info(
-        "experiment %s: full %s inversion (%d steps, no early stop) of %d images of %s",
-        name,
-        settings.respacing,
-        len(levels),
-        len(records),
-        imglist,
-    )
-    counter = gdm.CallCounter()
-    traces = []
-    start = time.perf_counter()
-    for first in range(0, len(records), batch_size):
-        chunk = records[first : first + batch_size]
-        x01 = load_experiment_images(chunk, root, experiment, benchmark, spec).to(device)
-        x_model = resize_images(x01 * 2 - 1, backend.sample_size)
-        traces.append(gdm.inversion_trace(eps, x_model, settings, counter).numpy())
-        log.info(
-            "%d/%d images, %.1f s", first + len(chunk), len(records), time.perf_counter() - start
-        )
-    trace = np.concatenate(traces) if traces else np.zeros((0, len(levels)))
     steps = len(levels)
-    frame = pd.DataFrame(
-        {
-            "image_id": np.repeat([r.image_id for r in records], steps),
-            "label": np.repeat([r.label for r in records], steps),
-            "step": np.tile(np.arange(1, steps + 1), len(records)),
-            "timestep": np.tile(levels, len(records)),
-            "psnr_db": trace.reshape(-1).astype(np.float64),
-            "psnr_peak": float(settings.psnr_peak),
-        },
-        columns=list(TRACE_COLUMNS),
-    )
-    io.write_csv(out, frame)
-    log.info(
-        "wrote %s: %d images x %d steps, %.1f UNet evaluations/image",
-        out,
-        len(records),
-        steps,
-        counter.unet_rows / max(len(records), 1),
-    )
-    return frame
+    frames = {}
+    for dataset, imglist in imglists.items():
+        records = read_imglist(imglist)
+        n = None if images is None or images >= len(records) else int(images)
+        records = subsample(records, n, int(benchmark.get("seed", 0)))
+        counter = gdm.CallCounter()
+        traces = []
+        start = time.perf_counter()
+        for first in range(0, len(records), batch_size):
+            chunk = records[first : first + batch_size]
+            x01 = load_experiment_images(chunk, root, experiment, benchmark, spec).to(device)
+            x_model = resize_images(x01 * 2 - 1, backend.sample_size)
+            traces.append(gdm.inversion_trace(eps, x_model, settings, counter).numpy())
+        trace = np.concatenate(traces) if traces else np.zeros((0, steps))
+        frame = pd.DataFrame(
+            {
+                "image_id": np.repeat([r.image_id for r in records], steps),
+                "label": np.repeat([r.label for r in records], steps),
+                "step": np.tile(np.arange(1, steps + 1), len(records)),
+                "timestep": np.tile(levels, len(records)),
+                "psnr_db": trace.reshape(-1).astype(np.float64),
+                "psnr_peak": float(settings.psnr_peak),
+            },
+            columns=list(TRACE_COLUMNS),
+        )
+        io.write_csv(outs[dataset], frame)
+        frames[dataset] = frame
+        log.info(
+            "%s: full %s inversion (%d steps, no early stop) of %d images, %.1f UNet "
+            "evaluations/image, %.1f s -> %s",
+            dataset,
+            settings.respacing,
+            steps,
+            len(records),
+            counter.unet_rows / max(len(records), 1),
+            time.perf_counter() - start,
+            outs[dataset],
+        )
+    return frames
 
 
 def reconstruct_shard(
