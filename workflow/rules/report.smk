@@ -171,7 +171,11 @@ if PAPER_TABLES:
         params:
             tables=PAPER_TABLES,
             outputs=PAPER_TABLE_OUTPUTS,
-            published_dir=PUBLISHED_DIR,
+            # from the inputs, not a hardcoded prefix (no shared filesystem needed); a run whose
+            # tables have no published numbers (OpenOOD v1.5) reads none
+            published_dir=lambda wildcards, input: (
+                str(Path(input.published[0]).parent) if input.published else PUBLISHED_DIR
+            ),
             headline_distance=HEADLINE_DISTANCE,
             run=RUN,
         script:
