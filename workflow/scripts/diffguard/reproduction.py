@@ -253,6 +253,24 @@ def _wide(selected: Mapping[str, pd.DataFrame], **table_kwargs: Any) -> pd.DataF
     return wide
 
 
+def _select_all(
+    metrics: pd.DataFrame,
+    rows: Mapping[str, Mapping[str, Any]],
+    headline_distance: str,
+    best_of_distances: Sequence[str],
+) -> dict[str, pd.DataFrame]:
+    """Row label -> the metrics rows its selector picks (:func:`select_rows`)."""
+    return {
+        str(label): select_rows(
+            metrics,
+            selector,
+            headline_distance=headline_distance,
+            best_of_distances=best_of_distances,
+        )
+        for label, selector in rows.items()
+    }
+
+
 def paper_table(
     metrics: pd.DataFrame,
     published_csv: str | Path,
@@ -269,15 +287,7 @@ def paper_table(
     """
     if not rows:
         raise ValueError(f"report table of {published_csv}: no rows configured")
-    selected = {
-        str(label): select_rows(
-            metrics,
-            selector,
-            headline_distance=headline_distance,
-            best_of_distances=best_of_distances,
-        )
-        for label, selector in rows.items()
-    }
+    selected = _select_all(metrics, rows, headline_distance, best_of_distances)
     for label, frame in selected.items():
         if frame.empty:
             log.warning(
@@ -315,15 +325,7 @@ def reproduced_table(
     unknown = [m for m in shown if m not in _CONVENTION]
     if unknown:
         raise ValueError(f"report table metrics {unknown}: expected some of {list(_CONVENTION)}")
-    selected = {
-        str(label): select_rows(
-            metrics,
-            selector,
-            headline_distance=headline_distance,
-            best_of_distances=best_of_distances,
-        )
-        for label, selector in rows.items()
-    }
+    selected = _select_all(metrics, rows, headline_distance, best_of_distances)
     wide = _wide(
         selected, per_set_metrics=shown, average_metrics=shown, group_averages=True
     ).set_index("method")

@@ -548,11 +548,6 @@ def convert_adm_state_dict(
     out = apply_rules(state_dict, rules, spec, "ADM")
 
     target = _meta_model(config).state_dict()
-    if set(out) != set(target):
-        raise ValueError(
-            "ADM conversion produced keys that differ from UNet2DModel's: missing "
-            f"{sorted(set(target) - set(out))}, unexpected {sorted(set(out) - set(target))}"
-        )
     check_shapes(out, target, rules, "ADM")
     return out
 
@@ -601,7 +596,12 @@ def check_shapes(
     rules: list[_Rule],
     what: str,
 ) -> None:
-    """Raise a ValueError naming every converted tensor whose shape differs from the target."""
+    """Raise a ValueError naming missing/unexpected converted keys, then every shape mismatch."""
+    if set(out) != set(target):
+        raise ValueError(
+            f"{what} conversion produced keys that differ from the target model's: missing "
+            f"{sorted(set(target) - set(out))}, unexpected {sorted(set(out) - set(target))}"
+        )
     source_of = {dst: r.src for r in rules for dst in r.dst}
     bad = [
         f"{source_of[k]} -> {k}: {tuple(v.shape)} != {tuple(target[k].shape)}"
