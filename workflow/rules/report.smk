@@ -171,7 +171,10 @@ if PAPER_TABLES:
         params:
             tables=PAPER_TABLES,
             outputs=PAPER_TABLE_OUTPUTS,
-            published_dir=PUBLISHED_DIR,
+            # from the inputs (lint: no hard-coded prefix); reproduced-only tables have none
+            published_dir=lambda wildcards, input: (
+                str(Path(input.published[0]).parent) if input.published else PUBLISHED_DIR
+            ),
             headline_distance=HEADLINE_DISTANCE,
             run=RUN,
         script:
