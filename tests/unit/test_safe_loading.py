@@ -168,3 +168,33 @@ def test_perceptual_weights_refuse_code(tmp_path: Path, marker: Path, distance: 
     finally:
         torch.hub.set_dir(previous)
     assert not marker.exists()
+
+
+def test_load_checkpoint_reads_a_zipped_checkpoint(tmp_path: Path, marker: Path) -> None:
+    """A host serving the checkpoint zipped (OpenOOD's v1.5 script) loads the one member inside."""
+    import zipfile
+
+    inner = tmp_path / "cifar10_res18_acc94.30.ckpt"
+    torch.save({"fc.weight": torch.arange(6.0).reshape(2, 3)}, inner)
+    wrapped = tmp_path / "download.ckpt"
+    with zipfile.ZipFile(wrapped, "w") as zf:
+        zf.write(inner, "results/checkpoints/cifar10_res18_acc94.30.ckpt")
+        zf.writestr("results/checkpoints/README.txt", "readme")
+    loaded = load_checkpoint(wrapped)
+    assert torch.equal(loaded["fc.weight"], torch.arange(6.0).reshape(2, 3))
+    assert torch.equal(load_checkpoint(inner)["fc.weight"], loaded["fc.weight"])  # torch's own zip
+
+    ambiguous = tmp_path / "two.zip"
+    with zipfile.ZipFile(ambiguous, "w") as zf:
+        zf.write(inner, "s0/best.ckpt")
+        zf.write(inner, "s1/best.ckpt")
+    with pytest.raises(UnsafeCheckpointError, match=r"two.zip.*exactly one member.*s0/best.ckpt"):
+        load_checkpoint(ambiguous)
+
+    poisoned = tmp_path / "poisoned.zip"
+    payload = _poisoned_legacy_pickle(tmp_path / "payload.ckpt", marker)
+    with zipfile.ZipFile(poisoned, "w") as zf:
+        zf.write(payload, "model.ckpt")
+    with pytest.raises(UnsafeCheckpointError):
+        load_checkpoint(poisoned)
+    assert not marker.exists()

@@ -171,7 +171,8 @@ if PAPER_TABLES:
         params:
             tables=PAPER_TABLES,
             outputs=PAPER_TABLE_OUTPUTS,
-            # from the inputs (lint: no hard-coded prefix); reproduced-only tables have none
+            # from the inputs, not a hardcoded prefix (no shared filesystem needed); a run whose
+            # tables have no published numbers (OpenOOD v1.5) reads none
             published_dir=lambda wildcards, input: (
                 str(Path(input.published[0]).parent) if input.published else PUBLISHED_DIR
             ),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         from safetensors.torch import load_file
 
         return load_file(str(path), device=str(map_location))
+    source: Path | io.BytesIO = path
+    wrapped = _wrapped_checkpoint(path)
+    if wrapped is not None:
+        log.warning("%s is a zip archive holding one checkpoint, %s: loading it", path, wrapped[0])
+        source = io.BytesIO(wrapped[1])
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it is not a plain tensor checkpoint "
@@ -42,6 +49,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if "weights_only" in str(err) or "Unsupported" in str(err):
             raise UnsafeCheckpointError(f"refusing to load {path}: {err}") from err
         raise
+
+
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
+
+
+def _wrapped_checkpoint(path: Path) -> tuple[str, bytes] | None:
+    """``(member, bytes)`` when ``path`` is a plain zip archive around one checkpoint file.
+
+    Some hosts serve a checkpoint zipped (OpenOOD's v1.5 download script unzips
+    ``cifar10_res18.zip`` for the Drive id its v1 script saved as a bare ``.ckpt``). torch's own
+    format is also a zip, recognised by its ``data.pkl`` record, and is left to ``torch.load``.
+    """
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/")]
+        if any(n.endswith("data.pkl") for n in names):
+            return None
+        found = [n for n in names if n.lower().endswith(CHECKPOINT_SUFFIXES)]
+        if len(found) != 1:
+            raise UnsafeCheckpointError(
+                f"{path} is a zip archive, not a checkpoint: expected exactly one member ending in "
+                f"{'/'.join(CHECKPOINT_SUFFIXES)}, found {found or names[:20]}"
+            )
+        return found[0], archive.read(found[0])
 
 
 def state_dict_of(checkpoint: Any, path: str | Path = "<memory>") -> dict[str, torch.Tensor]:
