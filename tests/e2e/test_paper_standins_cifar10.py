@@ -201,6 +201,7 @@ def test_cifar10_paper_workflow_with_standins(
         assert cache["mc_logits"].shape == (5, n, NUM_CLASSES), dataset  # 5 dropout passes
     shards = sorted((interim / "recon" / "diffnb_main" / "cifar10_test" / "seed-0").glob("*.npz"))
     assert [p.name for p in shards] == ["shard-000.npz", "shard-001.npz"]
+    assert [len(np.load(p)["image_ids"]) for p in shards] == [SHARD_SIZE, 4]
     # per-image scores with the lists' image ids
     for exp in ("diffnb_main", "diffnb_oracle"):
         for dataset in EVAL_SETS:
@@ -210,6 +211,12 @@ def test_cifar10_paper_workflow_with_standins(
             assert scores["image_id"].tolist() == cache["image_ids"].tolist()
             folder = {"cifar10_test": "cifar10", "cifar100": "cifar100", "tin": "tin"}[dataset]
             assert scores["image_id"].str.startswith(f"images_classic/{folder}/test/").all()
+            # CFG guidance: the classifier's cached predictions; the oracle: ID's true labels
+            assert (scores["pred"].to_numpy() == cache["preds"]).all()
+            if exp == "diffnb_main":
+                assert (scores["guide_label"] == scores["pred"]).all()
+            elif dataset == "cifar10_test":
+                assert (scores["guide_label"] == scores["label"]).all()
     baselines = pd.read_csv(processed / "baselines" / "cifar10_test.csv")
     assert {"deep_ensemble", "mc_dropout", "knn", "vim"} <= set(baselines.columns)
     metrics = pd.read_csv(processed / "metrics.csv")
