@@ -361,7 +361,8 @@ def test_speed_stage_writes_the_table(tmp_path: Path) -> None:
         )
     c = frame[frame["method"] == "CFG"]
     assert np.allclose(c["nfe_per_image"], 3 * 4)  # inversion S + [uncond; cond] 2S, S = 4
-    assert (c["classifier_fwd_per_image"] == 0).all()
+    # Grad-CAM (use_cam, the default): one classifier forward and backward per image, both
+    assert (c["classifier_fwd_per_image"] == 1).all() and (c["classifier_bwd_per_image"] == 1).all()
     tex = out["tex"].read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and "released (port)" in tex
     assert "unit\\_test" in tex  # the run name is escaped

@@ -338,22 +338,19 @@ def _unet_runners(
     if method == "CFG":
         if not isinstance(settings, cfg.CfgSettings):
             raise TypeError(f"CFG needs CfgSettings, got {type(settings).__name__}")
-        from diffguard.cam import cam_mask
-
         eps_c = _cond_eps(unet, channels, dtype)
         c_s = settings
 
-        def mask_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            layer = classifier.cam_layer  # type: ignore[attr-defined]
-            return cam_mask(classifier, layer, (x + 1) / 2, y, c_s.cam_cut)
-
         def cfg_port(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
+            def mask_fn(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+                return counted_cam(classifier, xs, ys, c_s.cam_cut, c)
+
             res = rp.cfg_reconstruct_released(eps_c, x, y, num_classes, c_s, mask_fn, counter=c)
             ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
             return ref, res.recon
 
         def cfg_ours(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
-            mask = mask_fn(x, y) if c_s.use_cam else None
+            mask = counted_cam(classifier, x, y, c_s.cam_cut, c) if c_s.use_cam else None
             res = cfg.reconstruct(eps_c, x, y, num_classes, c_s, mask, counter=c)
             ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
             return ref, res.recon
@@ -362,12 +359,27 @@ def _unet_runners(
     raise ValueError(f"unknown method {method!r}; expected GDM or CFG")
 
 
+def counted_cam(
+    classifier: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cut: float,
+    counter: gdm.CallCounter,
+) -> torch.Tensor:
+    """Grad-CAM mask of ``x`` in [-1, 1] for labels ``y``; one classifier fwd + bwd per image."""
+    from diffguard.cam import cam_mask
+
+    counter.classifier_forward_rows += len(x)
+    counter.classifier_backward_rows += len(x)
+    layer = classifier.cam_layer  # type: ignore[attr-defined]
+    return cam_mask(classifier, layer, (x + 1) / 2, y, cut)
+
+
 def _backend_cfg_runners(
     backend: Any, settings: gdm.GdmSettings | cfg.CfgSettings, classifier: torch.nn.Module
 ) -> dict[str, Runner]:
     """CFG runners on a backend (pixel or latent), at the model's sample size."""
     from diffguard.backends import resize_images
-    from diffguard.cam import cam_mask
 
     if not isinstance(settings, cfg.CfgSettings):
         raise TypeError(f"CFG needs CfgSettings, got {type(settings).__name__}")
@@ -379,11 +391,6 @@ def _backend_cfg_runners(
 
     def decode(z: torch.Tensor) -> torch.Tensor:
         return backend.decode(z, quantize=c_s.decode_quantize)
-
-    def mask_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # Grad-CAM on the classifier's input (the loader size), as in the reconstruction jobs.
-        layer = classifier.cam_layer  # type: ignore[attr-defined]
-        return cam_mask(classifier, layer, (x + 1) / 2, y, c_s.cam_cut)
 
     def back(res: cfg.CfgResult, x: torch.Tensor) -> tuple[Any, Any]:
         size = x.shape[-1]
@@ -397,8 +404,9 @@ def _backend_cfg_runners(
             y,
             null,
             c_s,
-            # The CAM of the loader-size input (the port's split is the whole batch here).
-            lambda xs, ys: mask_fn(x, ys),
+            # Grad-CAM on the classifier's input (the loader size), as in the reconstruction
+            # jobs; the port's split is the whole batch here.
+            lambda xs, ys: counted_cam(classifier, x, ys, c_s.cam_cut, c),
             encode,
             decode,
             c,
@@ -406,7 +414,7 @@ def _backend_cfg_runners(
         return back(res, x)
 
     def cfg_ours(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
-        mask = mask_fn(x, y) if c_s.use_cam else None
+        mask = counted_cam(classifier, x, y, c_s.cam_cut, c) if c_s.use_cam else None
         x_m = resize_images(x, backend.sample_size)
         return back(cfg.reconstruct(backend.eps, x_m, y, null, c_s, mask, encode, decode, c), x)
 
