@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from snakemake_cli import local_env
+from snakemake_cli import job_counts, local_env
 
 LOGGER = logging.getLogger(__name__)
 
@@ -138,13 +137,7 @@ class SnakemakeResult:
         """Jobs per rule from snakemake's "Job stats" table (empty when nothing ran)."""
         if "Job stats:" not in self.output:
             return {}
-        table = self.output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-        counts = {}
-        for line in table.splitlines():
-            match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-            if match:
-                counts[match.group(1)] = int(match.group(2))
-        return counts
+        return job_counts(self.output)
 
 
 def snakemake(
