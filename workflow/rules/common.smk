@@ -10,6 +10,7 @@ validate(config, "../schemas/config.schema.yaml")
 
 PACKAGE_ROOT = str(Path(workflow.basedir) / "workflow" / "scripts")
 sys.path.insert(0, PACKAGE_ROOT)
+from diffguard import codedeps  # noqa: E402
 from diffguard.config import (  # noqa: E402
     child_processes_import,
     ensemble_members,
@@ -39,7 +40,6 @@ EVAL_EXPERIMENTS = {
     for n, e in EXPERIMENTS.items()
     if not e.get("speed_only", False) and n not in TRACE_EXPERIMENTS
 }
-PKG = "workflow/scripts/diffguard"
 SPEED_TABLES = {}  # filled by workflow/rules/speed.smk when included
 CPUS_PER_JOB = int(config.get("cpus_per_job", 1))
 BENCHMARK_KIND = config["benchmark"]["kind"]
@@ -142,9 +142,11 @@ wildcard_constraints:
     model=alternatives(DIFFUSION_MODELS),
 
 
-def pkg(*modules):
-    """Package modules a rule depends on, so that editing them reruns that rule only."""
-    return [f"{PKG}/{m}" for m in ("__init__.py", *modules)]
+def script_code(script):
+    """Code inputs of the rule running ``workflow/scripts/<script>``: the script and the package
+    modules it imports, transitively (read with ``ast``), so that editing one reruns exactly the
+    rules that can execute it."""
+    return codedeps.script_code(script, PACKAGE_ROOT, workflow.basedir)
 
 
 def model_dir(name):
