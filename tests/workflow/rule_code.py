@@ -34,7 +34,11 @@ def main(repo: Path, configfile: str) -> None:
         for rule in workflow.rules:
             script = None
             if rule.script:
-                script = str((Path(rule.basedir.get_path_or_uri(secret_free=True)) / rule.script).resolve().relative_to(repo))
+                script = str(
+                    (Path(rule.basedir.get_path_or_uri(secret_free=True)) / rule.script)
+                    .resolve()
+                    .relative_to(repo)
+                )
             code = [str(f) for f in rule.input.code] if "code" in rule.input._names else None
             rules[rule.name] = {"script": script, "code": code}
     json.dump(rules, sys.stdout, indent=1, sort_keys=True)

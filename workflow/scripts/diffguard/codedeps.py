@@ -26,7 +26,7 @@ def _module_file(package_root: Path, dotted: str) -> Path | None:
 
 
 def _module_name(package_root: Path, path: Path) -> str:
-    """Dotted name of the package file ``path`` (``diffguard/convert/__init__.py`` -> ``diffguard.convert``)."""
+    """Dotted name of ``path`` (``diffguard/convert/__init__.py``: ``diffguard.convert``)."""
     parts = list(path.relative_to(package_root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -46,7 +46,9 @@ def _imported_names(tree: ast.AST, current: str | None, is_package: bool) -> set
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 if current is None:
-                    raise ValueError(f"relative import outside the {PACKAGE} package (level {node.level})")
+                    raise ValueError(
+                        f"relative import outside the {PACKAGE} package (level {node.level})"
+                    )
                 anchor = current.split(".") if is_package else current.split(".")[:-1]
                 anchor = anchor[: len(anchor) - (node.level - 1)] if node.level > 1 else anchor
                 base = ".".join([*anchor, node.module] if node.module else anchor)
