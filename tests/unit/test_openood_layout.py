@@ -89,7 +89,10 @@ def test_link_into_hub(tmp_path: Path) -> None:
     assert dest.read_bytes() == b"weights"
 
 
-FLAT_LIST = "imagenet_1k/val/ILSVRC2012_val_00000001.JPEG 65\nimagenet_1k/val/ILSVRC2012_val_00000002.JPEG 970\n"
+FLAT_LIST = (
+    "imagenet_1k/val/ILSVRC2012_val_00000001.JPEG 65\n"
+    "imagenet_1k/val/ILSVRC2012_val_00000002.JPEG 970\n"
+)
 WNIDS = {"ILSVRC2012_val_00000001.JPEG": "n01751748", "ILSVRC2012_val_00000002.JPEG": "n09193705"}
 
 

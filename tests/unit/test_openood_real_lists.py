@@ -73,7 +73,7 @@ def test_real_lists_assemble(real_lists: Path, tmp_path: Path, sorted_val: bool)
     for folder in mounts.values():
         folder.mkdir(parents=True, exist_ok=True)
     by_mount = sorted(mounts, key=len, reverse=True)
-    for name, spec in lists.items():
+    for spec in lists.values():
         for record in read_imglist(real_lists / spec["file"]):
             rel = f"{spec['prefix']}/{record.path}"
             mount = next(m for m in by_mount if rel.startswith(m + "/"))
