@@ -37,3 +37,19 @@ def test_garbage_file_stops_with_its_path(tmp_path: Path) -> None:
     bad.write_bytes(b"not an image at all" * 10)
     with pytest.raises(ImageLoadError, match="garbage.jpg"):
         load_image_checked(bad, 32, 3, load_truncated=True)
+
+
+def test_switch_records_truncated_paths_and_can_refuse(tmp_path: Path) -> None:
+    from diffguard.data import ImageRecord
+    from diffguard.runtime import load_experiment_images
+
+    data = _jpeg(tmp_path)
+    (tmp_path / "ok.jpg").write_bytes(data)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    records = [ImageRecord("ok.jpg", 0, "ok", 1), ImageRecord("cut.jpg", 1, "cut", 2)]
+    benchmark = {"image_size": 32, "channels": 3}  # no key: the released default (decode)
+    truncated: list[str] = []
+    images = load_experiment_images(records, tmp_path, {}, benchmark, None, truncated)
+    assert images.shape == (2, 3, 32, 32) and truncated == ["cut.jpg"]
+    with pytest.raises(ImageLoadError, match="cut.jpg"):
+        load_experiment_images(records, tmp_path, {}, {**benchmark, "load_truncated_images": False})

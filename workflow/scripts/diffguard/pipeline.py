@@ -25,6 +25,7 @@ from diffguard.runtime import (  # noqa: F401  (re-exported for the rule scripts
     image_root,
     load_records_images,
     load_trained_classifier,
+    load_truncated_images,
     resolve_device,
     setup_logging,
 )
@@ -231,9 +232,18 @@ def cache_predictions(
     records = read_imglist(imglist)
     root = image_root(benchmark_json)
     logits, feats, mc, ens = [], [], [], []
+    truncated: list[str] = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        x = load_records_images(chunk, root, size, benchmark["channels"], pre_size).to(device)
+        x = load_records_images(
+            chunk,
+            root,
+            size,
+            benchmark["channels"],
+            pre_size,
+            load_truncated=load_truncated_images(benchmark),
+            truncated=truncated,
+        ).to(device)
         f = model.features(x)
         logits.append(model.fc(f).cpu())
         feats.append(f.cpu())
@@ -245,6 +255,7 @@ def cache_predictions(
             ens.append(torch.stack([m(x).cpu() for m in members], dim=0))
     logits_t = torch.cat(logits)
     k = logits_t.shape[1]
+    log.info("%s: %d truncated images decoded as far as they go", imglist, len(truncated))
     io.write_npz(
         out,
         image_ids=np.array([r.image_id for r in records]),
@@ -254,6 +265,7 @@ def cache_predictions(
         features=torch.cat(feats).numpy(),
         preds=logits_t.argmax(1).numpy(),
         input_size=np.array(size),
+        truncated_paths=np.array(truncated, dtype=str),
         mc_logits=torch.cat(mc, dim=1).numpy()
         if mc
         else np.zeros((0, len(records), k), np.float32),

@@ -286,11 +286,14 @@ def reconstruct_shard(
     start_time = time.perf_counter()
     counter = gdm.CallCounter()
     done = 0
+    truncated: list[str] = []
     for first, stop, keep in aligned_chunks(len(all_records), shard, shard_size, batch_size):
         chunk = all_records[first:stop]
         # Anything drawing from the global RNG sees the same state whichever shard runs it.
         torch.manual_seed(seed * 1_000_003 + first)
-        x01 = load_experiment_images(chunk, root, experiment, benchmark, clf_spec).to(device)
+        x01 = load_experiment_images(chunk, root, experiment, benchmark, clf_spec, truncated).to(
+            device
+        )
         x = x01 * 2 - 1
         x_model = resize_images(x, backend.sample_size)
         preds = torch.tensor([pred_of[r.image_id] for r in chunk])
@@ -392,6 +395,11 @@ def reconstruct_shard(
             torch.cat(tensors).to(torch.float16).numpy() if tensors else np.zeros((0,), np.float16)
         )
     arrays["nfe_per_image"] = np.array(counter.unet_rows / max(len(records), 1))
+    # chunks are padded to aligned batches: keep the shard's own truncated images only
+    cut = set(truncated)
+    own = [r.path for r in records if r.path in cut]
+    arrays["truncated_paths"] = np.array(own, dtype=str)
+    log.info("shard %d: %d truncated images decoded as far as they go", shard, len(own))
     io.write_npz(out, **arrays)
     log.info(
         "wrote %s: %.1f UNet evaluations/image, %.1f s",
