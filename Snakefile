@@ -6,9 +6,9 @@ min_version("9.0")
 
 
 # A --configfile replaces the default instead of being deep-merged into it, so a paper or test
-# config never inherits the embedded benchmark's experiments; `--config key=value` alone still
-# overrides the default.
-if "run" not in config:
+# config never inherits the embedded benchmark's experiments; `--config key=value` (run=NAME
+# included) still overrides the default. workflow.overwrite_configfiles = the --configfile list.
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
 

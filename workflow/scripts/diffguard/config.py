@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import os
 from typing import Any
@@ -60,8 +61,13 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
     known = {f.name for f in dataclasses.fields(settings_cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
         raise ConfigError(
-            f"experiments.{name}.{method}: unknown key(s) {unknown}; valid keys: {sorted(known)}"
+            f"experiments.{name}.{method}: unknown key(s) {', '.join(hints)}; valid keys "
+            f"(fields of {settings_cls.__module__}.{settings_cls.__name__}): {sorted(known)}"
         )
     if resolved.get("inversion_trace_only") and method != "gdm":
         raise ConfigError(
