@@ -16,10 +16,13 @@ and ``options`` (the ``options`` of the config entry, or the classifier spec).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Callable
+import sys
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,38 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ADM_MANIFEST = "adm256_uncond_manifest.tsv"
 LDM_MANIFEST = "ldm_cin256_v2_manifest.tsv"
 DIFFNB_MANIFEST = "diffnb_cifar10_cond_manifest.tsv"
+# Callback class CompVis' Lightning checkpoints pickle (torch.load(weights_only=True) refuses it)
+LIGHTNING_MODEL_CHECKPOINT = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
+
+
+@contextlib.contextmanager
+def fake_global_class(qualified_name: str = LIGHTNING_MODEL_CHECKPOINT) -> Iterator[type]:
+    """A plain class importable as ``qualified_name`` while the context lasts.
+
+    Lightning is not installed here; pickling an instance (or the class) of the returned class
+    writes the real global name into the file, as a Lightning checkpoint does. Modules this adds
+    to ``sys.modules`` are removed on exit, so a loader cannot rely on them.
+    """
+    module_name, class_name = qualified_name.rsplit(".", 1)
+    cls = type(class_name, (), {"__module__": module_name, "__qualname__": class_name})
+    parts = module_name.split(".")
+    added: list[str] = []
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        if name not in sys.modules:
+            sys.modules[name] = types.ModuleType(name)
+            added.append(name)
+    previous = getattr(sys.modules[module_name], class_name, None)
+    setattr(sys.modules[module_name], class_name, cls)
+    try:
+        yield cls
+    finally:
+        if previous is None:
+            delattr(sys.modules[module_name], class_name)
+        else:
+            setattr(sys.modules[module_name], class_name, previous)
+        for name in reversed(added):
+            del sys.modules[name]
 
 
 def manifest_dir() -> Path:
@@ -194,7 +229,11 @@ def write_ldm(
     ``context_dim``, the VQ unit 128 -> ``vq_channels``, codebook 8192 -> ``n_embed`` rows,
     pixel resolution 256 -> ``resolution`` (the latent is resolution / 4, as f=4);
     ``n_classes`` embedding rows (the last one the null class). The schedule buffers of the
-    real checkpoint are included. Roles: ``model`` and ``config``.
+    real checkpoint are included. Saved as PyTorch Lightning 1.4 (latent-diffusion's pin) saves:
+    ``epoch``, ``global_step``, ``pytorch-lightning_version``, ``callbacks`` keyed by the
+    ``ModelCheckpoint`` class (Lightning < 1.5 keys callback states by ``type(callback)``, so the
+    file names the global ``weights_only`` refuses) and ``state_dict``. Roles: ``model`` and
+    ``config``.
     """
     headers, shapes = _manifest(LDM_MANIFEST, manifest)
     unet_real, first_real = dict(headers["unet"]), dict(headers["first_stage"])
@@ -266,15 +305,26 @@ def write_ldm(
         }
     }
     out = Path(out_dir)
-    model = _save(
-        {
-            "epoch": 0,
-            "global_step": 0,
-            "pytorch-lightning_version": "1.4.2",
-            "state_dict": state,
-        },
-        out / "model.ckpt",
-    )
+    callback_state = {
+        "monitor": "val/loss_simple_ema",
+        "best_model_score": torch.tensor(0.1),
+        "best_model_path": "logs/checkpoints/epoch=000001.ckpt",
+        "current_score": torch.tensor(0.1),
+        "dirpath": "logs/checkpoints",
+    }
+    with fake_global_class(LIGHTNING_MODEL_CHECKPOINT) as model_checkpoint:
+        model = _save(
+            {
+                "epoch": 1,
+                "global_step": 1000,
+                "pytorch-lightning_version": "1.4.2",
+                "callbacks": {model_checkpoint: callback_state},
+                "optimizer_states": [],
+                "lr_schedulers": [],
+                "state_dict": state,
+            },
+            out / "model.ckpt",
+        )
     config_path = out / "cin256-v2.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return _result({"model": model, "config": config_path}, {})
