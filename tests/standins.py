@@ -3,7 +3,7 @@
 Nothing can be downloaded here, so tests that exercise the real conversion and loading code need
 files that look like the released checkpoints. Each writer produces the *original* file format
 (``torch.save`` of the original key names, the original container: bare state dict, Lightning
-``{"state_dict": ...}`` or the DDIM runner's ``[model, optimizer, epoch, step, ema]`` list), with
+checkpoint with its callback entries, or DiffOOD's flat EMA dict), with
 the tensor names of the real checkpoint's manifest (``shared/reference/checkpoints``) and its
 shapes scaled down: every width that is a multiple of the real channel unit is rescaled to the
 stand-in's unit; the structure (levels, blocks, attention placement) stays that of the real
@@ -340,12 +340,15 @@ def write_diffnb(
     seed: int = 0,
     filename: str = "ema_cifar10.ckpt",
     manifest: Path | None = None,
+    training_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """DiffNB's conditional CIFAR-10 UNet in miniature + its yml (DiffNB layout).
 
-    Saved as the DDIM runner does: ``[model_state ('module.' prefixed, DataParallel),
-    optimizer_state, epoch, step, ema_state (no prefix)]``; model and EMA weights differ, and
-    the loader must take the EMA ones. Channel unit 128 -> ``ch``. Roles: ``model``, ``config``.
+    Saved as DiffOOD's ``ema_cifar10.ckpt`` is: ``torch.save(EMAHelper.state_dict())``, a flat
+    ``name -> tensor`` dict of the EMA shadow weights (registered from the unwrapped model, so
+    no ``module.`` prefix). With ``training_checkpoint`` it writes DiffOOD's ``train.ckpt`` list
+    ``[model, optimizer, scheduler, epoch, step, time_start]`` instead, which holds no EMA
+    weights (the loader must refuse it). Channel unit 128 -> ``ch``. Roles: ``model``, ``config``.
     """
     headers, shapes = _manifest(DIFFNB_MANIFEST, manifest)
     real = dict(headers["config"])
@@ -355,14 +358,17 @@ def write_diffnb(
         return tuple(_scale(d, unit, ch) for d in shape)
 
     ema = _random_state(shapes, scale, seed)
-    raw = _random_state(shapes, scale, seed + 1)
-    optimizer = {
-        "state": {},
-        "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": list(range(len(raw)))}],
-    }
-    states = [{f"module.{k}": v for k, v in raw.items()}, optimizer, 100, 1000, ema]
     out = Path(out_dir)
-    model = _save(states, out / filename)
+    if training_checkpoint:
+        raw = _random_state(shapes, scale, seed + 1)
+        optimizer = {
+            "state": {},
+            "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": list(range(len(raw)))}],
+        }
+        scheduler = {"base_lrs": [2e-4], "last_epoch": 1000, "_step_count": 1001}
+        model = _save([raw, optimizer, scheduler, 100, 1000, "1205-0214"], out / filename)
+    else:
+        model = _save(ema, out / filename)
     model_cfg = {**real, "ch": ch, "struc": "DDIM", "var_type": "fixedlarge"}
     doc = {
         "Dataset": {
