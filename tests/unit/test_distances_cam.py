@@ -63,7 +63,15 @@ def test_cam_mask_shape_and_cut() -> None:
     tight = cam_mask(net, net.block, images, torch.tensor([0, 2]), 0.9)
     assert loose.shape == (2, 1, 16, 16) and loose.dtype == torch.bool
     assert tight.sum() <= loose.sum()
-    assert torch.all(cam_mask(net, net.block, images, torch.tensor([0, 2]), -1.0))
+    cut = 0.4
+    inverted = cam_mask(net, net.block, images, torch.tensor([0, 2]), -cut)
+    # Released: a negative cut keeps the pixels below |cut| (the inverse of a positive cut).
+    assert torch.equal(inverted, (maps < cut).unsqueeze(1))
+    assert not torch.equal(inverted, torch.ones_like(inverted))
+    assert torch.all(
+        inverted ^ cam_mask(net, net.block, images, torch.tensor([0, 2]), cut)
+        | (maps == cut).unsqueeze(1)
+    )
 
 
 def test_oracle_labels_true_for_id_seeded_random_for_ood() -> None:
