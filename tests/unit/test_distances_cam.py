@@ -148,7 +148,7 @@ def test_take_best_covers_new_distances() -> None:
 
 
 def test_lpips_is_an_early_stop_metric(monkeypatch: pytest.MonkeyPatch) -> None:
-    """gdm.early_stop_metrics accepts lpips (score -LPIPS, noisy x unclamped); unknown names fail."""
+    """early_stop_metrics accepts lpips (score -LPIPS, noisy x unclamped); unknown names fail."""
     import piq
 
     from diffguard import reconstruction

@@ -76,7 +76,7 @@ EARLY_STOP_PERCEPTUAL = ("dists", "lpips")
 def perceptual_similarity(
     name: str, torch_hub_dir: str | None, device: torch.device
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Early-stop similarity of ``name``: ``1 - DISTS`` or ``-LPIPS`` of ``(x/2 + 0.5, x0/2 + 0.5)``.
+    """Early-stop similarity ``1 - DISTS`` or ``-LPIPS`` of ``(x/2 + 0.5, x0/2 + 0.5)``.
 
     As the released ``CombinedMetrics``: unlike the final score, the noisy sample is not
     clamped to [0, 1]. The transform is the tester's (PAPER.md C.4), so an ``lpips`` threshold
