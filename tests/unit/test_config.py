@@ -29,7 +29,22 @@ def test_extends_chain_deep_merges() -> None:
     assert resolved["oracle_labels"] is True
     settings = method_settings(resolved, seed=7)
     assert isinstance(settings, GdmSettings)
-    assert settings.cutouts_num == -1 and settings.cutouts_seed == 7
+    assert settings.cutouts_num == -1 and settings.cutouts_seed == 100 + 7
+
+
+def test_crop_seed_rule_released_run_fixed() -> None:
+    """Seed 0 uses the released crop generator seed (100); ``run``/integers are named options."""
+    base = {"name": "g", "method": "gdm", "gdm": {}}
+    assert method_settings(base, seed=0).cutouts_seed == 100
+    assert [method_settings(base, seed=s).cutouts_seed for s in range(4)] == [100, 101, 102, 103]
+    run = {**base, "gdm": {"crop_seed": "run"}}
+    assert method_settings(run, seed=3).cutouts_seed == 3
+    fixed = {**base, "gdm": {"crop_seed": 100}}
+    assert {method_settings(fixed, seed=s).cutouts_seed for s in range(4)} == {100}
+    explicit = {**base, "gdm": {"cutouts_seed": 5}}
+    assert method_settings(explicit, seed=2).cutouts_seed == 5
+    with pytest.raises(ConfigError, match=r"experiments\.g\.gdm\.crop_seed"):
+        method_settings({**base, "gdm": {"crop_seed": "paper"}}, seed=0)
 
 
 def test_unknown_setting_is_named() -> None:

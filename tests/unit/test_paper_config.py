@@ -74,6 +74,7 @@ def test_imagenet_contract_names_and_hyperparameters() -> None:
     assert gdm.early_stop_thresholds == (48.5, 0.38)
     assert gdm.forback_skip_diff == 3 and gdm.classifier_scale == 3.0
     assert gdm.cutouts_num == 8 and gdm.cutouts_size == 224 and gdm.uncond_aux
+    assert gdm.cutouts_seed == 100  # test_openood.py: LocalRandGenerator(seed=100)
     assert experiment_seeds(config, exps["gdm_main"]) == [0, 1, 2, 3]
     ldm = method_settings(exps["ldm_main"], 0)
     # ldm-exp2.25 (PAPER.md C.3 / D.1)
