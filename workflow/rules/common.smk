@@ -4,13 +4,16 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
-validate(config, "../schemas/config.schema.yaml")
-
 PACKAGE_ROOT = str(Path(workflow.basedir) / "workflow" / "scripts")
 sys.path.insert(0, PACKAGE_ROOT)
 from diffguard import codedeps  # noqa: E402
+from diffguard.schema import validate_config  # noqa: E402
+
+if not workflow.modifier.skip_validation:
+    # as snakemake.utils.validate (schema defaults filled in), but a typo costs a few lines
+    # (key, dotted path, closest valid key), not the whole schema and config
+    validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+
 from diffguard.config import (  # noqa: E402
     child_processes_import,
     ensemble_members,
