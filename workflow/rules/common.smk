@@ -146,9 +146,9 @@ wildcard_constraints:
 
 
 def script_code(script):
-    """Code inputs of the rule running ``workflow/scripts/<script>``: the script and the package
-    modules it imports, transitively (read with ``ast``), so that editing one reruns exactly the
-    rules that can execute it."""
+    """Code inputs of a job running ``workflow/scripts/<script>`` (the script and the package
+    modules it imports, transitively, read with ``ast``), so that editing one reruns exactly the
+    jobs that can execute it."""
     return codedeps.script_code(script, PACKAGE_ROOT, workflow.basedir)
 
 
