@@ -6,9 +6,9 @@ min_version("9.0")
 
 
 # A --configfile replaces the default instead of being deep-merged into it, so a paper or test
-# config never inherits the embedded benchmark's experiments; `--config key=value` alone still
-# overrides the default.
-if "run" not in config:
+# config never inherits the embedded benchmark's experiments; `--config key=value` (run=NAME
+# included) still overrides the default. workflow.overwrite_configfiles = the --configfile list.
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
 
@@ -22,6 +22,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/speed.smk"
 include: "workflow/rules/figure2.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/preflight.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -3,7 +3,7 @@
 Nothing can be downloaded here, so tests that exercise the real conversion and loading code need
 files that look like the released checkpoints. Each writer produces the *original* file format
 (``torch.save`` of the original key names, the original container: bare state dict, Lightning
-``{"state_dict": ...}`` or the DDIM runner's ``[model, optimizer, epoch, step, ema]`` list), with
+checkpoint with its callback entries, or DiffOOD's flat EMA dict), with
 the tensor names of the real checkpoint's manifest (``shared/reference/checkpoints``) and its
 shapes scaled down: every width that is a multiple of the real channel unit is rescaled to the
 stand-in's unit; the structure (levels, blocks, attention placement) stays that of the real
@@ -16,10 +16,13 @@ and ``options`` (the ``options`` of the config entry, or the classifier spec).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Callable
+import sys
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,38 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ADM_MANIFEST = "adm256_uncond_manifest.tsv"
 LDM_MANIFEST = "ldm_cin256_v2_manifest.tsv"
 DIFFNB_MANIFEST = "diffnb_cifar10_cond_manifest.tsv"
+# Callback class CompVis' Lightning checkpoints pickle (torch.load(weights_only=True) refuses it)
+LIGHTNING_MODEL_CHECKPOINT = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
+
+
+@contextlib.contextmanager
+def fake_global_class(qualified_name: str = LIGHTNING_MODEL_CHECKPOINT) -> Iterator[type]:
+    """A plain class importable as ``qualified_name`` while the context lasts.
+
+    Lightning is not installed here; pickling an instance (or the class) of the returned class
+    writes the real global name into the file, as a Lightning checkpoint does. Modules this adds
+    to ``sys.modules`` are removed on exit, so a loader cannot rely on them.
+    """
+    module_name, class_name = qualified_name.rsplit(".", 1)
+    cls = type(class_name, (), {"__module__": module_name, "__qualname__": class_name})
+    parts = module_name.split(".")
+    added: list[str] = []
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        if name not in sys.modules:
+            sys.modules[name] = types.ModuleType(name)
+            added.append(name)
+    previous = getattr(sys.modules[module_name], class_name, None)
+    setattr(sys.modules[module_name], class_name, cls)
+    try:
+        yield cls
+    finally:
+        if previous is None:
+            delattr(sys.modules[module_name], class_name)
+        else:
+            setattr(sys.modules[module_name], class_name, previous)
+        for name in reversed(added):
+            del sys.modules[name]
 
 
 def manifest_dir() -> Path:
@@ -194,7 +229,11 @@ def write_ldm(
     ``context_dim``, the VQ unit 128 -> ``vq_channels``, codebook 8192 -> ``n_embed`` rows,
     pixel resolution 256 -> ``resolution`` (the latent is resolution / 4, as f=4);
     ``n_classes`` embedding rows (the last one the null class). The schedule buffers of the
-    real checkpoint are included. Roles: ``model`` and ``config``.
+    real checkpoint are included. Saved as PyTorch Lightning 1.4 (latent-diffusion's pin) saves:
+    ``epoch``, ``global_step``, ``pytorch-lightning_version``, ``callbacks`` keyed by the
+    ``ModelCheckpoint`` class (Lightning < 1.5 keys callback states by ``type(callback)``, so the
+    file names the global ``weights_only`` refuses) and ``state_dict``. Roles: ``model`` and
+    ``config``.
     """
     headers, shapes = _manifest(LDM_MANIFEST, manifest)
     unet_real, first_real = dict(headers["unet"]), dict(headers["first_stage"])
@@ -266,15 +305,26 @@ def write_ldm(
         }
     }
     out = Path(out_dir)
-    model = _save(
-        {
-            "epoch": 0,
-            "global_step": 0,
-            "pytorch-lightning_version": "1.4.2",
-            "state_dict": state,
-        },
-        out / "model.ckpt",
-    )
+    callback_state = {
+        "monitor": "val/loss_simple_ema",
+        "best_model_score": torch.tensor(0.1),
+        "best_model_path": "logs/checkpoints/epoch=000001.ckpt",
+        "current_score": torch.tensor(0.1),
+        "dirpath": "logs/checkpoints",
+    }
+    with fake_global_class(LIGHTNING_MODEL_CHECKPOINT) as model_checkpoint:
+        model = _save(
+            {
+                "epoch": 1,
+                "global_step": 1000,
+                "pytorch-lightning_version": "1.4.2",
+                "callbacks": {model_checkpoint: callback_state},
+                "optimizer_states": [],
+                "lr_schedulers": [],
+                "state_dict": state,
+            },
+            out / "model.ckpt",
+        )
     config_path = out / "cin256-v2.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return _result({"model": model, "config": config_path}, {})
@@ -290,12 +340,15 @@ def write_diffnb(
     seed: int = 0,
     filename: str = "ema_cifar10.ckpt",
     manifest: Path | None = None,
+    training_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """DiffNB's conditional CIFAR-10 UNet in miniature + its yml (DiffNB layout).
 
-    Saved as the DDIM runner does: ``[model_state ('module.' prefixed, DataParallel),
-    optimizer_state, epoch, step, ema_state (no prefix)]``; model and EMA weights differ, and
-    the loader must take the EMA ones. Channel unit 128 -> ``ch``. Roles: ``model``, ``config``.
+    Saved as DiffOOD's ``ema_cifar10.ckpt`` is: ``torch.save(EMAHelper.state_dict())``, a flat
+    ``name -> tensor`` dict of the EMA shadow weights (registered from the unwrapped model, so
+    no ``module.`` prefix). With ``training_checkpoint`` it writes DiffOOD's ``train.ckpt`` list
+    ``[model, optimizer, scheduler, epoch, step, time_start]`` instead, which holds no EMA
+    weights (the loader must refuse it). Channel unit 128 -> ``ch``. Roles: ``model``, ``config``.
     """
     headers, shapes = _manifest(DIFFNB_MANIFEST, manifest)
     real = dict(headers["config"])
@@ -305,14 +358,17 @@ def write_diffnb(
         return tuple(_scale(d, unit, ch) for d in shape)
 
     ema = _random_state(shapes, scale, seed)
-    raw = _random_state(shapes, scale, seed + 1)
-    optimizer = {
-        "state": {},
-        "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": list(range(len(raw)))}],
-    }
-    states = [{f"module.{k}": v for k, v in raw.items()}, optimizer, 100, 1000, ema]
     out = Path(out_dir)
-    model = _save(states, out / filename)
+    if training_checkpoint:
+        raw = _random_state(shapes, scale, seed + 1)
+        optimizer = {
+            "state": {},
+            "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": list(range(len(raw)))}],
+        }
+        scheduler = {"base_lrs": [2e-4], "last_epoch": 1000, "_step_count": 1001}
+        model = _save([raw, optimizer, scheduler, 100, 1000, "1205-0214"], out / filename)
+    else:
+        model = _save(ema, out / filename)
     model_cfg = {**real, "ch": ch, "struc": "DDIM", "var_type": "fixedlarge"}
     doc = {
         "Dataset": {

@@ -9,8 +9,10 @@ all run. No rule is bypassed.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -63,25 +65,47 @@ def _png_bytes(rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
+def real_val_lines(n: int, seed: int) -> list[tuple[str, int]]:
+    """``n`` seeded lines ``(path, label)`` of the real OpenOOD v1.5 ``test_imagenet.txt``."""
+    shared = Path(
+        os.environ.get("DIFFGUARD_SHARED", Path(__file__).resolve().parents[3] / "shared")
+    )
+    src = (
+        shared / "reference" / "upstream" / "openood_v15_imagenet_imglist" / "test_imagenet.txt.gz"
+    )
+    lines = gzip.decompress(src.read_bytes()).decode().splitlines()
+    picks = np.random.default_rng(seed).choice(len(lines), size=n, replace=False)
+    out = []
+    for i in sorted(int(p) for p in picks):
+        rel, label = lines[i].split(" ")
+        out.append((rel, int(label)))
+    return out
+
+
 def build_served(root: Path) -> dict[str, Any]:
     """OpenOOD-layout data and released-format checkpoints under ``root``; returns their files."""
     rng = np.random.default_rng(0)
     served = root / "served"
     served.mkdir(parents=True)
     lists: dict[str, str] = {}
-    # ImageNet (manual step): class folders of the validation and training images
+    # ImageNet (manual step). Val: paths of real OpenOOD v1.5 test_imagenet.txt lines (seeded
+    # sample; flat in the list), held class-sorted as valprep.sh leaves them; labels folded into
+    # the stand-in's classes. Train: class-sorted, OpenOOD's n<wnid>/n<wnid>_<i>.JPEG names.
     imagenet = root / "user_imagenet"
-    for split, list_name, count in (
-        ("val", "test_imagenet", 2 * SIZES["imagenet_val"]),
-        ("train", "train_imagenet", 2 * SIZES["train"]),
-    ):
-        lines = []
-        for i in range(count):
-            label = i % NUM_CLASSES
-            rel = f"n{label:08d}/ILSVRC2012_{split}_{i:08d}.JPEG"
-            _image(rng, imagenet / split / rel, "JPEG")
-            lines.append(f"imagenet_1k/{split}/{rel} {label}")
-        lists[list_name] = "\n".join(lines) + "\n"
+    real = real_val_lines(2 * SIZES["imagenet_val"], seed=0)
+    lines = []
+    for rel, label in real:
+        name = rel.rsplit("/", 1)[1]
+        _image(rng, imagenet / "val" / f"n{label:08d}" / name, "JPEG")
+        lines.append(f"{rel} {label % NUM_CLASSES}")
+    lists["test_imagenet"] = "\n".join(lines) + "\n"
+    lines = []
+    for i in range(2 * SIZES["train"]):
+        label = i % NUM_CLASSES
+        rel = f"n{label:08d}/n{label:08d}_{i}.JPEG"
+        _image(rng, imagenet / "train" / rel, "JPEG")
+        lines.append(f"imagenet_1k/train/{rel} {label}")
+    lists["train_imagenet"] = "\n".join(lines) + "\n"
     files: dict[str, Path] = {}
     for dataset, (folder, list_file) in OOD_SETS.items():
         members = {f"img_{i:03d}.png": _png_bytes(rng) for i in range(SIZES[dataset] + 2)}

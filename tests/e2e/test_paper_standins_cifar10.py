@@ -3,11 +3,12 @@ stand-ins only for what cannot exist here: OpenOOD v1 image lists and 32 x 32 im
 the OpenOOD layout (``benchmark_imglist/cifar10/*.txt``; ``cifar10``/``cifar100``/``tin`` archives
 mounted under ``images_classic/``), and checkpoints written in the released formats with random
 weights: OpenOOD v1's ResNet-18 ckpt, OpenOOD v1.5's zip of three training runs (the deep
-ensemble) and DiffNB's ``ema_cifar10.ckpt`` (scaled down), the last through the manual ``path:``
-step. They are served as file:// URLs in a config derived from config/cifar10.yaml, so the real
-download, verification, extraction, conversion, prediction caching (MC-dropout passes, ensemble
-logits), sharded CFG reconstruction with CAM, scoring, baseline, metric, Table 1, check and paper
-rules all run. No rule is bypassed.
+ensemble) and DiffNB's ``ema_cifar10.ckpt`` (scaled down; the flat ``name -> tensor`` EMA dict
+DiffOOD's ``EMAHelper.state_dict()`` saves), the last through the manual ``path:`` step. They
+are served as file:// URLs in a config derived from config/cifar10.yaml, so the real download,
+verification, extraction, conversion, prediction caching (MC-dropout passes, ensemble logits),
+sharded CFG reconstruction with CAM, scoring, baseline, metric, Table 1, check and paper rules
+all run. No rule is bypassed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -91,8 +93,10 @@ def build_served(root: Path) -> dict[str, Any]:
     )
     resnet = standins.write_resnet18_32x32(served, num_classes=NUM_CLASSES)
     ensemble = standins.write_openood_v15_cifar10(served, num_classes=NUM_CLASSES)
-    # the manual step: the user's download of DiffNB's EMA checkpoint (ch 128 -> 32)
+    # the manual step: the user's download of DiffNB's EMA checkpoint from DiffOOD's Google Drive
+    # folder (ch 128 -> 32), a flat EMA dict as the real file
     diffnb = standins.write_diffnb(root / "user_diffnb", ch=32)
+    assert set(map(type, torch.load(diffnb["path"], weights_only=True).values())) == {torch.Tensor}
     files.update(
         openood_cifar10_res18=resnet["path"],
         openood_v15_cifar10_res18=ensemble["path"],

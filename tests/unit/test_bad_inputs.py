@@ -93,8 +93,11 @@ def bench(tmp_path: Path) -> Bench:
     return Bench(root, benchmark_json, imglist, images, root / "classifier" / WEIGHTS_FILE)
 
 
-def _cache(bench: Bench, imglist: Path, out: Path) -> None:
-    cache_predictions(imglist, bench.benchmark_json, bench.classifier, BENCHMARK, out)
+STRICT = {**BENCHMARK, "load_truncated_images": False}
+
+
+def _cache(bench: Bench, imglist: Path, out: Path, benchmark: dict | None = None) -> None:
+    cache_predictions(imglist, bench.benchmark_json, bench.classifier, benchmark or BENCHMARK, out)
 
 
 # ------------------------------------------------------------------------- truncated image
@@ -106,7 +109,7 @@ def test_truncated_image_fails_cache_predictions_naming_it(bench: Bench) -> None
     _truncate(bench.images[3])
     bad = bench.out("bad.npz")
     with pytest.raises(ImageLoadError, match=r"img_3\.png") as info:
-        _cache(bench, bench.imglist, bad)
+        _cache(bench, bench.imglist, bad, STRICT)
     assert str(bench.images[3]) in str(info.value)
     assert _files_under(bad.parent) == [good], "the failed job left an output or temp file"
 
@@ -160,9 +163,25 @@ def test_truncated_image_fails_only_its_reconstruction_shard(
     assert shard["image_ids"].tolist() == ["ds/img_3", "ds/img_4", "ds/img_5"]
     assert np.isfinite(shard["score_l2"]).all()
 
+    strict = {**recon_inputs, "benchmark": STRICT}
     with pytest.raises(ImageLoadError, match=r"img_1\.png"):
-        reconstruct_shard(**recon_inputs, shard=0, shard_size=3, out=recon_dir / "shard-000.npz")
+        reconstruct_shard(**strict, shard=0, shard_size=3, out=recon_dir / "shard-000.npz")
     assert _files_under(recon_dir) == [ok], "the failed shard left an output or temp file"
+
+
+def test_truncated_image_decoded_and_recorded_by_default(
+    bench: Bench, recon_inputs: dict[str, Any]
+) -> None:
+    """Released loaders decode truncated files: both outputs list them, other shards none."""
+    _truncate(bench.images[1])
+    cache = bench.out("cut.npz")
+    _cache(bench, bench.imglist, cache)
+    assert io.read_npz(cache)["truncated_paths"].tolist() == ["ds/img_1.png"]
+    recon_dir = bench.root / "recon"
+    reconstruct_shard(**recon_inputs, shard=0, shard_size=3, out=recon_dir / "s0.npz")
+    reconstruct_shard(**recon_inputs, shard=1, shard_size=3, out=recon_dir / "s1.npz")
+    assert io.read_npz(recon_dir / "s0.npz")["truncated_paths"].tolist() == ["ds/img_1.png"]
+    assert io.read_npz(recon_dir / "s1.npz")["truncated_paths"].tolist() == []
 
 
 # ------------------------------------------------------------------------------ image modes

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from diffguard.combine import COMBINATION_RULES, cascade, combine, id_cdf
+from diffguard.combine import COMBINATION_RULES, align_by_image, cascade, combine, id_cdf
 from diffguard.metrics import ood_metrics
+from diffguard.pipeline import METRIC_COLUMNS, evaluate_stage
 
 RULE_PARAMS = [
     ("cascade", {}),
@@ -143,3 +147,78 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="diffguard_id contains NaN"):
         combine(np.r_[a[:-1], np.nan], b, a, b, "cascade")
     assert set(COMBINATION_RULES) == {"cascade", "rank_average"}
+
+
+def _write_tables(
+    root: Path, s: dict[str, np.ndarray], order: dict[str, np.ndarray]
+) -> dict[str, list[Path]]:
+    """Per-image DiffGuard and baseline CSVs as the workflow writes them; the baseline rows of
+    each set in ``order`` (a permutation), the DiffGuard rows in image order."""
+    score_files, baseline_files = [], []
+    for dataset, dg, bl in (("test_id", s["dg_id"], s["bl_id"]), ("ood", s["dg_ood"], s["bl_ood"])):
+        ids = [f"{dataset}/img_{i:04d}" for i in range(dg.size)]
+        score = root / "scores" / "exp" / dataset / "seed-0.csv"
+        score.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"image_id": ids, "score_l2": dg}).to_csv(score, index=False)
+        base = root / "baselines" / f"{dataset}.csv"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        perm = order[dataset]
+        pd.DataFrame({"image_id": np.array(ids)[perm], "msp": bl[perm]}).to_csv(base, index=False)
+        score_files.append(score)
+        baseline_files.append(base)
+    return {"score_files": score_files, "baseline_files": baseline_files}
+
+
+def _combined_metrics(
+    root: Path, s: dict[str, np.ndarray], order: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Metrics of the DiffGuard + MSP cascade on the OOD set, by the evaluate stage."""
+    out = root / "metrics.csv"
+    evaluate_stage(
+        **_write_tables(root, s, order),
+        id_set="test_id",
+        ood_sets={"ood": "far"},
+        experiments={"exp": "gdm"},
+        seeds=[0],
+        distances=["l2"],
+        baselines=["msp"],
+        combinations=[{"experiment": "exp", "baseline": "msp", "rule": "cascade"}],
+        headline_distance="l2",
+        take_best=False,
+        run="t",
+        out=out,
+    )
+    frame = pd.read_csv(out)
+    row = frame[(frame["kind"] == "combined") & (frame["dataset"] == "ood")]
+    return row[list(METRIC_COLUMNS)].iloc[0].to_dict()
+
+
+def test_combination_joins_on_image_id_not_row_position(tmp_path: Path) -> None:
+    s = _scores(3)
+    rng = np.random.default_rng(1)
+    identity = {"test_id": np.arange(s["dg_id"].size), "ood": np.arange(s["dg_ood"].size)}
+    shuffled = {k: rng.permutation(v) for k, v in identity.items()}
+    in_order = _combined_metrics(tmp_path / "ordered", s, identity)
+    assert in_order == pytest.approx(ood_metrics(*_combined(s, "cascade")))
+    # the baseline rows of another job in another order: same pairs, same metrics ...
+    assert _combined_metrics(tmp_path / "shuffled", s, shuffled) == pytest.approx(in_order)
+    # ... which a positional join would not give (this test can fail)
+    positional = {
+        **s,
+        "bl_id": s["bl_id"][shuffled["test_id"]],
+        "bl_ood": s["bl_ood"][shuffled["ood"]],
+    }
+    assert ood_metrics(*_combined(positional, "cascade")) != pytest.approx(in_order)
+
+
+def test_join_names_files_and_missing_ids() -> None:
+    dg = pd.DataFrame({"image_id": ["a", "b", "c"], "score_l2": [1.0, 2.0, 3.0]})
+    bl = pd.DataFrame({"image_id": ["c", "a", "d"], "msp": [0.3, 0.1, 0.4]})
+    reordered = pd.DataFrame({"image_id": ["b", "c", "a"], "msp": [0.2, 0.3, 0.1]})
+    aligned = align_by_image(dg, reordered, diffguard_file="dg.csv", baseline_file="b.csv")
+    assert aligned["image_id"].tolist() == ["a", "b", "c"]
+    assert aligned["msp"].tolist() == [0.1, 0.2, 0.3]
+    with pytest.raises(ValueError, match=r"dg.csv .*b.csv.*missing from the baseline file.*'b'"):
+        align_by_image(dg, bl, diffguard_file="dg.csv", baseline_file="b.csv")
+    with pytest.raises(ValueError, match=r"b.csv: repeated image_id \['a'\]"):
+        align_by_image(dg, pd.concat([bl, bl.iloc[[1]]]), diffguard_file="d", baseline_file="b.csv")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -10,6 +12,9 @@ from snakemake.utils import validate
 
 from diffguard.config import ConfigError, method_settings, resolve_experiment
 from diffguard.gdm import GdmSettings
+from diffguard.schema import MAX_ERRORS, load_schema, validate_config
+
+SCHEMA = "workflow/schemas/config.schema.yaml"
 
 EXPERIMENTS = {
     "base": {"method": "gdm", "gdm": {"classifier_scale": 3.0, "cutouts_num": 8}},
@@ -24,7 +29,22 @@ def test_extends_chain_deep_merges() -> None:
     assert resolved["oracle_labels"] is True
     settings = method_settings(resolved, seed=7)
     assert isinstance(settings, GdmSettings)
-    assert settings.cutouts_num == -1 and settings.cutouts_seed == 7
+    assert settings.cutouts_num == -1 and settings.cutouts_seed == 100 + 7
+
+
+def test_crop_seed_rule_released_run_fixed() -> None:
+    """Seed 0 uses the released crop generator seed (100); ``run``/integers are named options."""
+    base = {"name": "g", "method": "gdm", "gdm": {}}
+    assert method_settings(base, seed=0).cutouts_seed == 100
+    assert [method_settings(base, seed=s).cutouts_seed for s in range(4)] == [100, 101, 102, 103]
+    run = {**base, "gdm": {"crop_seed": "run"}}
+    assert method_settings(run, seed=3).cutouts_seed == 3
+    fixed = {**base, "gdm": {"crop_seed": 100}}
+    assert {method_settings(fixed, seed=s).cutouts_seed for s in range(4)} == {100}
+    explicit = {**base, "gdm": {"cutouts_seed": 5}}
+    assert method_settings(explicit, seed=2).cutouts_seed == 5
+    with pytest.raises(ConfigError, match=r"experiments\.g\.gdm\.crop_seed"):
+        method_settings({**base, "gdm": {"crop_seed": "paper"}}, seed=0)
 
 
 def test_unknown_setting_is_named() -> None:
@@ -61,13 +81,103 @@ def test_released_code_defaults() -> None:
 )
 def test_shipped_configs_validate(repo_root: Path, name: str) -> None:
     config = yaml.safe_load((repo_root / "config" / name).read_text())
-    validate(config, str(repo_root / "workflow/schemas/config.schema.yaml"))
+    ours = validate_config(copy.deepcopy(config), repo_root / SCHEMA)
+    # the same defaults as snakemake.utils.validate(set_default=True), which it replaces
+    validate(config, str(repo_root / SCHEMA))
+    assert ours == config
     for exp in config["experiments"]:
         method_settings(resolve_experiment(config["experiments"], exp))
 
 
-def test_typo_in_config_key_is_rejected(repo_root: Path) -> None:
+def _error(repo_root: Path, **changes: Any) -> str:
+    """The message of validating the default config with ``changes`` applied at dotted keys."""
     config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
-    config["shard_sise"] = 10
-    with pytest.raises(Exception, match="shard_sise"):
-        validate(config, str(repo_root / "workflow/schemas/config.schema.yaml"))
+    for dotted_key, value in changes.items():
+        *parents, leaf = dotted_key.split("__")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, repo_root / SCHEMA)
+    message = str(info.value)
+    assert len(message.splitlines()) < 30, message
+    return message
+
+
+def _schema_property(repo_root: Path, *path: str) -> dict[str, Any]:
+    node = load_schema(repo_root / SCHEMA)
+    for part in path:
+        node = node["properties"][part] if "properties" in node else node["additionalProperties"]
+    return node
+
+
+def _first_words(description: str) -> str:
+    return " ".join(description.split()[:4])
+
+
+@pytest.mark.parametrize(
+    ("changes", "where", "suggestion"),
+    [
+        ({"shard_sise": 10}, "shard_sise", ("shard_size",)),
+        ({"speed": {"image": 4}}, "speed.image", ("speed", "images")),
+        (
+            {"experiments__gdm_main__modle": "unet_cond"},
+            "experiments.gdm_main.modle",
+            ("experiments", "gdm_main", "model"),
+        ),
+        (
+            {"benchmark__embedded__n_nera": 3},
+            "benchmark.embedded.n_nera",
+            ("benchmark", "embedded", "n_near"),
+        ),
+    ],
+)
+def test_typo_names_the_key_and_the_closest_valid_one(
+    repo_root: Path, changes: dict[str, Any], where: str, suggestion: tuple[str, ...]
+) -> None:
+    message = _error(repo_root, **changes)
+    assert f"{where}: unknown key {where.split('.')[-1]!r}" in message
+    assert f"did you mean {suggestion[-1]!r}?" in message
+    description = _schema_property(repo_root, *suggestion).get("description")
+    if description:
+        assert _first_words(description) in " ".join(message.split())
+
+
+def test_wrong_type_names_key_expected_type_value_and_description(repo_root: Path) -> None:
+    message = _error(repo_root, shard_size="abc")
+    assert "shard_size: invalid value 'abc'" in message
+    assert "expected integer" in message
+    description = _schema_property(repo_root, "shard_size")["description"]
+    assert _first_words(description) in " ".join(message.split())
+    nested = _error(repo_root, benchmark__image_size=[16])
+    assert "benchmark.image_size: invalid value [16]" in nested and "expected integer" in nested
+
+
+def test_one_of_and_array_items_report_the_closest_branch(repo_root: Path) -> None:
+    message = _error(repo_root, speed={"dtypes": ["float33"]}, baselines=["msp", "mspp"])
+    assert "baselines[1]: invalid value 'mspp'" in message
+    assert "speed.dtypes" in message and "'float33'" in message
+
+
+def test_missing_required_key_is_named(repo_root: Path) -> None:
+    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    del config["benchmark"]["num_classes"]
+    with pytest.raises(
+        ConfigError, match=r"benchmark\.num_classes: missing \(required in benchmark"
+    ):
+        validate_config(config, repo_root / SCHEMA)
+
+
+def test_errors_beyond_the_first_few_are_counted(repo_root: Path) -> None:
+    typos = {f"extra_{i}": i for i in range(MAX_ERRORS + 4)}
+    message = _error(repo_root, shard_size=0, **typos)
+    assert message.count("unknown key") == MAX_ERRORS
+    assert message.count("valid keys:") == 1  # a location's valid keys are listed once
+    assert f"and {len(typos) + 1 - MAX_ERRORS} more problem(s)" in message
+
+
+def test_method_setting_typo_suggests_the_field() -> None:
+    bad = {"e": {"method": "gdm", "gdm": {"respacng": "ddim5"}}}
+    with pytest.raises(ConfigError, match=r"'respacng' \(did you mean 'respacing'\?\)"):
+        resolve_experiment(bad, "e")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import yaml
 from diffusers import UNet2DModel
 
 from diffguard.checkpoints import load_checkpoint
@@ -20,6 +22,9 @@ from diffguard.convert.diffnb import (
     load_diffnb_unet,
 )
 from diffguard.convert.manifest import read_manifest, zeros_state_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import standins  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +149,42 @@ def test_data_parallel_list_checkpoint_loads_ema(fixture: dict[str, Any], tmp_pa
     torch.save([raw, optimizer, 12, 3456, broken], path)
     with pytest.raises(DiffNBConversionError, match=r"ckpt\.pth.*mid\.block_2\.conv1\.bias"):
         load_diffnb_unet(path, fixture["config"])
+
+
+def _standin_config(written: dict[str, Any]) -> dict[str, Any]:
+    from diffguard.backends import diffnb_config_from_yaml
+
+    return diffnb_config_from_yaml(yaml.safe_load(written["paths"]["config"].read_text()))
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_flat_ema_checkpoint_loads(fixture: dict[str, Any], tmp_path: Path, prefix: str) -> None:
+    """DiffOOD's ema_cifar10.ckpt: ``torch.save(EMAHelper.state_dict())``, a flat name -> tensor
+    dict (no prefix: the EMA registers the unwrapped model; a DataParallel prefix is stripped)."""
+    path = tmp_path / "ema_cifar10.ckpt"
+    torch.save({f"{prefix}{k}": v for k, v in fixture["state_dict"].items()}, path)
+    model = load_diffnb_unet(path, fixture["config"])
+    err = (_run(model, fixture) - fixture["out"]).abs().max().item()
+    assert err <= FIXTURE_TOL, f"max abs error {err:.3g} > {FIXTURE_TOL}"
+
+
+def test_training_checkpoint_is_refused_naming_the_ema_file(
+    fixture: dict[str, Any], tmp_path: Path
+) -> None:
+    """DiffOOD's train.ckpt ``[model, optimizer, scheduler, epoch, step, time_start]`` holds the raw
+    weights, not the EMA ones DiffNB samples with: refused, naming the file and the one to use."""
+    written = standins.write_diffnb(tmp_path, filename="train.ckpt", training_checkpoint=True)
+    path = written["path"]
+    assert isinstance(load_checkpoint(path), list)
+    config = _standin_config(written)
+    with pytest.raises(DiffNBConversionError, match=r"train\.ckpt.*ema_cifar10\.ckpt"):
+        load_diffnb_unet(path, config)
+
+
+def test_diffnb_standin_is_the_flat_ema_dict(tmp_path: Path) -> None:
+    """The stand-in has the real file's format: a flat name -> tensor dict that loads."""
+    written = standins.write_diffnb(tmp_path)
+    raw = load_checkpoint(written["path"])
+    assert isinstance(raw, dict) and all(isinstance(v, torch.Tensor) for v in raw.values())
+    assert not any(k.startswith("module.") for k in raw)
+    load_diffnb_unet(written["path"], _standin_config(written))

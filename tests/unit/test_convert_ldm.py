@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from diffguard.convert.ldm import (
     vq_kwargs,
 )
 from diffguard.convert.manifest import read_manifest, zeros_state_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import standins  # noqa: E402
 
 TOLERANCE = 1e-4
 FIXTURE = "ldm_tiny_fixture.pt"
@@ -95,9 +99,11 @@ def test_decode_with_quantize_snaps_to_codebook(tiny: dict[str, Any], tiny_parts
     assert _max_err(quantized, plain) > 1e-3
 
 
-def test_load_ldm_ignores_schedule_buffers(
+def test_load_ldm_reads_a_lightning_checkpoint(
     tmp_path: Path, tiny: dict[str, Any], tiny_parts: LdmParts
 ) -> None:
+    """cin256-v2 is a PyTorch Lightning checkpoint: its ``ModelCheckpoint`` callback global (which
+    ``weights_only=True`` refuses) is skipped inertly, its schedule buffers are ignored."""
     state_dict = dict(tiny["state_dict"])
     betas = torch.linspace(0.0015**0.5, 0.0195**0.5, 1000) ** 2
     state_dict["betas"] = betas
@@ -105,7 +111,17 @@ def test_load_ldm_ignores_schedule_buffers(
     state_dict["posterior_mean_coef1"] = torch.ones(1000)
     state_dict["scale_factor"] = torch.tensor(1.0)
     path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": state_dict, "global_step": 1}, path)
+    with standins.fake_global_class(standins.LIGHTNING_MODEL_CHECKPOINT) as model_checkpoint:
+        torch.save(
+            {
+                "epoch": 1,
+                "global_step": 1,
+                "pytorch-lightning_version": "1.4.2",
+                "callbacks": {model_checkpoint: {"monitor": "val/loss_simple_ema"}},
+                "state_dict": state_dict,
+            },
+            path,
+        )
 
     parts = load_ldm(
         path, tiny["unet_config"], tiny["ddconfig"], tiny["n_embed"], tiny["embed_dim"]

@@ -5,6 +5,8 @@ reported."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,23 @@ def test_changed_or_missing_files_are_reported(tmp_path: Path, monkeypatch) -> N
     assert files["shard"].stat().st_mtime_ns == old  # a changed file keeps its own time
     with pytest.raises(FileNotFoundError, match="dvc pull"):
         restore_mtimes(tmp_path / "nope.json.gz")
+
+
+def test_data_folder_is_described_and_its_outputs_ignored(repo_root: Path) -> None:
+    """data/README.md is tracked and names every data/ sub-folder the rules write; outputs under
+    them stay ignored, the .dvc files DVC writes there do not."""
+    readme = (repo_root / "data/README.md").read_text()
+    rules = "".join(p.read_text() for p in sorted((repo_root / "workflow/rules").glob("*.smk")))
+    written = set(re.findall(r"data/([a-z_]+)/", rules))
+    assert written and {"external", "interim", "processed", "logs"} <= written
+    for folder in written:
+        assert f"`{folder}/" in readme, folder
+
+    def ignored(path: str) -> bool:
+        check = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo_root, check=False)
+        return check.returncode == 0
+
+    assert not ignored("data/README.md")
+    assert ignored("data/processed/some_run/metrics.csv")
+    assert ignored("data/interim/some_run/recon/e/id/seed-0/shard-000.npz")
+    assert not ignored("data/interim/some_run.dvc")

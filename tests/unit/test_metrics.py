@@ -8,6 +8,7 @@ import pytest
 from sklearn.metrics import auc, precision_recall_curve, roc_auc_score, roc_curve
 
 from diffguard.metrics import (
+    METRIC_DEFINITIONS,
     METRIC_KEYS,
     METRIC_LABELS,
     evaluate,
@@ -135,10 +136,32 @@ def test_nan_message_names_index() -> None:
         ood_metrics([1.0, 2.0], [0.0, 0.5, np.nan])
 
 
-def test_labels_cover_keys_and_conventions() -> None:
-    assert set(METRIC_LABELS) == set(METRIC_KEYS)
-    assert "DiffGuard" in METRIC_LABELS["fpr95_id_recall"]
-    assert "v1.5" in METRIC_LABELS["fpr95_ood_recall"]
+def test_labels_name_definition_and_openood_commits() -> None:
+    """Each convention by its positive class and OpenOOD's commit range, not a release name:
+    OpenOOD's v1.5 tag (8d44375) still computed the ID-positive FPR@95; 873e8c2 made OOD the
+    positive class and swapped AUPR_IN/OUT until 4a72488."""
+    assert set(METRIC_LABELS) == set(METRIC_KEYS) == set(METRIC_DEFINITIONS)
+    id_pos, ood_pos = METRIC_DEFINITIONS["fpr95_id_recall"], METRIC_DEFINITIONS["fpr95_ood_recall"]
+    assert id_pos.startswith("FPR@95TPR, ID positive") and "DiffGuard" in id_pos
+    assert "8d44375" in id_pos and "v1.5 tag" in id_pos and "873e8c2" not in id_pos
+    assert ood_pos.startswith("FPR@95TPR, OOD positive") and "873e8c2" in ood_pos
+    assert "v1.5" not in ood_pos and "DiffGuard" not in ood_pos
+    assert METRIC_DEFINITIONS["aupr_in"].startswith("AUPR-IN, ID positive")
+    assert METRIC_DEFINITIONS["aupr_out"].startswith("AUPR-OUT, OOD positive")
+    for key in ("aupr_in", "aupr_out"):
+        assert "873e8c2" in METRIC_DEFINITIONS[key] and "4a72488" in METRIC_DEFINITIONS[key]
+    for label in METRIC_LABELS.values():
+        assert "OpenOOD v1" not in label  # a release name does not say which convention
+
+
+def test_labels_match_what_is_computed() -> None:
+    """ID positive: OOD accepted at 95% ID recall; OOD positive: ID rejected at 95% OOD recall."""
+    id_s = np.arange(100, dtype=float)  # 95% ID recall: threshold 5 keeps ids 5..99
+    ood_s = np.array([-1.0, 2.0, 6.0, 50.0] * 5)  # 10 of 20 OOD >= 5 are accepted
+    ood_rejected = np.sort(ood_s)[: int(np.ceil(0.95 * ood_s.size))].max()  # 95% OOD recall
+    metrics = ood_metrics(id_s, ood_s)
+    assert metrics["fpr95_id_recall"] == pytest.approx(100 * np.mean(ood_s >= 5))
+    assert metrics["fpr95_ood_recall"] == pytest.approx(100 * np.mean(id_s <= ood_rejected))
 
 
 def test_evaluate_rows_and_average() -> None:

@@ -87,3 +87,54 @@ def test_link_into_hub(tmp_path: Path) -> None:
     (dest,) = link_into_hub({"vgg16-397923af.pth": source}, tmp_path / "hub")
     assert dest == tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
     assert dest.read_bytes() == b"weights"
+
+
+FLAT_LIST = (
+    "imagenet_1k/val/ILSVRC2012_val_00000001.JPEG 65\n"
+    "imagenet_1k/val/ILSVRC2012_val_00000002.JPEG 970\n"
+)
+WNIDS = {"ILSVRC2012_val_00000001.JPEG": "n01751748", "ILSVRC2012_val_00000002.JPEG": "n09193705"}
+
+
+def _val_tree(tmp_path: Path, *, sorted_val: bool) -> tuple[Path, Path]:
+    lists = tmp_path / "extracted" / "benchmark_imglist" / "imagenet"
+    lists.mkdir(parents=True)
+    (lists / "test_imagenet.txt").write_text(FLAT_LIST)
+    val = tmp_path / "user" / "val"
+    for name, wnid in WNIDS.items():
+        folder = val / wnid if sorted_val else val
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(name.encode())
+    return tmp_path / "extracted", val
+
+
+@pytest.mark.parametrize("sorted_val", [False, True], ids=["flat", "class-sorted"])
+def test_flat_list_paths_resolve_in_both_val_layouts(tmp_path: Path, sorted_val: bool) -> None:
+    imglists, val = _val_tree(tmp_path, sorted_val=sorted_val)
+    out = tmp_path / "benchmark"
+    lists = {"test_imagenet": {"file": "benchmark_imglist/imagenet/test_imagenet.txt"}}
+    assemble_openood(
+        imglist_root=imglists, lists=lists, mounts={"imagenet_1k/val": val}, out_dir=out
+    )
+    records = read_imglist(out / "imglists" / "test_imagenet.txt")
+    assert [r.label for r in records] == [65, 970]
+    for record, name in zip(records, WNIDS, strict=True):
+        assert (out / "images" / record.path).read_bytes() == name.encode()
+    if sorted_val:
+        assert records[0].path == "imagenet_1k/val/n01751748/ILSVRC2012_val_00000001.JPEG"
+
+
+def test_any_missing_image_names_list_count_and_paths(tmp_path: Path) -> None:
+    imglists, val = _val_tree(tmp_path, sorted_val=True)
+    (val / "n09193705" / "ILSVRC2012_val_00000002.JPEG").unlink()
+    lists = {"test_imagenet": {"file": "benchmark_imglist/imagenet/test_imagenet.txt"}}
+    with pytest.raises(
+        BenchmarkLayoutError,
+        match=r"test_imagenet .*1 of 2 listed images.*ILSVRC2012_val_00000002\.JPEG",
+    ):
+        assemble_openood(
+            imglist_root=imglists,
+            lists=lists,
+            mounts={"imagenet_1k/val": val},
+            out_dir=tmp_path / "b",
+        )

@@ -74,6 +74,7 @@ def test_imagenet_contract_names_and_hyperparameters() -> None:
     assert gdm.early_stop_thresholds == (48.5, 0.38)
     assert gdm.forback_skip_diff == 3 and gdm.classifier_scale == 3.0
     assert gdm.cutouts_num == 8 and gdm.cutouts_size == 224 and gdm.uncond_aux
+    assert gdm.cutouts_seed == 100  # test_openood.py: LocalRandGenerator(seed=100)
     assert experiment_seeds(config, exps["gdm_main"]) == [0, 1, 2, 3]
     ldm = method_settings(exps["ldm_main"], 0)
     # ldm-exp2.25 (PAPER.md C.3 / D.1)
@@ -181,3 +182,36 @@ def test_schema_rejects_typos_in_new_keys() -> None:
     bad["downloads"]["adm256_uncond"]["sha256"] = "abc"
     with pytest.raises(Exception, match="abc"):
         validate(bad, SCHEMA)
+
+
+CIN256_V2_YAML_SHA256 = "b06c64afb41956e1fcc2abaeb3d217ae0edb1a201d09f35e7d656ce61396e779"
+
+
+@pytest.mark.parametrize("name", ["imagenet.yaml", "imagenet_v15.yaml"])
+def test_ldm_downloads_pin_cin256_v2(name: str) -> None:
+    """The LDM is cin256-v2 (not DiffGuard's README link cin.zip, another model) and its yaml is
+    pinned to the upstream file's sha256 (one commit ever touched it)."""
+    config = yaml.safe_load((REPO / "config" / name).read_text())
+    roles = config["diffusion_models"]["ldm_cin256_v2"]["checkpoints"]
+    model = parse_spec(roles["model"], config["downloads"][roles["model"]])
+    assert model.url == "https://ommer-lab.com/files/latent-diffusion/nitro/cin/model.ckpt"
+    yml = parse_spec(roles["config"], config["downloads"][roles["config"]])
+    assert yml.url is not None and yml.url.endswith("configs/latent-diffusion/cin256-v2.yaml")
+    assert yml.sha256 == CIN256_V2_YAML_SHA256
+    assert not any("cin.zip" in str(e.get("url")) for e in config["downloads"].values())
+
+
+def test_diffnb_manual_step_points_to_the_drive_folder(tmp_path: Path) -> None:
+    """DiffOOD's readme shares the checkpoints in a Google Drive folder; the manual step (and its
+    error) names that folder and the EMA file, not OneDrive or the training checkpoint."""
+    from diffguard.downloads import ManualStepError, link_manual
+
+    config = load("cifar10.yaml")
+    key = config["diffusion_models"]["diffnb_cifar10_cond"]["checkpoints"]["model"]
+    spec = parse_spec(key, config["downloads"][key])
+    assert spec.filename == "ema_cifar10.ckpt"
+    with pytest.raises(ManualStepError) as info:
+        link_manual(spec, tmp_path / "dest" / spec.filename, tmp_path / "checksums")
+    message = str(info.value)
+    assert "https://drive.google.com/drive/folders/1THjaeLlGO9-V676dkGh3YFq4dTPlWMeI" in message
+    assert "ema_cifar10.ckpt" in message and "onedrive" not in message.lower()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,15 @@ from typing import Any
 import pytest
 import torch
 
-from diffguard.checkpoints import UnsafeCheckpointError, load_checkpoint
+from diffguard.checkpoints import InertObject, UnsafeCheckpointError, load_checkpoint
 from diffguard.classifiers import build_classifier
 from diffguard.convert.adm import load_adm_unet
 from diffguard.convert.diffnb import load_diffnb_unet
 from diffguard.convert.ldm import load_ldm
 from diffguard.training import SPEC_FILE, WEIGHTS_FILE, load_classifier, load_small_unet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import standins  # noqa: E402
 
 
 class _RunsCode:
@@ -198,3 +203,135 @@ def test_load_checkpoint_reads_a_zipped_checkpoint(tmp_path: Path, marker: Path)
     with pytest.raises(UnsafeCheckpointError):
         load_checkpoint(poisoned)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------ Lightning checkpoints (CompVis LDM)
+
+
+def _lightning_checkpoint(path: Path, form: str) -> dict[str, Any]:
+    """A Lightning-shaped checkpoint whose callback names the real ``ModelCheckpoint`` global.
+
+    ``class_key``: Lightning < 1.5 (latent-diffusion's 1.4.2) keys callback states by the class;
+    ``instance``: a pickled ``ModelCheckpoint`` object (NEWOBJ + BUILD of its ``__dict__``).
+    """
+    state = {"monitor": "val/loss_simple_ema", "best_model_score": torch.tensor(0.25)}
+    with standins.fake_global_class(standins.LIGHTNING_MODEL_CHECKPOINT) as model_checkpoint:
+        if form == "class_key":
+            callbacks: Any = {model_checkpoint: state}
+        else:
+            callback = model_checkpoint()
+            callback.__dict__.update(state)
+            callbacks = [callback]
+        torch.save(
+            {
+                "epoch": 3,
+                "global_step": 1234,
+                "pytorch-lightning_version": "1.4.2",
+                "callbacks": callbacks,
+                "state_dict": {"model.weight": torch.arange(4.0)},
+            },
+            path,
+        )
+    return state
+
+
+@pytest.mark.parametrize("form", ["class_key", "instance"])
+def test_lightning_checkpoint_loads_with_inert_callbacks(tmp_path: Path, form: str) -> None:
+    """The callback global is refused by plain weights_only, yet the checkpoint loads: tensors and
+    plain values kept, the callback an inert placeholder, Lightning never imported."""
+    path = tmp_path / "model.ckpt"
+    state = _lightning_checkpoint(path, form)
+    with pytest.raises(pickle.UnpicklingError, match="ModelCheckpoint"):
+        torch.load(path, weights_only=True)  # control: today's plain weights-only load fails
+
+    allowed_before = set(torch.serialization.get_safe_globals())
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["state_dict"]["model.weight"], torch.arange(4.0))
+    assert (loaded["epoch"], loaded["global_step"]) == (3, 1234)
+    assert loaded["pytorch-lightning_version"] == "1.4.2"
+    if form == "class_key":
+        (key, value), *_ = loaded["callbacks"].items()
+        assert issubclass(key, InertObject)
+        assert key.qualified_name == standins.LIGHTNING_MODEL_CHECKPOINT
+        assert value["monitor"] == state["monitor"]
+    else:
+        (callback,) = loaded["callbacks"]
+        assert isinstance(callback, InertObject)
+        assert callback.qualified_name == standins.LIGHTNING_MODEL_CHECKPOINT
+        assert callback.state["monitor"] == state["monitor"]
+        assert torch.equal(callback.state["best_model_score"], state["best_model_score"])
+    assert "pytorch_lightning" not in sys.modules
+    assert set(torch.serialization.get_safe_globals()) == allowed_before  # nothing leaked
+
+
+def test_lightning_callback_does_not_admit_code(tmp_path: Path, marker: Path) -> None:
+    """A Lightning-shaped file that also carries a code payload is refused, naming the global."""
+    path = tmp_path / "model.ckpt"
+    with standins.fake_global_class(standins.LIGHTNING_MODEL_CHECKPOINT) as model_checkpoint:
+        torch.save(
+            {"callbacks": {model_checkpoint: {}}, "state_dict": {}, "hook": _RunsCode(marker)},
+            path,
+        )
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "refusing" in message and "system" in message
+    assert not marker.exists()
+
+
+class _CallsEval:
+    """Unpickling this object evaluates an expression that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[str]]:
+        return eval, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def test_eval_payload_and_unknown_class_are_refused(tmp_path: Path, marker: Path) -> None:
+    """builtins.eval (REDUCE) and an unknown class (NEWOBJ + BUILD) outside the allow-list."""
+    evil = tmp_path / "eval.ckpt"
+    torch.save({"state_dict": {}, "x": _CallsEval(marker)}, evil)
+    with pytest.raises(UnsafeCheckpointError, match=rf"{re.escape(str(evil))}.*eval"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+    unknown = tmp_path / "unknown.ckpt"
+    with standins.fake_global_class("somepackage.trainer.Hook") as hook:
+        instance = hook()
+        instance.path = str(marker)
+        torch.save({"state_dict": {}, "hook": instance}, unknown)
+    with pytest.raises(UnsafeCheckpointError, match=r"unknown.ckpt.*somepackage\.trainer\.Hook"):
+        load_checkpoint(unknown)
+
+
+def test_allow_listed_global_is_never_called(tmp_path: Path, marker: Path) -> None:
+    """An allow-listed name only ever resolves to the inert placeholder: a REDUCE on it records
+    its arguments instead of running whatever the real class (or a lookalike) would do."""
+    path = tmp_path / "model.ckpt"
+    with standins.fake_global_class(standins.LIGHTNING_MODEL_CHECKPOINT) as model_checkpoint:
+
+        class _Reducing:
+            def __reduce__(self) -> tuple[Any, tuple[str]]:
+                return model_checkpoint, (f"touch {shlex.quote(str(marker))}",)
+
+        torch.save({"callbacks": [_Reducing()], "state_dict": {}}, path)
+    (callback,) = load_checkpoint(path)["callbacks"]
+    assert isinstance(callback, InertObject)
+    assert callback.args == (f"touch {shlex.quote(str(marker))}",)
+    assert not marker.exists()
+
+
+def test_ldm_standin_is_lightning_shaped(tmp_path: Path) -> None:
+    """The LDM stand-in carries the Lightning entries and the callback global of the real file."""
+    written = standins.write_ldm(tmp_path / "ldm")
+    path = written["paths"]["model"]
+    assert (
+        standins.LIGHTNING_MODEL_CHECKPOINT
+        in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    )
+    loaded = load_checkpoint(path)
+    assert {"callbacks", "epoch", "global_step", "pytorch-lightning_version", "state_dict"} <= set(
+        loaded
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from diffguard.metrics import METRIC_DEFINITIONS
 from diffguard.paper import macro_name, paper_numbers
 from diffguard.tables import (
     FPR_CONVENTIONS,
@@ -163,7 +164,8 @@ def test_latex_bold_best_escape_and_conventions(metrics: pd.DataFrame) -> None:
     # both conventions: header marks and their definitions
     assert r"FPR@95$^{a}$$\downarrow$" in tex and r"FPR@95$^{b}$$\downarrow$" in tex
     assert "95\\% ID recall" in tex and "95\\% OOD recall" in tex
-    assert "OpenOOD v1.5" in tex
+    assert r"FPR@95TPR, ID positive" in tex and r"OpenOOD $\leq$ 8d44375" in tex
+    assert r"FPR@95TPR, OOD positive" in tex and r"OpenOOD $\geq$ 873e8c2" in tex
     assert tex.count(r"\midrule") == 3  # header + two changes of kind
     assert r"\begin{tabular}{lrrrrrrr}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
     assert r"\caption{Main}" in tex and r"\label{tab:x}" in tex
@@ -179,6 +181,13 @@ def test_markdown_bold_and_conventions(metrics: pd.DataFrame) -> None:
     msp = next(line for line in md.splitlines() if line.startswith("| MSP "))
     assert "| 85.00 |" in msp and "**" not in msp.split("|")[2]
     assert r"Ours\_50%&#" in md  # underscore escaped against emphasis
+
+
+def test_aupr_columns_name_their_positive_class(metrics: pd.DataFrame) -> None:
+    table = metrics_table(metrics, per_set_metrics=("auroc", "aupr_in", "aupr_out"))
+    notes = table.attrs["notes"]
+    assert METRIC_DEFINITIONS["aupr_in"] in notes and METRIC_DEFINITIONS["aupr_out"] in notes
+    assert not any("AUPR" in note for note in metrics_table(metrics).attrs["notes"])
 
 
 def test_latex_escape() -> None:

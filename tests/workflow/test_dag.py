@@ -7,13 +7,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from snakemake_cli import job_counts, snakemake
 
 LINT = [("--lint", "--configfile", c) for c in ("config/config.yaml", "config/tiny.yaml")]
 TINY_DAG = ("-n", "--forceall", "--configfile", "config/tiny.yaml")
 DEFAULT_DAG = ("-n", "--forceall")  # no --configfile: the Snakefile loads config/config.yaml
+# --config run=NAME overrides the default config's run, it does not replace the config (the
+# report section, config/report/<run>.yaml by default, named so that the DAGs can be compared)
+RENAMED = ("run=renamed", "report_config=config/report/embedded.yaml")
+RENAMED_DAG = ("-n", "--forceall", "--config", *RENAMED)
+CONFIG_TYPO = ("-n", "--config", "shard_sise=10")
+NESTED_TYPO = ("-n", "--config", 'speed={"image": 4}')
+EXPERIMENT_TYPO = ("-n", "--config", 'experiments={"gdm_main": {"modle": "unet_cond"}}')
+WRONG_TYPE = ("-n", "--config", "shard_size=abc")
 # Started in the background by the dry_runs fixture (conftest.py), shared with other modules.
-DRY_RUNS = [*LINT, TINY_DAG, DEFAULT_DAG]
+DRY_RUNS = [*LINT, TINY_DAG, DEFAULT_DAG, RENAMED_DAG, CONFIG_TYPO, NESTED_TYPO, EXPERIMENT_TYPO]
+DRY_RUNS += [WRONG_TYPE]
+SCHEMA = "workflow/schemas/config.schema.yaml"
 
 
 def test_lint_is_clean(dry_runs) -> None:
@@ -84,3 +95,47 @@ def test_invalid_value_fails(repo_root: Path, tmp_path: Path, bad: str) -> None:
     result = snakemake(repo_root, "-n", "--configfile", str(path))
     assert result.returncode != 0
     assert bad.split(": ")[1] in result.stdout + result.stderr
+
+
+def _description_start(repo_root: Path, *path: str) -> str:
+    """First words of the schema's description of the property at ``path``."""
+    node = yaml.safe_load((repo_root / SCHEMA).read_text())
+    for part in path:
+        node = node["properties"][part] if "properties" in node else node["additionalProperties"]
+    return " ".join(node["description"].split()[:4])
+
+
+@pytest.mark.parametrize(
+    ("args", "where", "suggestion"),
+    [
+        (CONFIG_TYPO, "shard_sise", ("shard_size",)),
+        (NESTED_TYPO, "speed.image", ("speed", "images")),
+        (EXPERIMENT_TYPO, "experiments.gdm_main.modle", ("experiments", "gdm_main", "model")),
+    ],
+)
+def test_config_typo_is_short_and_suggests_the_key(
+    dry_runs, repo_root: Path, args: tuple[str, ...], where: str, suggestion: tuple[str, ...]
+) -> None:
+    result = dry_runs.get(*args)
+    assert result.returncode != 0
+    output = result.output
+    assert len(output.splitlines()) < 30, output  # not the schema and config (~1,550 lines)
+    assert f"{where}: unknown key {where.split('.')[-1]!r}" in output
+    assert f"did you mean {suggestion[-1]!r}?" in output
+    assert _description_start(repo_root, *suggestion) in " ".join(output.split())
+
+
+def test_wrong_type_is_short_and_names_the_expected_type(dry_runs, repo_root: Path) -> None:
+    result = dry_runs.get(*WRONG_TYPE)
+    assert result.returncode != 0
+    output = result.output
+    assert len(output.splitlines()) < 30, output
+    assert "shard_size: invalid value 'abc'" in output and "expected integer" in output
+    assert _description_start(repo_root, "shard_size") in " ".join(output.split())
+
+
+def test_config_run_keeps_the_default_config(dry_runs) -> None:
+    renamed = dry_runs.get(*RENAMED_DAG)
+    assert renamed.returncode == 0, renamed.output
+    assert "data/interim/renamed/" in renamed.stdout
+    assert job_counts(renamed.stdout) == job_counts(dry_runs.get(*DEFAULT_DAG).stdout)

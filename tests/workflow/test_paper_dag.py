@@ -17,7 +17,8 @@ LINT = [
     ("--lint", "--configfile", f"config/{n}")
     for n in ("imagenet.yaml", "cifar10.yaml", "imagenet_v15.yaml")
 ]
-DRY_RUNS = [IMAGENET_DAG, *LINT]
+PREFLIGHT_DAG = ("-n", "preflight", "--configfile", "config/imagenet.yaml")
+DRY_RUNS = [IMAGENET_DAG, PREFLIGHT_DAG, *LINT]
 
 
 def sized_config(repo: Path, tmp_path: Path, name: str, sizes: dict[str, int]) -> Path:
@@ -172,6 +173,16 @@ def test_full_lists_plan_up_to_the_checkpoint(dry_runs) -> None:
     counts, stdout = job_counts(result.stdout), result.stdout
     assert counts["select_images"] == 6
     assert "DAG of jobs will be updated after completion" in stdout
+
+
+def test_preflight_plans_in_seconds(dry_runs) -> None:
+    # the preflight needs the downloads, models, benchmark and lists, never a reconstruct job
+    result = dry_runs.get(*PREFLIGHT_DAG)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert counts["preflight"] == 1 and counts["select_images"] == 6
+    assert "reconstruct" not in counts and "cache_predictions" not in counts
+    assert result.seconds < 90, f"preflight DAG took {result.seconds:.1f} s"
 
 
 def test_cifar10_dag_job_counts(repo_root: Path, tmp_path: Path) -> None:

@@ -4,12 +4,16 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
-validate(config, "../schemas/config.schema.yaml")
-
 PACKAGE_ROOT = str(Path(workflow.basedir) / "workflow" / "scripts")
 sys.path.insert(0, PACKAGE_ROOT)
+from diffguard import codedeps  # noqa: E402
+from diffguard.schema import validate_config  # noqa: E402
+
+if not workflow.modifier.skip_validation:
+    # as snakemake.utils.validate (schema defaults filled in), but a typo costs a few lines
+    # (key, dotted path, closest valid key), not the whole schema and config
+    validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+
 from diffguard.config import (  # noqa: E402
     child_processes_import,
     ensemble_members,
@@ -39,7 +43,6 @@ EVAL_EXPERIMENTS = {
     for n, e in EXPERIMENTS.items()
     if not e.get("speed_only", False) and n not in TRACE_EXPERIMENTS
 }
-PKG = "workflow/scripts/diffguard"
 SPEED_TABLES = {}  # filled by workflow/rules/speed.smk when included
 CPUS_PER_JOB = int(config.get("cpus_per_job", 1))
 BENCHMARK_KIND = config["benchmark"]["kind"]
@@ -142,9 +145,11 @@ wildcard_constraints:
     model=alternatives(DIFFUSION_MODELS),
 
 
-def pkg(*modules):
-    """Package modules a rule depends on, so that editing them reruns that rule only."""
-    return [f"{PKG}/{m}" for m in ("__init__.py", *modules)]
+def script_code(script):
+    """Code inputs of a job running ``workflow/scripts/<script>`` (the script and the package
+    modules it imports, transitively, read with ``ast``), so that editing one reruns exactly the
+    jobs that can execute it."""
+    return codedeps.script_code(script, PACKAGE_ROOT, workflow.basedir)
 
 
 def model_dir(name):

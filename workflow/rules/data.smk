@@ -4,6 +4,8 @@ subsamples."""
 if BENCHMARK_KIND == "embedded":
 
     rule build_embedded_benchmark:
+        input:
+            code=script_code("build_embedded_benchmark.py"),
         output:
             summary=f"data/external/{RUN}/benchmark/benchmark.json",
             lists=expand(
@@ -26,7 +28,7 @@ if BENCHMARK_KIND == "embedded":
 checkpoint select_images:
     input:
         imglist=benchmark_list,
-        code=pkg("data.py", "io.py"),
+        code=script_code("select_images.py"),
     output:
         f"data/interim/{RUN}/lists/{{dataset}}.txt",
     log:

@@ -7,7 +7,7 @@ rule baseline_scores:
         test=expand("data/interim/{run}/predictions/{dataset}.npz", run=RUN, dataset=EVAL_SETS),
         classifier=CLASSIFIER_WEIGHTS,
         classifier_spec=CLASSIFIER_SPEC,
-        code=pkg("baselines.py", "pipeline.py"),
+        code=script_code("baseline_scores.py"),
     output:
         expand("data/processed/{run}/baselines/{dataset}.csv", run=RUN, dataset=EVAL_SETS),
     log:
@@ -25,7 +25,7 @@ rule evaluate:
     input:
         scores=score_tables(),
         baselines=rules.baseline_scores.output,
-        code=pkg("metrics.py", "combine.py", "pipeline.py"),
+        code=script_code("evaluate.py"),
     output:
         f"data/processed/{RUN}/metrics.csv",
     log:

@@ -117,7 +117,7 @@ if BENCHMARK_KIND == "openood":
         input:
             imglists=extracted_dir(OPENOOD["imglists"]),
             mounts=[mount_source(spec) for spec in OPENOOD["mounts"].values()],
-            code=pkg("openood.py", "data.py", "io.py"),
+            code=script_code("assemble_openood.py"),
         output:
             summary=f"data/external/{RUN}/benchmark/benchmark.json",
             lists=expand(

@@ -27,16 +27,7 @@ if FIG2:
             classifier_spec=CLASSIFIER_SPEC,
             model=f"{model_dir(FIG2_MODEL)}/model.done",
             noisy=verified_inputs([FIG2_NOISY["checkpoint"]]) if FIG2_NOISY else [],
-            code=pkg(
-                "figure2.py",
-                "convert/adm_classifier.py",
-                "convert/adm.py",
-                "schedules.py",
-                "backends.py",
-                "data.py",
-                "runtime.py",
-                "io.py",
-            ),
+            code=script_code("figure2.py"),
         output:
             f"data/processed/{RUN}/fig2/predictions.csv",
         log:
@@ -62,7 +53,7 @@ if FIG2:
         """Fig. 2A (agreement at t=0, with a noisy classifier) and 2B (accuracy over t)."""
         input:
             predictions=f"data/processed/{RUN}/fig2/predictions.csv",
-            code=pkg("figure2.py", "plotting.py", "io.py"),
+            code=script_code("figure2.py"),
         output:
             FIG2_TABLES,
             [

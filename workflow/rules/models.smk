@@ -6,7 +6,7 @@ if CLASSIFIER_SOURCE == "train":
         input:
             imglist=f"data/interim/{RUN}/lists/train.txt",
             benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
-            code=pkg("classifiers.py", "training.py", "data.py", "pipeline.py", "runtime.py"),
+            code=script_code("train_classifier.py"),
         output:
             weights=f"data/interim/{RUN}/models/classifier/weights/model.safetensors",
             spec=f"data/interim/{RUN}/models/classifier/weights/spec.json",
@@ -49,7 +49,7 @@ else:
         input:
             checkpoint=download_file(config["classifier"]["checkpoint"]),
             verified=verified_stamp(config["classifier"]["checkpoint"]),
-            code=pkg("backends.py", "classifiers.py", "checkpoints.py"),
+            code=script_code("prepare_classifier.py"),
         output:
             weights=CLASSIFIER_WEIGHTS,
             spec=CLASSIFIER_SPEC,
@@ -72,7 +72,7 @@ else:
             verified=lambda wildcards: verified_stamp(
                 ENSEMBLE_MEMBERS[int(wildcards.member)]["checkpoint"]
             ),
-            code=pkg("backends.py", "classifiers.py", "checkpoints.py", "pipeline.py"),
+            code=script_code("prepare_ensemble_member.py"),
         output:
             weights=f"{member_dir('{member}')}/weights/model.safetensors",
             spec=f"{member_dir('{member}')}/weights/spec.json",
@@ -96,7 +96,7 @@ rule train_diffusion:
     input:
         imglist=f"data/interim/{RUN}/lists/train.txt",
         benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
-        code=pkg("training.py", "data.py", "pipeline.py", "runtime.py"),
+        code=script_code("train_diffusion.py"),
     output:
         done=f"data/interim/{RUN}/models/{{model}}/model.done",
         train_log=f"data/interim/{RUN}/models/{{model}}/train_log.csv",
@@ -127,7 +127,7 @@ rule prepare_diffusion_model:
         verified=lambda wildcards: [
             verified_stamp(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()
         ],
-        code=pkg("backends.py", "convert/adm.py", "convert/ldm.py", "convert/diffnb.py"),
+        code=script_code("prepare_diffusion_model.py"),
     output:
         done=f"data/interim/{RUN}/models/{{model}}/model.done",
     log:
@@ -157,7 +157,7 @@ rule cache_predictions:
         weights=CLASSIFIER_WEIGHTS,
         spec=CLASSIFIER_SPEC,
         ensemble=ensemble_inputs,
-        code=pkg("classifiers.py", "data.py", "pipeline.py", "runtime.py"),
+        code=script_code("cache_predictions.py"),
     output:
         prediction_cache("{dataset}"),
     log:
@@ -190,7 +190,7 @@ use rule cache_predictions as cache_guidance_predictions with:
         benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
         weights=CLASSIFIER_WEIGHTS,
         spec=CLASSIFIER_SPEC,
-        code=pkg("classifiers.py", "data.py", "pipeline.py", "runtime.py"),
+        code=script_code("cache_predictions.py"),
     output:
         prediction_cache("{dataset}", "{size}"),
     log:

@@ -11,21 +11,7 @@ rule reconstruct:
         classifier_spec=CLASSIFIER_SPEC,
         model=experiment_model,
         perceptual=perceptual_weights(),
-        code=pkg(
-            "gdm.py",
-            "cfg.py",
-            "cam.py",
-            "schedules.py",
-            "distances.py",
-            "data.py",
-            "runtime.py",
-            "reconstruction.py",
-            "config.py",
-            "io.py",
-            "classifiers.py",
-            "training.py",
-            "backends.py",
-        ),
+        code=script_code("reconstruct.py"),
     output:
         f"data/interim/{RUN}/recon/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.npz",
     log:
@@ -59,7 +45,7 @@ rule gather_scores:
     input:
         shards=recon_shards,
         imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
-        code=pkg("pipeline.py", "runtime.py", "io.py"),
+        code=script_code("gather_scores.py"),
     output:
         f"data/processed/{RUN}/scores/{{exp}}/{{dataset}}/seed-{{seed}}.csv",
     log:
@@ -78,16 +64,7 @@ rule inversion_trace:
         benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
         classifier_spec=CLASSIFIER_SPEC,
         model=experiment_model,
-        code=pkg(
-            "gdm.py",
-            "schedules.py",
-            "data.py",
-            "runtime.py",
-            "reconstruction.py",
-            "config.py",
-            "io.py",
-            "backends.py",
-        ),
+        code=script_code("inversion_trace.py"),
     output:
         expand(
             "data/processed/{run}/inversion_trace/{{exp}}/{dataset}.csv",

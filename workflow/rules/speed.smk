@@ -25,22 +25,7 @@ rule speed_benchmark:
         models=[f"{model_dir(EXPERIMENTS[name]['model'])}/model.done" for name in SPEED_EXPERIMENTS],
         imglist=f"data/interim/{RUN}/lists/{ID_SET}.txt",
         benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
-        code=pkg(
-            "speed.py",
-            "released_port.py",
-            "gdm.py",
-            "cfg.py",
-            "cam.py",
-            "schedules.py",
-            "distances.py",
-            "data.py",
-            "runtime.py",
-            "config.py",
-            "io.py",
-            "classifiers.py",
-            "training.py",
-            "tables.py",
-        ),
+        code=script_code("benchmark_speed.py"),
     output:
         **SPEED_OUTPUTS,
     log:

@@ -42,5 +42,14 @@ def cam_mask(
     cam_cut: float,
 ) -> torch.Tensor:
     """Binary mask ``CAM > cam_cut`` (N x 1 x H x W); a negative cut inverts the usual mask."""
-    maps = gradcam_maps(classifier, target_layer, images, labels)
-    return (maps > cam_cut).unsqueeze(1)
+    return threshold_cam(gradcam_maps(classifier, target_layer, images, labels), cam_cut)
+
+
+def threshold_cam(maps: torch.Tensor, cam_cut: float) -> torch.Tensor:
+    """``maps > cam_cut``, or ``maps < |cam_cut|`` for a negative cut (N x 1 x H x W).
+
+    The released code inverts the mask for a negative cut (``grayscale_cam_scaled <
+    abs(cam_cut)``): the guidance then edits the regions the classifier does not look at.
+    """
+    mask = maps < abs(cam_cut) if cam_cut < 0 else maps > cam_cut
+    return mask.unsqueeze(1)

@@ -44,8 +44,10 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,8 @@ def combine(
     Args:
         diffguard_id: DiffGuard scores of the ID reference set.
         diffguard_test: DiffGuard scores of the samples to score.
-        baseline_id: Baseline scores of the same ID reference samples (same order).
+        baseline_id: Baseline scores of the same ID reference samples (same order; tables of
+            per-image scores are paired with :func:`align_by_image`).
         baseline_test: Baseline scores of the same test samples (same order).
         rule: A key of :data:`COMBINATION_RULES`.
         **params: The rule's parameters (``q_low``/``q_high`` or ``weight``).
@@ -172,3 +175,46 @@ def combine(
             f"combination rule {rule!r}: unknown parameters {unknown}; valid: {allowed}"
         )
     return fn(dg_id, dg_test, bl_id, bl_test, **params)
+
+
+IMAGE_KEY = "image_id"
+"""Column both per-image score tables (DiffGuard's and the baselines') identify images by."""
+_SHOWN_IDS = 5
+
+
+def align_by_image(
+    diffguard: pd.DataFrame,
+    baseline: pd.DataFrame,
+    *,
+    diffguard_file: str | Path,
+    baseline_file: str | Path,
+    key: str = IMAGE_KEY,
+) -> pd.DataFrame:
+    """``baseline``'s rows reordered to match ``diffguard``'s, joined on the image id.
+
+    The two tables come from different jobs (sharded reconstruction, one baseline pass), so
+    their row order is not a contract: pairing by position would silently combine scores of
+    different images.
+
+    Raises:
+        ValueError: A table without ``key``, a repeated id, or different id sets (naming both
+            files and the first ids each lacks).
+    """
+    for frame, file in ((diffguard, diffguard_file), (baseline, baseline_file)):
+        if key not in frame.columns:
+            raise ValueError(f"{file}: no {key!r} column to join on (columns {list(frame)})")
+        repeated = frame[key][frame[key].duplicated()].astype(str).unique().tolist()
+        if repeated:
+            raise ValueError(f"{file}: repeated {key} {repeated[:_SHOWN_IDS]}")
+    ours, theirs = set(diffguard[key].astype(str)), set(baseline[key].astype(str))
+    if ours != theirs:
+        lacks_baseline = sorted(ours - theirs)
+        lacks_diffguard = sorted(theirs - ours)
+        raise ValueError(
+            f"{diffguard_file} ({len(ours)} images) and {baseline_file} ({len(theirs)} images) "
+            f"score different images: {len(lacks_baseline)} missing from the baseline file "
+            f"(first {lacks_baseline[:_SHOWN_IDS]}), {len(lacks_diffguard)} missing from the "
+            f"DiffGuard file (first {lacks_diffguard[:_SHOWN_IDS]})"
+        )
+    by_id = baseline.set_index(baseline[key].astype(str), drop=False)
+    return by_id.loc[diffguard[key].astype(str).to_numpy()].reset_index(drop=True)

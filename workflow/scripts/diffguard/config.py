@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import os
 from typing import Any
@@ -58,10 +59,17 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
     settings_cls = METHOD_SETTINGS[method]
     overrides = resolved.get(method, {})
     known = {f.name for f in dataclasses.fields(settings_cls)}
+    if method == "gdm":
+        known.add("crop_seed")  # resolved to cutouts_seed per run seed by method_settings
     unknown = sorted(set(overrides) - known)
     if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
         raise ConfigError(
-            f"experiments.{name}.{method}: unknown key(s) {unknown}; valid keys: {sorted(known)}"
+            f"experiments.{name}.{method}: unknown key(s) {', '.join(hints)}; valid keys "
+            f"(fields of {settings_cls.__module__}.{settings_cls.__name__}): {sorted(known)}"
         )
     if resolved.get("inversion_trace_only") and method != "gdm":
         raise ConfigError(
@@ -136,6 +144,27 @@ def experiment_seeds(config: dict[str, Any], experiment: dict[str, Any]) -> list
     return [int(s) for s in seeds]
 
 
+RELEASED_CROP_SEED = 100
+
+
+def resolve_crop_seed(rule: Any, seed: int, name: str = "?") -> int:
+    """Seed of the GDM crop generator for run seed ``seed`` under ``gdm.crop_seed`` ``rule``.
+
+    ``released`` (default): ``100 + seed``, so seed 0 (a single-seed run) uses the released
+    ``LocalRandGenerator(seed=100)`` and seeds 0-3 use 100-103; ``run``: the run seed itself;
+    an integer: that crop seed for every run seed (e.g. 100: the released crops in all runs).
+    """
+    if rule == "released":
+        return RELEASED_CROP_SEED + seed
+    if rule == "run":
+        return seed
+    if isinstance(rule, int) and not isinstance(rule, bool):
+        return rule
+    raise ConfigError(
+        f"experiments.{name}.gdm.crop_seed: expected 'released', 'run' or an integer, got {rule!r}"
+    )
+
+
 def method_settings(
     experiment: dict[str, Any], seed: int | None = None
 ) -> GdmSettings | CfgSettings:
@@ -145,8 +174,9 @@ def method_settings(
     for key, value in values.items():
         if isinstance(value, list):
             values[key] = tuple(value)
+    crop_seed = values.pop("crop_seed", "released") if method == "gdm" else None
     if method == "gdm" and seed is not None and "cutouts_seed" not in values:
-        values["cutouts_seed"] = seed
+        values["cutouts_seed"] = resolve_crop_seed(crop_seed, seed, experiment["name"])
     try:
         return METHOD_SETTINGS[method](**values)
     except (TypeError, ValueError) as err:

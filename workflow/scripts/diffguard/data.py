@@ -61,6 +61,12 @@ class ImageRecord:
 
 def image_id_for(path: str) -> str:
     """Return the image id used for ``path``: the relative path without its suffix."""
+    name = path.rpartition("/")[2]
+    dot = name.rfind(".")
+    # string fast path for plain paths (lists hold ~10^5-10^6 lines); PurePosixPath otherwise
+    plain = not ("//" in path or "/./" in path or path.startswith("./") or path.endswith("/"))
+    if plain and 0 < dot < len(name) - 1:
+        return path[: len(path) - len(name) + dot]
     return str(PurePosixPath(path).with_suffix(""))
 
 
@@ -108,8 +114,7 @@ def read_imglist(path: str | Path) -> list[ImageRecord]:
                     f"(expected a class index >= 0 or {OOD_LABEL} for OOD)"
                 )
             rel = rel.replace("\\", "/")
-            posix = PurePosixPath(rel)
-            if posix.is_absolute() or ".." in posix.parts:
+            if rel.startswith("/") or ".." in rel.split("/"):
                 raise ImageListError(
                     f"{path}:{lineno}: path {rel!r} must be relative to the image root "
                     "(no leading '/' and no '..')"
@@ -245,6 +250,40 @@ def load_image(
 ) -> torch.Tensor:
     """Decode an image fully and return a ``channels x size x size`` float tensor in [0, 1].
 
+    Strict: a truncated file is an error (see :func:`load_image_checked` for OpenOOD's
+    decode-as-far-as-it-goes behaviour).
+
+    Raises:
+        ImageLoadError: The file is missing, truncated, corrupt or of an unsupported mode.
+        ValueError: ``channels`` is not 1 or 3, or a size is < 1.
+    """
+    return load_image_checked(path, size, channels, pre_size)[0]
+
+
+def _decode(path: str | Path, channels: int, truncated_ok: bool) -> Image.Image:
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
+    try:
+        if not truncated_ok:
+            with Image.open(path) as probe:
+                probe.verify()  # structural check (chunk CRCs for PNG) before the full decode
+        with Image.open(path) as opened:
+            opened.load()  # full decode: a truncated stream raises here, not later
+            return _to_channels(opened, channels, path)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def load_image_checked(
+    path: str | Path,
+    size: int,
+    channels: int,
+    pre_size: int | None = None,
+    *,
+    load_truncated: bool = False,
+) -> tuple[torch.Tensor, bool]:
+    """Like :func:`load_image`; also returns whether the file was truncated.
+
     Follows ``Resize(pre_size)`` (shorter side, bilinear) then ``CenterCrop(size)``.
 
     Args:
@@ -252,30 +291,35 @@ def load_image(
         size: Output side length.
         channels: 1 (luminance, ITU-R 601) or 3 (RGB; grayscale is replicated).
         pre_size: Shorter-side length before the crop; defaults to ``size``.
+        load_truncated: Decode a truncated file as far as it goes, as OpenOOD's and DiffGuard's
+            loaders do (``ImageFile.LOAD_TRUNCATED_IMAGES = True``); otherwise it is an error.
 
     Raises:
-        ImageLoadError: The file is missing, truncated, corrupt or of an unsupported mode.
+        ImageLoadError: The file is missing, corrupt (undecodable even when truncation is
+            allowed), truncated while ``load_truncated`` is off, or of an unsupported mode.
         ValueError: ``channels`` is not 1 or 3, or a size is < 1.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if size < 1 or (pre_size is not None and pre_size < size):
         raise ValueError(f"need size >= 1 and pre_size >= size, got {size}, {pre_size}")
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated files may load")
+    truncated = False
     try:
-        with Image.open(path) as probe:
-            probe.verify()  # structural check (chunk CRCs for PNG) before the full decode
-        with Image.open(path) as opened:
-            opened.load()  # full decode: a truncated stream raises here, not later
-            img = _to_channels(opened, channels, path)
+        try:
+            img = _decode(path, channels, truncated_ok=False)
+        except (OSError, SyntaxError) as err:
+            if not load_truncated or isinstance(err, FileNotFoundError):
+                raise
+            img = _decode(path, channels, truncated_ok=True)
+            truncated = True
+            log.warning("%s: truncated or damaged, decoded as far as it goes (%s)", path, err)
     except ImageLoadError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageLoadError(f"{path}: cannot decode image ({err})") from err
     img = TF.resize(img, pre_size or size, interpolation=InterpolationMode.BILINEAR)
     img = TF.center_crop(img, [size, size])
-    return TF.to_tensor(img)
+    return TF.to_tensor(img), truncated
 
 
 class ImageListDataset(Dataset[tuple[torch.Tensor, int, int]]):

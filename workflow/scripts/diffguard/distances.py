@@ -1,10 +1,14 @@
 """Similarity scores between an image and its regeneration (higher = more in-distribution).
 
 Transforms follow the released code (PAPER.md C.4): ``1 - d`` for distances bounded in [0, 1]
-(DISTS, SSIM as a loss), ``-d`` otherwise. Images arrive in [-1, 1] and are mapped with
+(DISTS and the piq losses of SSIM, FSIM and VIF, which piq clamps to [0, 1]), ``-d`` otherwise
+(LPIPS, MDSI, GMSD, l2, logits). Images arrive in [-1, 1] and are mapped with
 ``clamp((x + 1) / 2, 0, 1)``. DISTS and LPIPS need VGG16 weights that piq would download at run
 time: here they must already sit in an explicit torch-hub folder (a download rule fills it), and a
-missing file is an error naming it.
+missing file is an error naming it. FSIM and MDSI are colour metrics: gray (1-channel) images are
+repeated to 3 channels first (piq's FSIMc fails on 1 channel; MDSI repeats them itself). VIF
+(piq ``vif_p``) needs images of at least 41 x 41 pixels. Every metric gets ``(reference,
+recon)`` in that order (VIF is not symmetric).
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from diffguard.checkpoints import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-DISTANCES = ("dists", "lpips", "ssim", "gmsd", "l2", "logits")
-"""Distances the workflow can compute; ``logits`` needs the classifier."""
+DISTANCES = ("dists", "lpips", "ssim", "gmsd", "l2", "fsim", "mdsi", "vif", "logits")
+"""Distances the workflow can compute (the released tester's); ``logits`` needs the classifier."""
+
+VIF_MIN_SIZE = 41
+"""Smallest image side piq's ``vif_p`` accepts."""
 
 PERCEPTUAL_WEIGHT_FILES = {
     "dists": ("vgg16-397923af.pth", "dists_weights.pt"),
@@ -100,6 +107,19 @@ class SimilarityScorer:
                 out[name] = piq.ssim(a, b, data_range=1.0, reduction="none")
             elif name == "gmsd":
                 out[name] = -piq.gmsd(a, b, data_range=1.0, reduction="none")
+            elif name == "fsim":
+                # 1 - FSIMLoss = clamp(FSIMc, 0, 1), as the released ``1 - loss``.
+                out[name] = 1 - piq.FSIMLoss(data_range=1.0, reduction="none")(_rgb(a), _rgb(b))
+            elif name == "mdsi":
+                # MDSILoss is MDSI itself (0 for identical images): score -MDSI.
+                out[name] = -piq.mdsi(_rgb(a), _rgb(b), data_range=1.0, reduction="none")
+            elif name == "vif":
+                if min(a.shape[-2:]) < VIF_MIN_SIZE:
+                    raise ValueError(
+                        f"distance 'vif' (piq.vif_p) needs images of at least {VIF_MIN_SIZE} x "
+                        f"{VIF_MIN_SIZE} pixels, got {tuple(a.shape[-2:])}"
+                    )
+                out[name] = 1 - piq.VIFLoss(data_range=1.0, reduction="none")(a, b)
             elif name == "l2":
                 out[name] = -torch.linalg.vector_norm((a - b).flatten(1), dim=1)
             elif name == "logits":

@@ -28,6 +28,10 @@ Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``similarity(x_noisy, x0) -> per-image similarity``; early stop fires below a threshold."""
 
 
+EARLY_STOP_METRICS = ("psnr", "dists", "lpips")
+"""Early-stop metrics the released tester offers (``psnr`` built in; the others perceptual)."""
+
+
 @dataclass(frozen=True)
 class GdmSettings:
     """Hyperparameters of the GDM procedure; defaults are the released exp6.1 settings."""
@@ -57,6 +61,11 @@ class GdmSettings:
             raise ValueError(
                 "early_stop_metrics and early_stop_thresholds must have the same length, got "
                 f"{self.early_stop_metrics} and {self.early_stop_thresholds}"
+            )
+        unknown = [m for m in self.early_stop_metrics if m not in EARLY_STOP_METRICS]
+        if unknown:
+            raise ValueError(
+                f"early_stop_metrics: unknown {unknown}; expected some of {EARLY_STOP_METRICS}"
             )
 
     def schedule(self) -> RespacedSchedule:

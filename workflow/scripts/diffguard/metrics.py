@@ -4,15 +4,22 @@ Conventions (PAPER.md C.5, FIELD.md 1.2):
 
 - ``auroc``: area under the ROC curve; symmetric, so it does not depend on which class is positive.
 - ``aupr_in``: ``precision_recall_curve(ID indicator, score)`` then ``auc(recall, precision)``
-  (trapezoidal area, as the released code / OpenOOD v1 do, not sklearn's average precision).
+  (trapezoidal area, as the released code / OpenOOD do, not sklearn's average precision).
 - ``aupr_out``: the same with OOD as the positive class and ``-score`` (the released code uses
   ``1 - score``; only the order matters).
-- ``fpr95_id_recall``: DiffGuard / OpenOOD v1 FPR@95, the fraction of OOD samples *accepted* at
-  the highest threshold that keeps at least 95% of ID samples (``fpr[argmax(tpr >= 0.95)]`` on
+- ``fpr95_id_recall``: FPR@95TPR with ID positive (DiffGuard's released code; OpenOOD up to
+  8d44375, its v1.5 tag), the fraction of OOD samples *accepted* at the highest threshold that
+  keeps at least 95% of ID samples (``fpr[argmax(tpr >= 0.95)]`` on
   ``roc_curve(ID indicator, score)``).
-- ``fpr95_ood_recall``: OpenOOD v1.5 FPR@95, the fraction of ID samples *rejected* at the highest
-  threshold on ``-score`` that catches at least 95% of OOD samples. The two FPR@95 conventions are
-  not comparable with each other.
+- ``fpr95_ood_recall``: FPR@95TPR with OOD positive (OpenOOD from 873e8c2, 2023-08-10, "fix ood
+  eval (ood as pos)"), the fraction of ID samples *rejected* at the highest threshold on
+  ``-score`` that catches at least 95% of OOD samples. The two FPR@95 conventions are not
+  comparable with each other.
+
+OpenOOD's labels are versioned by commit, not by release: its ``v1.5`` tag (8d44375, 2023-06-26)
+still computes the ID-positive FPR@95; 873e8c2 switched to OOD positive and, until 4a72488
+(2023-12-18, "fix #211"), also swapped AUPR_IN and AUPR_OUT (its AUPR_IN was OOD positive). The
+labels below name each metric by its definition and that commit range (:data:`METRIC_DEFINITIONS`).
 
 Both FPR@95 use ``roc_curve(..., drop_intermediate=False)``, i.e. every distinct score is an
 operating point. sklearn's default (``True``, used by the released code) removes collinear ROC
@@ -36,14 +43,33 @@ log = logging.getLogger(__name__)
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95_id_recall", "fpr95_ood_recall")
 """Keys of :func:`ood_metrics`, in table order."""
 
-METRIC_LABELS = {
-    "auroc": "AUROC (%)",
-    "aupr_in": "AUPR-IN (%, ID positive)",
-    "aupr_out": "AUPR-OUT (%, OOD positive)",
-    "fpr95_id_recall": "FPR@95 (% OOD accepted at 95% ID recall; DiffGuard/OpenOOD v1)",
-    "fpr95_ood_recall": "FPR@95 (% ID rejected at 95% OOD recall; OpenOOD v1.5)",
+OPENOOD_ID_POSITIVE = "OpenOOD ≤ 8d44375, incl. its v1.5 tag"
+"""OpenOOD commits whose FPR@95 is ID positive (before 873e8c2, 2023-08-10)."""
+OPENOOD_OOD_POSITIVE = "OpenOOD ≥ 873e8c2"
+"""OpenOOD commits whose FPR@95 is OOD positive."""
+OPENOOD_AUPR_SWAPPED = "OpenOOD ≥ 873e8c2 and < 4a72488"
+"""OpenOOD commits whose AUPR_IN is OOD positive and AUPR_OUT ID positive (swapped)."""
+
+METRIC_DEFINITIONS = {
+    "auroc": "AUROC: area under the ROC curve (the same with ID or OOD positive)",
+    "aupr_in": (
+        f"AUPR-IN, ID positive (OpenOOD's AUPR_IN, except {OPENOOD_AUPR_SWAPPED}: its AUPR_OUT)"
+    ),
+    "aupr_out": (
+        f"AUPR-OUT, OOD positive (OpenOOD's AUPR_OUT, except {OPENOOD_AUPR_SWAPPED}: its AUPR_IN)"
+    ),
+    "fpr95_id_recall": (
+        "FPR@95TPR, ID positive: OOD images accepted at 95% ID recall "
+        f"(DiffGuard; {OPENOOD_ID_POSITIVE})"
+    ),
+    "fpr95_ood_recall": (
+        f"FPR@95TPR, OOD positive: ID images rejected at 95% OOD recall ({OPENOOD_OOD_POSITIVE})"
+    ),
 }
-"""Human labels naming each metric's convention."""
+"""Each metric by its definition and the OpenOOD commits that compute it so (table notes)."""
+
+METRIC_LABELS = {key: f"{text} [%]" for key, text in METRIC_DEFINITIONS.items()}
+"""Human labels (axis and column titles) naming each metric's convention, in percent."""
 
 HIGHER_IS_BETTER = {
     "auroc": True,

@@ -18,15 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
 from diffguard.data import ImageRecord, read_imglist, write_imglist
 from diffguard.io import write_text
 
 log = logging.getLogger("diffguard")
 
-CHECK_PER_LIST = 200
-"""Images per list whose existence is checked at assembly (seeded sample; the rest at load)."""
+MISSING_SHOWN = 5
+"""Missing image paths quoted in the error of an incomplete folder."""
 
 
 class BenchmarkLayoutError(FileNotFoundError):
@@ -40,6 +38,56 @@ def _relink(link: Path, target: Path) -> None:
         tmp.unlink()
     tmp.symlink_to(target.resolve(), target_is_directory=True)
     os.replace(tmp, link)
+
+
+class _Resolver:
+    """Find list paths under the image root, serving flat names from class-sorted folders.
+
+    OpenOOD's lists address ImageNet val flat (``imagenet_1k/val/ILSVRC2012_val_00024235.JPEG``);
+    many users hold val sorted into ``val/<wnid>/`` folders (valprep.sh, for torchvision's
+    ImageFolder). File names are unique across the class folders, so a name missing from a
+    folder is looked up one level down (one directory listing per folder, not a stat per image).
+    """
+
+    def __init__(self, images: Path) -> None:
+        self.images = images
+        self._files: dict[str, frozenset[str]] = {}
+        self._sorted: dict[str, dict[str, str]] = {}
+        self.relocated = 0
+
+    def _listing(self, parent: str) -> frozenset[str]:
+        if parent not in self._files:
+            try:
+                with os.scandir(self.images / parent) as entries:
+                    self._files[parent] = frozenset(e.name for e in entries)
+            except (FileNotFoundError, NotADirectoryError):
+                self._files[parent] = frozenset()
+        return self._files[parent]
+
+    def _class_index(self, parent: str) -> dict[str, str]:
+        if parent not in self._sorted:
+            index: dict[str, str] = {}
+            for sub in sorted(self._listing(parent)):
+                folder = self.images / parent / sub
+                if folder.is_dir():
+                    for name in os.listdir(folder):
+                        index.setdefault(name, sub)
+            self._sorted[parent] = index
+            if index:
+                log.info("%s: class-sorted folder (%d files in sub-folders)", parent, len(index))
+        return self._sorted[parent]
+
+    def resolve(self, rel: str) -> str | None:
+        """The path under the image root that serves ``rel``, or None when there is none."""
+        posix = PurePosixPath(rel)
+        parent = str(posix.parent)
+        if posix.name in self._listing(parent):
+            return rel
+        sub = self._class_index(parent).get(posix.name)
+        if sub is None:
+            return None
+        self.relocated += 1
+        return str(posix.parent / sub / posix.name)
 
 
 def assemble_openood(
@@ -57,10 +105,14 @@ def assemble_openood(
         lists: List name -> ``{file: path inside imglist_root, prefix: folder under the root}``.
         mounts: Folder under the image root -> existing folder (extracted or user-provided).
         out_dir: The run's benchmark folder.
-        seed: Seed of the sample of images checked for existence.
+        seed: Unused; kept so that older rule parameters still run (every image is checked).
+
+    A list path missing from its folder but present in one class sub-folder of it is rewritten to
+    that sub-folder (ImageNet val held class-sorted while OpenOOD lists it flat).
 
     Raises:
-        BenchmarkLayoutError: A list file, a mount or sampled images are missing (names them).
+        BenchmarkLayoutError: A list file, a mount or any listed image is missing (names the
+            list, the count of missing images and the first few paths).
     """
     root, out = Path(imglist_root), Path(out_dir)
     images = out / "images"
@@ -74,8 +126,9 @@ def assemble_openood(
                 "step missing?)"
             )
         _relink(images / mount, Path(source))
+    del seed
     counts: dict[str, int] = {}
-    rng = np.random.default_rng(seed)
+    resolver = _Resolver(images)
     for name, spec in lists.items():
         src = root / spec["file"]
         if not src.is_file():
@@ -85,19 +138,27 @@ def assemble_openood(
                 f"lists; files there include {found}"
             )
         prefix = str(spec.get("prefix", "") or "").strip("/")
-        records = [
-            ImageRecord(f"{prefix}/{r.path}" if prefix else r.path, r.label, r.image_id, r.line)
-            for r in read_imglist(src)
-        ]
-        picks = rng.choice(len(records), size=min(CHECK_PER_LIST, len(records)), replace=False)
-        missing = [
-            records[int(i)].path for i in picks if not (images / records[int(i)].path).exists()
-        ]
+        records: list[ImageRecord] = []
+        missing: list[str] = []
+        relocated = resolver.relocated
+        for r in read_imglist(src):
+            listed = f"{prefix}/{r.path}" if prefix else r.path
+            found = resolver.resolve(listed)
+            if found is None:
+                missing.append(listed)
+            else:
+                records.append(ImageRecord(found, r.label, r.image_id, r.line))
         if missing:
             raise BenchmarkLayoutError(
-                f"{src}: {len(missing)} of {len(picks)} sampled images are missing under "
-                f"{images} (e.g. {missing[:3]}); check benchmark.openood.lists.{name}.prefix and "
-                f"the mounts {sorted(mounts)}"
+                f"{name} ({src}): {len(missing)} of {len(records) + len(missing)} listed images "
+                f"are missing under {images} (first: {missing[:MISSING_SHOWN]}); check "
+                f"benchmark.openood.lists.{name}.prefix and the mounts {sorted(mounts)}"
+            )
+        if resolver.relocated > relocated:
+            log.info(
+                "%s: %d flat list paths served from class sub-folders",
+                name,
+                resolver.relocated - relocated,
             )
         write_imglist(out / "imglists" / f"{name}.txt", records)
         counts[name] = len(records)

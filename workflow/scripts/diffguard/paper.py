@@ -239,8 +239,10 @@ FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
     "roc_curves": (
         r"\linewidth",
         "ROC curves (ID positive) of the headline DiffGuard score and the strongest baselines, "
-        "per OOD set. Dashed: 95\\,\\% ID recall, where FPR@95 (a) is read off the $x$ axis; "
-        "dash-dotted: 95\\,\\% OOD recall, where FPR@95 (b) is one minus the $y$ value.",
+        "per OOD set. Dashed: 95\\,\\% ID recall, where FPR@95 (a) (FPR@95TPR, ID positive; "
+        "DiffGuard, OpenOOD $\\leq$ 8d44375) is read off the $x$ axis; dash-dotted: 95\\,\\% OOD "
+        "recall, where FPR@95 (b) (FPR@95TPR, OOD positive; OpenOOD $\\geq$ 873e8c2) is one "
+        "minus the $y$ value.",
     ),
     "recon_grid": (
         r"\linewidth",

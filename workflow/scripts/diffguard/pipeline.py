@@ -25,6 +25,7 @@ from diffguard.runtime import (  # noqa: F401  (re-exported for the rule scripts
     image_root,
     load_records_images,
     load_trained_classifier,
+    load_truncated_images,
     resolve_device,
     setup_logging,
 )
@@ -231,9 +232,18 @@ def cache_predictions(
     records = read_imglist(imglist)
     root = image_root(benchmark_json)
     logits, feats, mc, ens = [], [], [], []
+    truncated: list[str] = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        x = load_records_images(chunk, root, size, benchmark["channels"], pre_size).to(device)
+        x = load_records_images(
+            chunk,
+            root,
+            size,
+            benchmark["channels"],
+            pre_size,
+            load_truncated=load_truncated_images(benchmark),
+            truncated=truncated,
+        ).to(device)
         f = model.features(x)
         logits.append(model.fc(f).cpu())
         feats.append(f.cpu())
@@ -245,6 +255,7 @@ def cache_predictions(
             ens.append(torch.stack([m(x).cpu() for m in members], dim=0))
     logits_t = torch.cat(logits)
     k = logits_t.shape[1]
+    log.info("%s: %d truncated images decoded as far as they go", imglist, len(truncated))
     io.write_npz(
         out,
         image_ids=np.array([r.image_id for r in records]),
@@ -254,6 +265,7 @@ def cache_predictions(
         features=torch.cat(feats).numpy(),
         preds=logits_t.argmax(1).numpy(),
         input_size=np.array(size),
+        truncated_paths=np.array(truncated, dtype=str),
         mc_logits=torch.cat(mc, dim=1).numpy()
         if mc
         else np.zeros((0, len(records), k), np.float32),
@@ -415,13 +427,15 @@ def evaluate_stage(
     out: str | Path,
 ) -> None:
     """Metrics of every baseline, DiffGuard experiment x distance x seed, and combination."""
-    from diffguard.combine import combine
+    from diffguard.combine import IMAGE_KEY, align_by_image, combine
 
     score_map = {
         Path(p).parent.parent.name + "/" + Path(p).parent.name + "/" + Path(p).stem: p
         for p in score_files
     }
-    base = {Path(p).stem: pd.read_csv(p) for p in baseline_files}
+    base_files = {Path(p).stem: p for p in baseline_files}
+    # ids as text: "0001" and "1" are different images
+    base = {d: pd.read_csv(p, dtype={IMAGE_KEY: str}) for d, p in base_files.items()}
     rows: list[dict[str, Any]] = []
     for name in baselines:
         meta = {
@@ -441,8 +455,11 @@ def evaluate_stage(
             meta,
         )
 
+    def exp_file(exp: str, dataset: str, seed: int) -> str | Path:
+        return score_map[f"{exp}/{dataset}/seed-{seed}"]
+
     def exp_scores(exp: str, dataset: str, seed: int) -> pd.DataFrame:
-        return pd.read_csv(score_map[f"{exp}/{dataset}/seed-{seed}"])
+        return pd.read_csv(exp_file(exp, dataset, seed), dtype={IMAGE_KEY: str})
 
     for exp, method in experiments.items():
         # seeds per experiment (a mapping) or one list for all
@@ -471,16 +488,22 @@ def evaluate_stage(
                 col = f"score_{headline_distance}"
                 bl = combo["baseline"]
                 params = combo.get("params", {})
+                # each image's baseline score next to its own DiffGuard score (joined on the
+                # image id; the two tables' row orders are not a contract)
+                paired = {
+                    d: align_by_image(
+                        frames[d],
+                        base[d],
+                        diffguard_file=exp_file(exp, d, seed),
+                        baseline_file=base_files[d],
+                    )[bl].to_numpy()
+                    for d in [id_set, *ood_sets]
+                }
                 dg_id = frames[id_set][col].to_numpy()
-                bl_id = base[id_set][bl].to_numpy()
+                bl_id = paired[id_set]
                 combined = {
                     d: combine(
-                        dg_id,
-                        frames[d][col].to_numpy(),
-                        bl_id,
-                        base[d][bl].to_numpy(),
-                        combo["rule"],
-                        **params,
+                        dg_id, frames[d][col].to_numpy(), bl_id, paired[d], combo["rule"], **params
                     )
                     for d in ood_sets
                 }

@@ -25,6 +25,7 @@ from numpy.typing import ArrayLike  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from diffguard.io import atomic_path, read_npz  # noqa: E402
+from diffguard.tables import FPR_CONVENTIONS, FPR_MARK  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,8 @@ FIGURES = ("score_histograms", "roc_curves", "recon_grid", "training_curves")
 (``training_curves`` only when the run trained a model). Fig. 4 (``psnr_inversion``), Fig. 6
 and Fig. 7 are drawn by their own rules when the report config names them."""
 
-FPR_LEGEND = {
-    "a": "FPR@95 (a): OOD accepted at 95% ID recall (DiffGuard / OpenOOD v1)",
-    "b": "FPR@95 (b): ID rejected at 95% OOD recall (OpenOOD v1.5)",
-}
+FPR_LEGEND = {mark: FPR_CONVENTIONS[metric] for metric, mark in FPR_MARK.items()}
+"""Legend of the two FPR@95 reference lines: the tables' notes (definition, OpenOOD commits)."""
 
 _DPI = 150
 
@@ -225,8 +224,8 @@ def plot_roc_curves(
     fig.text(
         0.5,
         -0.02,
-        f"{FPR_LEGEND['a']}: x where a curve crosses the dashed line.\n"
-        f"{FPR_LEGEND['b']}: 1 - y where a curve crosses the dash-dotted line.",
+        f"{FPR_LEGEND['a']}; x where a curve crosses the dashed line.\n"
+        f"{FPR_LEGEND['b']}; 1 - y where a curve crosses the dash-dotted line.",
         ha="center",
         va="top",
         fontsize=6,

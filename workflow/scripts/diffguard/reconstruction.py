@@ -69,29 +69,44 @@ def aligned_chunks(
     return chunks
 
 
-def dists_similarity(
-    torch_hub_dir: str | None, device: torch.device
+EARLY_STOP_PERCEPTUAL = ("dists", "lpips")
+"""Perceptual early-stop metrics (``psnr`` is built into :mod:`diffguard.gdm`)."""
+
+
+def perceptual_similarity(
+    name: str, torch_hub_dir: str | None, device: torch.device
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Early-stop similarity ``1 - DISTS(x/2 + 0.5, x0/2 + 0.5)``, the noisy image unclamped.
+    """Early-stop similarity ``1 - DISTS`` or ``-LPIPS`` of ``(x/2 + 0.5, x0/2 + 0.5)``.
 
     As the released ``CombinedMetrics``: unlike the final score, the noisy sample is not
-    clamped to [0, 1] before DISTS.
+    clamped to [0, 1]. The transform is the tester's (PAPER.md C.4), so an ``lpips`` threshold
+    is negative (stop when ``-LPIPS < threshold``).
     """
     import piq
 
     from diffguard.distances import require_perceptual_weights
 
-    require_perceptual_weights("dists", torch_hub_dir)
-    metric = piq.DISTS(reduction="none").to(device).eval()
+    if name not in EARLY_STOP_PERCEPTUAL:
+        raise ValueError(f"perceptual early-stop metric {name!r}: expected {EARLY_STOP_PERCEPTUAL}")
+    require_perceptual_weights(name, torch_hub_dir)
+    metric = (piq.DISTS if name == "dists" else piq.LPIPS)(reduction="none").to(device).eval()
 
     @torch.no_grad()
     def similarity(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         a, b = x.float() / 2 + 0.5, x0.float() / 2 + 0.5
         if a.shape[1] == 1:
             a, b = a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)
-        return 1 - metric(a, b)
+        dist = metric(a, b)
+        return 1 - dist if name == "dists" else -dist
 
     return similarity
+
+
+def dists_similarity(
+    torch_hub_dir: str | None, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Early-stop similarity ``1 - DISTS(x/2 + 0.5, x0/2 + 0.5)``, the noisy image unclamped."""
+    return perceptual_similarity("dists", torch_hub_dir, device)
 
 
 def unconditional_eps(backend: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -278,19 +293,24 @@ def reconstruct_shard(
 
     eps_uncond = unconditional_eps(backend)
     extra_similarities = {}
-    if isinstance(settings, gdm.GdmSettings) and "dists" in settings.early_stop_metrics:
-        extra_similarities["dists"] = dists_similarity(torch_hub_dir, device)
+    if isinstance(settings, gdm.GdmSettings):
+        for name in EARLY_STOP_PERCEPTUAL:
+            if name in settings.early_stop_metrics:
+                extra_similarities[name] = perceptual_similarity(name, torch_hub_dir, device)
 
     out_rows: dict[str, list[np.ndarray]] = {}
     kept: dict[str, list[torch.Tensor]] = {"x0": [], "recon": [], "recon_uncond": []}
     start_time = time.perf_counter()
     counter = gdm.CallCounter()
     done = 0
+    truncated: list[str] = []
     for first, stop, keep in aligned_chunks(len(all_records), shard, shard_size, batch_size):
         chunk = all_records[first:stop]
         # Anything drawing from the global RNG sees the same state whichever shard runs it.
         torch.manual_seed(seed * 1_000_003 + first)
-        x01 = load_experiment_images(chunk, root, experiment, benchmark, clf_spec).to(device)
+        x01 = load_experiment_images(chunk, root, experiment, benchmark, clf_spec, truncated).to(
+            device
+        )
         x = x01 * 2 - 1
         x_model = resize_images(x, backend.sample_size)
         preds = torch.tensor([pred_of[r.image_id] for r in chunk])
@@ -392,6 +412,11 @@ def reconstruct_shard(
             torch.cat(tensors).to(torch.float16).numpy() if tensors else np.zeros((0,), np.float16)
         )
     arrays["nfe_per_image"] = np.array(counter.unet_rows / max(len(records), 1))
+    # chunks are padded to aligned batches: keep the shard's own truncated images only
+    cut = set(truncated)
+    own = [r.path for r in records if r.path in cut]
+    arrays["truncated_paths"] = np.array(own, dtype=str)
+    log.info("shard %d: %d truncated images decoded as far as they go", shard, len(own))
     io.write_npz(out, **arrays)
     log.info(
         "wrote %s: %.1f UNet evaluations/image, %.1f s",

@@ -95,7 +95,8 @@ def load_report_section(
             ``report``; schema errors name the key.
     """
     import yaml
-    from snakemake.utils import validate
+
+    from diffguard.schema import validate_config  # imports jsonschema: only when needed
 
     if "report" in config:
         section, where = dict(config["report"] or {}), "config key report"
@@ -111,7 +112,7 @@ def load_report_section(
                 keys = sorted(data) if isinstance(data, dict) else type(data).__name__
                 raise ValueError(f"{path}: expected one top-level key `report`, got {keys}")
             section, where = dict(data["report"] or {}), str(path)
-    validate(section, str(schema))
+    validate_config(section, schema, prefix="report", source=where)
     baselines = set(config.get("baselines", []))
     for name, spec in section["tables"].items():
         for row, selector in spec["rows"].items():

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffguard.data import ImageRecord, load_image
+from diffguard.data import ImageRecord, load_image_checked
 
 if TYPE_CHECKING:
     from diffguard.backends import DiffusionBackend
@@ -55,13 +55,31 @@ def load_records_images(
     size: int,
     channels: int,
     pre_size: int | None = None,
+    *,
+    load_truncated: bool = False,
+    truncated: list[str] | None = None,
 ) -> torch.Tensor:
     """Images of ``records`` as N x C x H x W in [0, 1] (errors name the failing file).
 
     ``Resize(pre_size)`` (shorter side) then ``CenterCrop(size)``; ``pre_size`` None means
     ``size`` (e.g. ImageNet: 256 then a 224 crop for GDM, a 256 crop for the LDM).
+    ``load_truncated`` decodes truncated files as far as they go (OpenOOD); their list paths
+    are appended to ``truncated``.
     """
-    return torch.stack([load_image(root / r.path, size, channels, pre_size) for r in records])
+    images = []
+    for r in records:
+        image, cut = load_image_checked(
+            root / r.path, size, channels, pre_size, load_truncated=load_truncated
+        )
+        images.append(image)
+        if cut and truncated is not None:
+            truncated.append(r.path)
+    return torch.stack(images)
+
+
+def load_truncated_images(benchmark: Mapping[str, Any]) -> bool:
+    """``benchmark.load_truncated_images`` (default true: OpenOOD's and DiffGuard's loaders)."""
+    return bool(benchmark.get("load_truncated_images", True))
 
 
 def crop_sizes(benchmark: Mapping[str, Any], input_size: int | None = None) -> tuple[int, int]:
@@ -95,10 +113,22 @@ def load_experiment_images(
     experiment: Mapping[str, Any],
     benchmark: Mapping[str, Any],
     classifier_spec: Mapping[str, Any] | None = None,
+    truncated: list[str] | None = None,
 ) -> torch.Tensor:
-    """Images of ``records`` in [0, 1] at :func:`experiment_image_sizes` (N x C x H x W)."""
+    """Images of ``records`` in [0, 1] at :func:`experiment_image_sizes` (N x C x H x W).
+
+    Truncated files follow ``benchmark.load_truncated_images``; their paths go to ``truncated``.
+    """
     size, pre_size = experiment_image_sizes(experiment, benchmark, classifier_spec)
-    return load_records_images(records, root, size, int(benchmark["channels"]), pre_size)
+    return load_records_images(
+        records,
+        root,
+        size,
+        int(benchmark["channels"]),
+        pre_size,
+        load_truncated=load_truncated_images(benchmark),
+        truncated=truncated,
+    )
 
 
 def load_trained_classifier(weights: str | Path, device: torch.device) -> torch.nn.Module:

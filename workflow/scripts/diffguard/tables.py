@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from diffguard.io import write_csv, write_text
+from diffguard.metrics import METRIC_DEFINITIONS
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,14 @@ HIGHER_IS_BETTER = {
     "fpr95": False,
 }
 
-FPR_CONVENTIONS = {
-    "fpr95_id_recall": (
-        "FPR@95 (a): OOD images accepted at 95% ID recall (DiffGuard paper / OpenOOD v1)"
-    ),
-    "fpr95_ood_recall": ("FPR@95 (b): ID images rejected at 95% OOD recall (OpenOOD v1.5)"),
-}
-"""Plain-text definitions of the two FPR@95 conventions (notes of every table with an FPR)."""
-
 FPR_MARK = {"fpr95_id_recall": "a", "fpr95_ood_recall": "b"}
+"""Superscript of each FPR@95 convention in table headers, pointing at its note."""
+
+FPR_CONVENTIONS = {
+    metric: f"FPR@95 ({mark}) = {METRIC_DEFINITIONS[metric]}" for metric, mark in FPR_MARK.items()
+}
+"""Plain-text definitions of the two FPR@95 conventions (notes of every table with an FPR):
+``FPR@95 (a) = FPR@95TPR, ID positive: ... (DiffGuard; OpenOOD ≤ 8d44375, incl. its v1.5 tag)``."""
 
 METRIC_TITLES = {
     "auroc": "AUROC",
@@ -202,6 +202,10 @@ def metrics_table(
             "Values in percent. AUROC: higher is better; FPR@95: lower is better.",
             *(FPR_CONVENTIONS[m] for m in ("fpr95_id_recall", "fpr95_ood_recall")),
         ]
+    shown = {split_column(c)[1] for c in columns}
+    if convention_note:
+        # AUPR's positive class differs between OpenOOD commits too: name it where shown
+        notes += [METRIC_DEFINITIONS[m] for m in ("aupr_in", "aupr_out") if m in shown]
     if multi_seed:
         notes.append("Methods with several seeds: mean ± sample sd over seeds.")
     table.attrs["notes"] = notes
@@ -302,6 +306,8 @@ _LATEX_SPECIAL = {
 }
 _LATEX_UNICODE = {
     "±": r"$\pm$",
+    "≤": r"$\leq$",
+    "≥": r"$\geq$",
     "–": "--",
     "—": "---",
     "↑": r"$\uparrow$",
@@ -348,10 +354,10 @@ def latex_escape(text: str) -> str:
 def _latex_notes(notes: Sequence[str]) -> list[str]:
     lines = []
     for note in notes:
-        mark = re.match(r"^FPR@95 \((?P<m>[ab])\): ", note)
+        mark = re.match(r"^FPR@95 \((?P<m>[ab])\) = ", note)
         if mark:
             body = note[mark.end() :]
-            lines.append(rf"$^{{{mark['m']}}}$\,FPR@95: {latex_escape(body)}.")
+            lines.append(rf"$^{{{mark['m']}}}$\,{latex_escape(body)}.")
         else:
             lines.append(latex_escape(note))
     return lines

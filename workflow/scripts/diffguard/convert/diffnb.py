@@ -278,17 +278,55 @@ def convert_diffnb_state_dict(
     return out
 
 
-def load_diffnb_unet(path: str | Path, config: Mapping[str, Any]) -> UNet2DModel:
-    """Load a DiffNB / DDIM checkpoint into a ``UNet2DModel`` (eval mode, CPU, float32).
+# The file DiffOOD's readme points to (its Google Drive folder): EMAHelper.state_dict().
+DIFFNB_EMA_FILE = "ema_cifar10.ckpt"
 
-    The DDIM runner saves ``[model_state, optimizer_state, epoch, step, ema_state]``;
-    :func:`~diffguard.checkpoints.state_dict_of` picks the EMA weights (the last entry) when
-    present, as the DDIM sampler does, and the model state otherwise.
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def diffnb_weights(checkpoint: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The EMA weights inside a loaded DiffNB checkpoint.
+
+    Accepted: DiffOOD's ``ema_cifar10.ckpt``, the flat ``name -> tensor`` dict that
+    ``EMAHelper.state_dict()`` returns (a ``module.`` prefix is stripped later), and the original
+    DDIM runner's ``[model, optimizer, epoch, step, ema]`` list (its EMA entry). A list without
+    an EMA entry, such as DiffOOD's ``train.ckpt`` (``[model, optimizer, scheduler, epoch, step,
+    time_start]``), is refused: its raw weights are not the EMA weights DiffNB samples with.
 
     Raises:
-        DiffNBConversionError: when the checkpoint at ``path`` does not match ``config``.
+        DiffNBConversionError: naming ``path`` and the file to use instead.
     """
-    sd = state_dict_of(load_checkpoint(path), path)
+    if isinstance(checkpoint, (list, tuple)):
+        if len(checkpoint) == 5 and _is_tensor_dict(checkpoint[-1]):
+            return dict(checkpoint[-1])
+        raise DiffNBConversionError(
+            f"{path}: a training checkpoint (a list of {len(checkpoint)} entries, as DiffOOD's "
+            "train.ckpt [model, optimizer, scheduler, epoch, step, time_start]) holds no EMA "
+            f"weights; DiffNB samples with the EMA ones: use {DIFFNB_EMA_FILE} from DiffOOD's "
+            "Google Drive folder (downloads.diffnb_cifar10_cond)"
+        )
+    try:
+        return state_dict_of(checkpoint, path)
+    except ValueError as err:
+        raise DiffNBConversionError(
+            f"{err}; expected {DIFFNB_EMA_FILE}, a flat name -> tensor dict of the EMA weights"
+        ) from err
+
+
+def load_diffnb_unet(path: str | Path, config: Mapping[str, Any]) -> UNet2DModel:
+    """Load DiffNB's EMA weights (:func:`diffnb_weights`) into a ``UNet2DModel`` (eval, CPU, fp32).
+
+    Raises:
+        DiffNBConversionError: when the checkpoint at ``path`` is not EMA weights or does not
+            match ``config``.
+    """
+    sd = diffnb_weights(load_checkpoint(path), path)
     try:
         converted = convert_diffnb_state_dict(sd, config)
     except DiffNBConversionError as err:
