@@ -44,8 +44,8 @@ rule preflight:
         distances=config.get("distances", ["l2"]),
         device=config.get("device", "auto"),
         dtype=config.get("dtype", "float32"),
-        torch_hub_dir=(
-            str(Path(perceptual_weights()[0]).parent.parent) if perceptual_weights() else None
+        torch_hub_dir=lambda wildcards, input: (
+            str(Path(input.perceptual[0]).parent.parent) if input.perceptual else None
         ),
     script:
         "../scripts/preflight.py"
