@@ -133,6 +133,5 @@ if BENCHMARK_KIND == "openood":
         params:
             lists={v["list"]: OPENOOD["lists"][v["list"]] for v in config["datasets"].values()},
             mounts={mount: mount_path(spec) for mount, spec in OPENOOD["mounts"].items()},
-            seed=config["benchmark"].get("seed", 0),
         script:
             "../scripts/assemble_openood.py"

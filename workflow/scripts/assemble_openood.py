@@ -12,5 +12,4 @@ assemble_openood(
     lists=dict(sm.params.lists),
     mounts=dict(sm.params.mounts),
     out_dir=Path(sm.output.summary).parent,
-    seed=sm.params.seed,
 )

@@ -96,7 +96,6 @@ def assemble_openood(
     lists: Mapping[str, Mapping[str, Any]],
     mounts: Mapping[str, str | Path],
     out_dir: str | Path,
-    seed: int = 0,
 ) -> dict[str, Any]:
     """Write ``out_dir/imglists/<name>.txt``, ``out_dir/images/<mount>`` and ``benchmark.json``.
 
@@ -105,7 +104,6 @@ def assemble_openood(
         lists: List name -> ``{file: path inside imglist_root, prefix: folder under the root}``.
         mounts: Folder under the image root -> existing folder (extracted or user-provided).
         out_dir: The run's benchmark folder.
-        seed: Unused; kept so that older rule parameters still run (every image is checked).
 
     A list path missing from its folder but present in one class sub-folder of it is rewritten to
     that sub-folder (ImageNet val held class-sorted while OpenOOD lists it flat).
@@ -126,7 +124,6 @@ def assemble_openood(
                 "step missing?)"
             )
         _relink(images / mount, Path(source))
-    del seed
     counts: dict[str, int] = {}
     resolver = _Resolver(images)
     for name, spec in lists.items():
