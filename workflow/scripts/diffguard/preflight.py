@@ -110,8 +110,10 @@ def run_preflight(
     with tempfile.TemporaryDirectory(prefix="preflight-") as tmp_dir:
         tmp = Path(tmp_dir)
         lists: dict[str, Path] = {}
+        full_sizes: dict[str, int] = {}
         for name, path in imglists.items():
             records = read_imglist(path)
+            full_sizes[name] = len(records)
             if not records:
                 checks.append(Check(f"list {name}", False, f"{path} is empty"))
                 continue
@@ -119,7 +121,7 @@ def run_preflight(
                 write_imglist(tmp / f"{name}-{n}.txt", records[:n])
             lists[name] = tmp / name
             checks.append(Check(f"list {name}", True, f"{len(records)} images"))
-        k = min(images, *(len(read_imglist(p)) for p in imglists.values()))
+        k = min(images, *full_sizes.values())
 
         def sub(base: Path, n: int) -> Path:
             return Path(f"{base}-{min(n, k)}.txt")
@@ -144,7 +146,6 @@ def run_preflight(
             out = predictions(base, n)
             out.unlink()  # each call is timed in full
 
-        full_sizes = {name: len(read_imglist(path)) for name, path in imglists.items()}
         all_images = sum(full_sizes.values()) + sum(len(read_imglist(p)) for p in other_lists)
         try:
             load_s, per_image = _measure(classifier_pass, lists, k)
