@@ -9,6 +9,7 @@ closest valid key for a typo and the schema's description of it.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 import textwrap
@@ -53,7 +54,8 @@ def _with_defaults(validator_class: type) -> type:
         if isinstance(instance, dict):
             for name, subschema in properties.items():
                 if isinstance(subschema, dict) and "default" in subschema:
-                    instance.setdefault(name, subschema["default"])
+                    # a copy: the config must not share (and later mutate) the schema's object
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
         yield from validate_properties(validator, properties, instance, schema)
 
     return validators.extend(validator_class, {"properties": set_defaults})
