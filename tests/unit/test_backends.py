@@ -364,6 +364,58 @@ def test_forced_low_precision_runs_and_returns_input_dtype(prepared: dict[str, P
     assert not torch.equal(low, ref)
 
 
+def test_released_precision_per_backend_and_cpu_fallback() -> None:
+    """released = the released code's setting per source; CPU runs float32 unless forced."""
+    from diffguard.precision import PrecisionError, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    released = {s: resolve_precision("released", s, cuda) for s in backends.SOURCES}
+    assert released == {
+        "adm": "mixed_fp16",
+        "ldm": "float32",
+        "diffnb": "float32",
+        "train": "float32",
+    }
+    assert resolve_precision("released", "adm", cpu) == "float32"
+    assert resolve_precision("released", "adm", cpu, force=True) == "mixed_fp16"
+    assert resolve_precision("float16", "ldm", cuda) == "float16"
+    assert resolve_precision(torch.bfloat16, "adm", cuda) == "bfloat16"
+    with pytest.raises(PrecisionError, match=r"experiments\.l\.precision.*mixed_fp16"):
+        resolve_precision("mixed_fp16", "ldm", cuda, where="experiments.l.precision")
+    with pytest.raises(PrecisionError, match="float64"):
+        resolve_precision("float64", "adm", cuda)
+
+
+def test_released_adm_loads_in_mixed_precision(
+    prepared: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ADM stand-in: mixed fp16 when forced on CPU (float32 with a warning otherwise)."""
+    from diffguard.precision import is_mixed_precision
+
+    where = "experiments.gdm_main.precision"
+    with caplog.at_level("WARNING", logger="diffguard"):
+        plain = load_backend(prepared["adm"], "cpu", "released", where=where)
+    assert plain.dtype == torch.float32 and not is_mixed_precision(plain.unet)
+    assert any(where in r.getMessage() and "mixed_fp16" in r.getMessage() for r in caplog.records)
+
+    mixed = load_backend(prepared["adm"], "cpu", "released", force_dtype=True)
+    assert is_mixed_precision(mixed.unet) and mixed.dtype == torch.float16
+    assert mixed.unet.conv_out.weight.dtype == torch.float32
+    x, t = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([20, 600])
+    with torch.no_grad():
+        got, want = mixed.eps(x, t), plain.eps(x, t)
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    with pytest.raises(BackendError, match="mixed precision"):
+        mixed.to(dtype=torch.float32)
+
+    for source in ("ldm", "diffnb"):
+        other = load_backend(prepared[source], "cpu", "released", force_dtype=True)
+        assert other.dtype == torch.float32, source
+    with pytest.raises(ValueError, match="mixed_fp16"):
+        load_backend(prepared["ldm"], "cpu", "mixed_fp16", force_dtype=True)
+
+
 def test_resize_images() -> None:
     """Same as the released code's torchvision Resize on tensors (bilinear, no antialias)."""
     from torchvision.transforms import InterpolationMode
@@ -457,3 +509,24 @@ def test_backends_on_cuda_follow_the_cpu(prepared: dict[str, Path], dtype: str) 
         assert torch.isfinite(got).all(), source
         err = (got.cpu() - want).abs().max() / want.abs().max()
         assert err < rel, (source, dtype, float(err))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_released_adm_on_cuda_is_mixed_and_follows_the_cpu(prepared: dict[str, Path]) -> None:
+    """On CUDA ``released`` puts the ADM in mixed fp16; eps stays close to CPU float32."""
+    from diffguard.precision import is_mixed_precision
+
+    cuda = torch.device("cuda")
+    cpu_backend = load_backend(prepared["adm"], "cpu")
+    gpu_backend = load_backend(prepared["adm"], cuda, "released")
+    assert is_mixed_precision(gpu_backend.unet) and gpu_backend.dtype == torch.float16
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 3, 32, 32, generator=gen) * 2 - 1
+    t = torch.tensor([20, 300, 600, 900])
+    with torch.no_grad():
+        want = cpu_backend.eps(x, t)
+        got = gpu_backend.eps(x.to(cuda), t.to(cuda))
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    err = (got.cpu() - want).abs().max() / want.abs().max()
+    assert err < 3e-2, float(err)  # as the float16 case of the test above

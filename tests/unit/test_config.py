@@ -10,7 +10,12 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from diffguard.config import ConfigError, method_settings, resolve_experiment
+from diffguard.config import (
+    ConfigError,
+    experiment_precision,
+    method_settings,
+    resolve_experiment,
+)
 from diffguard.gdm import GdmSettings
 from diffguard.schema import MAX_ERRORS, load_schema, validate_config
 
@@ -181,3 +186,46 @@ def test_method_setting_typo_suggests_the_field() -> None:
     bad = {"e": {"method": "gdm", "gdm": {"respacng": "ddim5"}}}
     with pytest.raises(ConfigError, match=r"'respacng' \(did you mean 'respacing'\?\)"):
         resolve_experiment(bad, "e")
+
+
+def test_precision_released_per_backend_fallback_and_inheritance(repo_root: Path) -> None:
+    """``precision``: own value, else the top-level dtype, else released for the model's source."""
+    models = {
+        "adm": {"source": "adm"},
+        "ldm": {"source": "ldm"},
+        "nb": {"source": "diffnb"},
+        "own": {"source": "train"},
+        "bare": {},
+    }
+    exps = {
+        "g": {"method": "gdm", "model": "adm"},
+        "c": {"method": "cfg", "model": "ldm"},
+        "n": {"method": "cfg", "model": "nb"},
+        "o": {"method": "gdm", "model": "own"},
+        "b": {"method": "gdm", "model": "bare"},
+        "g32": {"extends": "g", "precision": "float32"},
+        "g32child": {"extends": "g32"},
+        "cmixed": {"extends": "c", "precision": "mixed_fp16"},
+    }
+    config: dict[str, Any] = {"diffusion_models": models, "experiments": exps}
+    # The schema accepts the key and fills no default in (that would override a base's value).
+    shipped = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    base = next(iter(shipped["experiments"]))
+    shipped["experiments"]["p32"] = {"extends": base, "precision": "float32"}
+    shipped["experiments"]["p32child"] = {"extends": "p32"}
+    validate_config(shipped, repo_root / SCHEMA)
+    assert "precision" not in shipped["experiments"]["p32child"]
+    child = resolve_experiment(shipped["experiments"], "p32child")
+    assert experiment_precision(shipped, child) == "float32"
+
+    def precision(name: str, **top: Any) -> str:
+        return experiment_precision({**config, **top}, resolve_experiment(exps, name))
+
+    assert [precision(n) for n in "gcnob"] == ["mixed_fp16", *["float32"] * 4]
+    assert precision("g32") == precision("g32child") == "float32"
+    assert precision("g", dtype="bfloat16") == "bfloat16"  # the documented fallback
+    assert precision("g32", dtype="bfloat16") == "float32"  # an explicit value wins
+    with pytest.raises(ConfigError, match=r"experiments\.cmixed\.precision.*mixed_fp16"):
+        precision("cmixed")
+    with pytest.raises(ConfigError, match=r"experiments\.x\.model.*'nope'"):
+        experiment_precision(config, {"name": "x", "model": "nope"})

@@ -13,6 +13,7 @@ from snakemake.utils import validate
 from diffguard.config import (
     ConfigError,
     expand_grid,
+    experiment_precision,
     experiment_seeds,
     method_settings,
     resolve_all,
@@ -215,3 +216,18 @@ def test_diffnb_manual_step_points_to_the_drive_folder(tmp_path: Path) -> None:
     message = str(info.value)
     assert "https://drive.google.com/drive/folders/1THjaeLlGO9-V676dkGh3YFq4dTPlWMeI" in message
     assert "ema_cifar10.ckpt" in message and "onedrive" not in message.lower()
+
+
+@pytest.mark.parametrize("name", ["imagenet.yaml", "imagenet_v15.yaml", "cifar10.yaml"])
+def test_paper_configs_run_each_model_in_its_released_precision(name: str) -> None:
+    """No top-level dtype forces fp16 on the LDM: ADM experiments mixed fp16, the rest float32."""
+    config = load(name)
+    assert "dtype" not in config
+    for exp_name, exp in resolve_all(config["experiments"]).items():
+        source = config["diffusion_models"][exp["model"]].get("source", "train")
+        want = "mixed_fp16" if source == "adm" else "float32"
+        assert experiment_precision(config, exp) == want, exp_name
+    if name.startswith("imagenet"):
+        exps = resolve_all(config["experiments"])
+        assert experiment_precision(config, exps["ldm_main"]) == "float32"
+        assert experiment_precision(config, exps["gdm_main"]) == "mixed_fp16"

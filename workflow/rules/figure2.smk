@@ -45,7 +45,7 @@ if FIG2:
             image_size=config["benchmark"]["image_size"],
             channels=config["benchmark"]["channels"],
             device=config.get("device", "auto"),
-            dtype=config.get("dtype", "float32"),
+            dtype=config.get("dtype"),
         script:
             "../scripts/figure2.py"
 

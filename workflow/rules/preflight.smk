@@ -43,7 +43,7 @@ rule preflight:
         batch_size=config.get("batch_size", 64),
         distances=config.get("distances", ["l2"]),
         device=config.get("device", "auto"),
-        dtype=config.get("dtype", "float32"),
+        dtype=config.get("dtype"),
         torch_hub_dir=lambda wildcards, input: (
             str(Path(input.perceptual[0]).parent.parent) if input.perceptual else None
         ),

@@ -32,7 +32,7 @@ rule reconstruct:
         distances=config.get("distances", ["l2"]),
         save_images=config.get("save_images", 16),
         device=config.get("device", "auto"),
-        dtype=config.get("dtype", "float32"),
+        dtype=config.get("dtype"),
         model_dir=experiment_model_dir,
         torch_hub_dir=lambda wildcards, input: (
             str(Path(input.perceptual[0]).parent.parent) if input.perceptual else None
@@ -86,7 +86,7 @@ rule inversion_trace:
         benchmark=config["benchmark"],
         batch_size=config.get("batch_size", 64),
         device=config.get("device", "auto"),
-        dtype=config.get("dtype", "float32"),
+        dtype=config.get("dtype"),
         model_dir=experiment_model_dir,
         datasets=EVAL_SETS,
     script:

@@ -77,7 +77,8 @@ class DiffusionBackend(Protocol):
     Images are in [-1, 1] at ``sample_size`` (pixels). ``eps`` works in the diffusion space:
     pixels for pixel-space models, latents (``encode``/``decode``) for the LDM. Timesteps are the
     original 1000-step ones. ``eps`` returns the epsilon channels only, in the input's dtype
-    (the network itself runs in ``dtype``, as guided-diffusion's ``use_fp16`` does).
+    (the network itself runs in ``dtype``, the dtype of its first layer: fp16 in
+    guided-diffusion's mixed ``use_fp16``, see :mod:`diffguard.precision`).
     """
 
     source: str
@@ -146,8 +147,14 @@ class PixelBackend:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> PixelBackend:
         """Move/cast the network in place; returns ``self``."""
+        from diffguard.precision import is_mixed_precision
+
         # Cast only when needed: diffusers warns on every .to(dtype=...) of a loaded model.
         cast = {} if dtype is None or dtype == self.dtype else {"dtype": dtype}
+        if cast and is_mixed_precision(self.unet):
+            raise BackendError(
+                f"{self.source} model is in mixed precision: load it again to cast it to {dtype}"
+            )
         self.unet.to(device=device, **cast)
         return self
 
@@ -593,22 +600,28 @@ def _load_unet2d(directory: Path) -> nn.Module:
 def load_backend(
     model_dir: str | Path,
     device: torch.device | str = "cpu",
-    dtype: str | torch.dtype = "float32",
+    precision: str | torch.dtype = "float32",
     force_dtype: bool = False,
+    where: str = "precision",
 ) -> DiffusionBackend:
     """Load a prepared (or trained) diffusion model as a backend in eval mode.
 
     Args:
         model_dir: directory written by :func:`prepare_diffusion_model` or by training.
         device: where to put the model.
-        dtype: ``float32``, ``float16`` or ``bfloat16``; honoured on GPU, float32 on CPU
-            unless ``force_dtype`` (see :func:`resolve_dtype`). The dtype used is logged.
+        precision: one of :data:`diffguard.precision.PRECISIONS` (``released``: the released
+            code's setting for this model's source) or a torch dtype; honoured on GPU, float32
+            on CPU unless ``force_dtype`` (see :func:`diffguard.precision.resolve_precision`).
+            The precision used is logged.
+        where: the config key the precision came from, for errors and the CPU warning.
     """
+    from diffguard.precision import resolve_precision
+
     model_dir = Path(model_dir)
     device = torch.device(device)
-    run_dtype = resolve_dtype(dtype, device, force_dtype)
     info = read_backend_info(model_dir)
     source = info["source"]
+    run_precision = resolve_precision(precision, source, device, force_dtype, where)
     weights = model_dir / WEIGHTS_DIR
     backend: DiffusionBackend
     if source == "ldm":
@@ -650,13 +663,13 @@ def load_backend(
             null_label=null_label,
             info=info,
         )
-    _to(backend, device, run_dtype)
+    _to(backend, device, run_precision)
     log.info(
         "loaded %s diffusion model from %s: %s, %s, sample size %d, %s",
         source,
         model_dir,
         "conditional" if backend.conditional else "unconditional",
-        run_dtype,
+        run_precision,
         backend.sample_size,
         device,
     )
@@ -689,9 +702,19 @@ def _load_latent(weights: Path, info: Mapping[str, Any]) -> LatentBackend:
     )
 
 
-def _to(backend: DiffusionBackend, device: torch.device, dtype: torch.dtype) -> None:
-    if isinstance(backend, LatentBackend | PixelBackend):
-        backend.to(device, dtype)
+def _to(backend: DiffusionBackend, device: torch.device, precision: str) -> None:
+    """Move ``backend`` to ``device`` in ``precision`` (a resolved, non-``released`` name)."""
+    from diffguard.precision import FULL_CAST, apply_released_mixed_precision
+
+    if not isinstance(backend, LatentBackend | PixelBackend):
+        return
+    if precision == "mixed_fp16":
+        if not isinstance(backend, PixelBackend):
+            raise BackendError(f"mixed_fp16 needs a pixel-space UNet, not {backend.source}")
+        backend.to(device)
+        apply_released_mixed_precision(backend.unet)
+    else:
+        backend.to(device, FULL_CAST[precision])
 
 
 def check_schedule(backend: DiffusionBackend, settings: Any, where: str) -> None:

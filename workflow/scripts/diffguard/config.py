@@ -210,6 +210,33 @@ def evaluation_datasets(config: dict[str, Any]) -> tuple[str, list[str]]:
     return ids[0], oods
 
 
+def experiment_precision(config: dict[str, Any], experiment: dict[str, Any]) -> str:
+    """Precision a resolved experiment's diffusion network runs in on CUDA (never ``released``).
+
+    Its ``precision``, else the top-level ``dtype`` fallback, else ``released``: the released
+    code's setting for the source of ``diffusion_models.<model>`` (see
+    :data:`diffguard.precision.RELEASED_PRECISION`). CPU runs use float32 whatever this says.
+    """
+    from diffguard.precision import PrecisionError, concrete_precision, select_precision
+
+    name = experiment.get("name", "?")
+    model = experiment.get("model")
+    models = config.get("diffusion_models") or {}
+    if model not in models:
+        raise ConfigError(
+            f"experiments.{name}.model: {model!r} is not a key of diffusion_models "
+            f"({sorted(models)})"
+        )
+    source = models[model].get("source", "train")
+    where = f"experiments.{name}.precision" if experiment.get("precision") else "dtype"
+    try:
+        return concrete_precision(
+            select_precision(experiment.get("precision"), config.get("dtype")), source, where
+        )
+    except PrecisionError as err:
+        raise ConfigError(str(err)) from err
+
+
 # ----------------------------------------------------------------- classifier outputs (cache)
 GUIDANCE_PREDICTIONS = ("experiment_input", "benchmark")
 """``experiments.<name>.guidance_predictions``: where the guidance labels are predicted."""

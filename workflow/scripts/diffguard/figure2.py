@@ -324,7 +324,7 @@ def compute_predictions(
     out: str | Path,
     noisy_checkpoint: str | Path | None = None,
     device_name: str = "cpu",
-    dtype: str = "float32",
+    dtype: str | None = None,
 ) -> pd.DataFrame:
     """Rule fig2_predictions: per-image predictions of every curve, written as CSV."""
     from diffguard.runtime import (
@@ -346,7 +346,8 @@ def compute_predictions(
     if not records:
         raise ValueError(f"{imglist}: no images for Fig. 2")
     classifier = load_trained_classifier(classifier_weights, device)
-    backend = load_diffusion_model(model_dir, device, dtype)
+    # the top-level dtype fallback, else the released precision of the model's source
+    backend = load_diffusion_model(model_dir, device, dtype or "released", "dtype")
     if backend.latent:
         raise ValueError(
             f"figures.fig2.model: x̂0 needs a pixel-space diffusion model, got {backend.source}"

@@ -89,7 +89,7 @@ def run_preflight(
     batch_size: int,
     distances: Sequence[str],
     device_name: str,
-    dtype: str,
+    dtype: str | None,
     torch_hub_dir: str | None,
     out_md: str | Path,
     out_csv: str | Path,
@@ -225,7 +225,8 @@ def run_preflight(
             checks.append(Check(check, True, ""))
     header = {
         "device": str(device),
-        "dtype": dtype,
+        # CPU runs every diffusion network in float32 (diffguard.precision.resolve_precision)
+        "dtype": "float32" if device.type == "cpu" else (dtype or "per-experiment precision"),
         "batch_size": min(batch_size, k),
         "images_per_dataset": k,
     }

@@ -16,6 +16,7 @@ import torch
 
 from diffguard import io
 from diffguard.data import read_imglist, select_shard
+from diffguard.precision import select_precision
 from diffguard.runtime import (
     experiment_image_sizes,
     image_root,
@@ -137,7 +138,7 @@ def inversion_trace_job(
     batch_size: int,
     device_name: str,
     outs: Mapping[str, str | Path],
-    dtype: str = "float32",
+    dtype: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Fig. 4: PSNR(x_t, x0) along the full GDM inversion of a subsample of each dataset.
 
@@ -169,7 +170,12 @@ def inversion_trace_job(
     assert isinstance(settings, gdm.GdmSettings)
     device = resolve_device(device_name)
     spec = json.loads(Path(classifier_spec).read_text(encoding="utf-8"))
-    backend = load_diffusion_model(model_dir, device, experiment.get("dtype", dtype))
+    backend = load_diffusion_model(
+        model_dir,
+        device,
+        select_precision(experiment.get("precision"), dtype),
+        f"experiments.{experiment['name']}.precision",
+    )
     if backend.latent:
         raise ValueError(
             f"experiments.{name}: an inversion trace needs a pixel-space model, got a latent "
@@ -239,7 +245,7 @@ def reconstruct_shard(
     device_name: str,
     out: str | Path,
     torch_hub_dir: str | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
 ) -> None:
     """Run DiffGuard on one shard of a dataset and write per-image scores (npz).
 
@@ -247,8 +253,9 @@ def reconstruct_shard(
     ``input_size``, else the classifier spec's, else ``benchmark.image_size``; after a
     ``benchmark.resize_size`` pre-resize), resized to the diffusion model's ``sample_size``
     for inversion and regeneration and back to the input size for scoring, as the released
-    code does (224 -> 256 -> 224 for ADM). The experiment's ``dtype`` (else ``dtype``) sets the
-    precision of the diffusion network (GPU only; see :func:`diffguard.backends.resolve_dtype`).
+    code does (224 -> 256 -> 224 for ADM). The experiment's ``precision`` (else the top-level
+    ``dtype`` fallback, else ``released``) sets the precision of the diffusion network (GPU
+    only; see :func:`diffguard.precision.resolve_precision`).
     """
     from diffguard import cfg, gdm
     from diffguard.backends import check_schedule, resize_images
@@ -264,7 +271,12 @@ def reconstruct_shard(
     preds_npz = io.read_npz(predictions)
     pred_of = dict(zip(preds_npz["image_ids"].tolist(), preds_npz["preds"].tolist(), strict=True))
     classifier = load_trained_classifier(classifier_weights, device)
-    backend = load_diffusion_model(model_dir, device, experiment.get("dtype", dtype))
+    backend = load_diffusion_model(
+        model_dir,
+        device,
+        select_precision(experiment.get("precision"), dtype),
+        f"experiments.{experiment['name']}.precision",
+    )
     clf_spec = getattr(classifier, "spec", None)
     input_size, _ = experiment_image_sizes(experiment, benchmark, clf_spec)
     if experiment["method"] == "gdm" and backend.latent:

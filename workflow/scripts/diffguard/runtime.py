@@ -139,9 +139,16 @@ def load_trained_classifier(weights: str | Path, device: torch.device) -> torch.
 
 
 def load_diffusion_model(
-    model_dir: str | Path, device: torch.device, dtype: str | torch.dtype = "float32"
+    model_dir: str | Path,
+    device: torch.device,
+    precision: str | torch.dtype = "float32",
+    where: str = "precision",
 ) -> DiffusionBackend:
-    """The diffusion model of ``model_dir`` as a backend (trained or converted; see backends)."""
+    """The diffusion model of ``model_dir`` as a backend (trained or converted; see backends).
+
+    ``precision``: a :data:`diffguard.precision.PRECISIONS` name (``released`` = the released
+    code's setting for the model's source) or a dtype; ``where`` names its config key.
+    """
     from diffguard.backends import load_backend
 
-    return load_backend(model_dir, device, dtype)
+    return load_backend(model_dir, device, precision, where=where)
