@@ -1,6 +1,6 @@
 """Fig. 2: a noise-aware classifier against the protected one over diffusion timesteps."""
 
-from diffguard.figure2 import FIGURE_A, FIGURE_B, check_fig2_config
+from diffguard.settings import FIGURE_A, FIGURE_B, check_fig2_config
 
 FIG2 = config.get("figures", {}).get("fig2")
 FIG2_FIGURES = []  # figure stems, included by report.smk's FIGURES

@@ -1,7 +1,7 @@
 """Tables, figures, the reproduction check, the paper PDF and the exploration notebook (CPU)."""
 
-from diffguard.plotting import sweep_spec
-from diffguard.reproduction import load_report_section
+from diffguard.config import sweep_spec
+from diffguard.report_config import load_report_section
 
 REPORT = load_report_section(
     config,

@@ -15,53 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from diffguard.gdm import CallCounter
-from diffguard.schedules import CfgSchedule, cfg_schedule
+from diffguard.settings import CfgSettings  # defined torch-free for parsing; re-exported here
 
 log = logging.getLogger(__name__)
 
 CondEpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``eps_model(x, original_timesteps, labels) -> epsilon``; label ``null_label`` = unconditional."""
-
-INVERSION_VARIANTS = ("next_t", "standard")
-
-
-@dataclass(frozen=True)
-class CfgSettings:
-    """Hyperparameters of the CFG procedure; defaults are the released ldm-exp2.25 settings."""
-
-    ddim_steps: int = 25
-    num_train_steps: int = 1000
-    beta_schedule: str = "scaled_linear"
-    beta_start: float = 0.0015
-    beta_end: float = 0.0195
-    timestep_offset: int = 1
-    first_alpha_prev_one: bool = False
-    guidance_scale: float = 10.0
-    inversion_variant: str = "next_t"
-    use_cam: bool = True
-    cam_cut: float = 0.3
-    uncond_aux: bool = False
-    # Latent (LDM) models only: the released code's encode_first_stage returns the unquantised
-    # latent, and decode_first_stage snaps to the VQ codebook before decoding.
-    encode_quantize: bool = False
-    decode_quantize: bool = True
-
-    def __post_init__(self) -> None:
-        if self.inversion_variant not in INVERSION_VARIANTS:
-            raise ValueError(
-                f"inversion_variant {self.inversion_variant!r} not in {INVERSION_VARIANTS}"
-            )
-
-    def schedule(self) -> CfgSchedule:
-        return cfg_schedule(
-            self.ddim_steps,
-            self.beta_schedule,
-            self.beta_start,
-            self.beta_end,
-            self.num_train_steps,
-            self.timestep_offset,
-            self.first_alpha_prev_one,
-        )
 
 
 def _coef(values: list[float] | float, like: torch.Tensor) -> torch.Tensor:

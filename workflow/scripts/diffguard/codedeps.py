@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import logging
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -33,14 +34,32 @@ def _module_name(package_root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def _imported_names(tree: ast.AST, current: str | None, is_package: bool) -> set[str]:
+_BLOCK_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
+"""Fields of a statement that hold nested statements (except/match clauses included)."""
+
+
+def _statements(body: list[ast.AST]) -> Iterator[ast.AST]:
+    """Every statement in ``body`` and the blocks nested in it (functions, if, try, with, ...).
+
+    Imports are statements, so this finds the same ones as :func:`ast.walk` without visiting the
+    expressions, which are most of a module's nodes (this runs on every workflow parse).
+    """
+    for node in body:
+        yield node
+        for name in _BLOCK_FIELDS:
+            nested = getattr(node, name, None)
+            if isinstance(nested, list):
+                yield from _statements(nested)
+
+
+def _imported_names(tree: ast.Module, current: str | None, is_package: bool) -> set[str]:
     """Dotted names that ``tree`` may import (module-level and inside functions alike).
 
     ``from a import b`` yields both ``a`` and ``a.b`` (``b`` may be a submodule); relative
     imports resolve against ``current``, the module's own dotted name (None for a script).
     """
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _statements(tree.body):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -7,10 +7,12 @@ import dataclasses
 import difflib
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
-from diffguard.cfg import CfgSettings
-from diffguard.gdm import GdmSettings
+# Imported while the workflow is parsed: keep this module's imports to the standard library and
+# torch-free package modules (tests/workflow/test_parse_imports.py checks it).
+from diffguard.settings import CfgSettings, GdmSettings
 
 METHOD_SETTINGS = {"gdm": GdmSettings, "cfg": CfgSettings}
 
@@ -130,6 +132,38 @@ def expand_grid(experiments: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     return expanded
 
 
+def sweep_spec(
+    experiments: Mapping[str, Mapping[str, object]], base: str, setting: str
+) -> dict[str, float]:
+    """Experiment -> swept value of one ``grid:`` sweep (``setting`` = ``cfg.cam_cut``).
+
+    Members are ``base`` itself (when it sets the value) and the experiments the grid
+    generated from it (``<base>__<leaf><value>``, see :func:`expand_grid`).
+
+    Raises:
+        KeyError: ``base`` is not an experiment, or no member sets the value.
+    """
+    if base not in experiments:
+        raise KeyError(f"report.figures.sweeps: experiment {base!r} does not exist")
+    parts = setting.split(".")
+    prefix = f"{base}{GRID_SEPARATOR}{parts[-1]}"
+    points: dict[str, float] = {}
+    for name, spec in experiments.items():
+        if name != base and not name.startswith(prefix):
+            continue
+        value: object = spec
+        for part in parts:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            points[name] = float(value)
+    if len(points) < 2:
+        raise KeyError(
+            f"report.figures.sweeps: {base!r} has fewer than two experiments setting {setting!r} "
+            f"(add `grid: {{{setting}: [...]}}` to experiments.{base})"
+        )
+    return points
+
+
 def resolve_all(experiments: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every experiment (grid-generated ones included), resolved through ``extends``."""
     expanded = expand_grid(experiments)
@@ -237,6 +271,32 @@ def experiment_precision(config: dict[str, Any], experiment: dict[str, Any]) -> 
         raise ConfigError(str(err)) from err
 
 
+# ------------------------------------------------------------------------------- image sizes
+def crop_sizes(benchmark: Mapping[str, Any], input_size: int | None = None) -> tuple[int, int]:
+    """``(input_size, pre_size)``: ``Resize(pre_size)`` then ``CenterCrop(input_size)``.
+
+    ``input_size`` None means ``benchmark.image_size``; ``pre_size`` is ``benchmark.resize_size``
+    (default the input size) but never below the crop, so a larger crop (the LDM's 256 on the
+    ImageNet benchmark, 224 after Resize(256)) resizes to itself, as reconstruction loads it.
+    """
+    size = int(input_size or benchmark["image_size"])
+    return size, max(int(benchmark.get("resize_size") or size), size)
+
+
+def experiment_image_sizes(
+    experiment: Mapping[str, Any],
+    benchmark: Mapping[str, Any],
+    classifier_spec: Mapping[str, Any] | None = None,
+) -> tuple[int, int]:
+    """``(input_size, pre_size)`` an experiment's images are loaded at (its reconstruct jobs).
+
+    ``input_size`` is the experiment's ``input_size``, else the classifier spec's, else
+    ``benchmark.image_size``; ``pre_size`` as :func:`crop_sizes`.
+    """
+    size = experiment.get("input_size") or (classifier_spec or {}).get("input_size")
+    return crop_sizes(benchmark, size)
+
+
 # ----------------------------------------------------------------- classifier outputs (cache)
 GUIDANCE_PREDICTIONS = ("experiment_input", "benchmark")
 """``experiments.<name>.guidance_predictions``: where the guidance labels are predicted."""
@@ -258,8 +318,6 @@ def guidance_input_size(config: dict[str, Any], experiment: dict[str, Any]) -> i
         )
     if mode == "benchmark":
         return None
-    from diffguard.runtime import experiment_image_sizes
-
     size, _ = experiment_image_sizes(experiment, config["benchmark"], config["classifier"])
     return None if size == int(config["benchmark"]["image_size"]) else size
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,15 @@ import torchvision.transforms.functional as TF
 from diffguard import io
 from diffguard.data import read_imglist, subsample
 from diffguard.schedules import RespacedSchedule, gdm_schedule
+from diffguard.settings import (
+    FIGURE_A,
+    FIGURE_B,
+    Fig2Settings,
+    check_fig2_config,  # noqa: F401  (re-exported; torch-free to parse)
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INDICES = (0, *range(9, 100, 10))
-TIMESTEP_CONVENTIONS = ("respaced_index", "original")
 CURVES: dict[str, str] = {
     # predictions column -> legend label
     "pred_noisy": "noisy classifier on $x_t$",
@@ -48,58 +51,6 @@ CURVES: dict[str, str] = {
     "pred_x0": r"classifier on $\hat{x}_0(x_t)$",
 }
 AGREEMENT = ("both correct", "both wrong, same prediction", "predictions differ")
-FIGURE_A = "noisy_classifier_agreement"
-FIGURE_B = "accuracy_over_timesteps"
-
-
-@dataclass(frozen=True)
-class Fig2Settings:
-    """``figures.fig2`` of the config (defaults: the released scripts, see the schema)."""
-
-    images: int | None = 1000
-    seed: int = 0
-    respacing: str = "ddim100"
-    indices: tuple[int, ...] = DEFAULT_INDICES
-    image_size: int = 256
-    resize_size: int | None = None
-    crop_size: int | None = None
-    x0_crop_size: int | None = None
-    classifier_timestep: str = "respaced_index"
-    batch_size: int = 32
-    noisy_classifier: Mapping[str, Any] | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        where = "figures.fig2"
-        if self.classifier_timestep not in TIMESTEP_CONVENTIONS:
-            raise ValueError(
-                f"{where}.classifier_timestep: expected one of {TIMESTEP_CONVENTIONS}, got "
-                f"{self.classifier_timestep!r}"
-            )
-        if not self.indices or len(set(self.indices)) != len(self.indices):
-            raise ValueError(f"{where}.indices: expected distinct indices, got {self.indices}")
-        for key in ("crop_size", "x0_crop_size"):
-            value = getattr(self, key)
-            if value is not None and not 1 <= value <= self.image_size:
-                raise ValueError(
-                    f"{where}.{key}: {value} must lie in [1, image_size={self.image_size}]"
-                )
-        if self.noisy_classifier is not None and 0 not in self.indices:
-            raise ValueError(f"{where}.indices: panel A (the noisy classifier) needs index 0")
-
-    @classmethod
-    def from_config(cls, spec: Mapping[str, Any], image_size: int) -> Fig2Settings:
-        """Settings from a ``figures.fig2`` mapping; ``image_size`` is the fallback side."""
-        known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in spec.items() if k in known}
-        values.setdefault("image_size", image_size)
-        values["indices"] = tuple(int(i) for i in values.get("indices", DEFAULT_INDICES))
-        return cls(**values)
-
-    @property
-    def curves(self) -> list[str]:
-        """Prediction columns this figure has (the noisy classifier only when configured)."""
-        noisy = ["pred_noisy"] if self.noisy_classifier is not None else []
-        return [*noisy, "pred_xt", "pred_x0"]
 
 
 def classifier_timesteps(schedule: RespacedSchedule, indices: Sequence[int], convention: str):
@@ -442,26 +393,3 @@ def plot_figure2(
         io.write_csv(agreement_csv, agreement)
         plot_agreement(agreement, Path(figure_dir) / FIGURE_A)
         log.info("agreement at t=0 (%%): %s", agreement.set_index("case")["percent"].to_dict())
-
-
-def check_fig2_config(
-    fig2: Mapping[str, Any], dataset: str, model: str | None, config: Mapping[str, Any]
-) -> None:
-    """Parse-time checks of ``figures.fig2`` against the rest of the config (keys named)."""
-    where = "figures.fig2"
-    if dataset not in config["datasets"]:
-        raise ValueError(f"{where}.dataset: {dataset!r} is not a key of `datasets`")
-    if config["datasets"][dataset]["role"] != "id":
-        raise ValueError(f"{where}.dataset: {dataset!r} is not an ID set (labels are needed)")
-    if model not in config.get("diffusion_models", {}):
-        raise ValueError(
-            f"{where}.model: {model!r} is not a key of `diffusion_models` "
-            f"({sorted(config.get('diffusion_models', {}))})"
-        )
-    noisy = fig2.get("noisy_classifier")
-    if noisy and noisy["checkpoint"] not in config.get("downloads", {}):
-        raise ValueError(
-            f"{where}.noisy_classifier.checkpoint: {noisy['checkpoint']!r} is not a key of "
-            f"`downloads` ({sorted(config.get('downloads', {}))})"
-        )
-    Fig2Settings.from_config(fig2, int(config["benchmark"]["image_size"]))

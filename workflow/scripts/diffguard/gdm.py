@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffguard.schedules import RespacedSchedule, gdm_schedule
+from diffguard.settings import GdmSettings  # defined torch-free for parsing; re-exported here
 
 log = logging.getLogger(__name__)
 
@@ -26,52 +26,6 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``similarity(x_noisy, x0) -> per-image similarity``; early stop fires below a threshold."""
-
-
-EARLY_STOP_METRICS = ("psnr", "dists", "lpips")
-"""Early-stop metrics the released tester offers (``psnr`` built in; the others perceptual)."""
-
-
-@dataclass(frozen=True)
-class GdmSettings:
-    """Hyperparameters of the GDM procedure; defaults are the released exp6.1 settings."""
-
-    respacing: str = "ddim100"
-    num_train_steps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    early_stop_steps: int = 10
-    early_stop_metrics: tuple[str, ...] = ("psnr", "dists")
-    early_stop_thresholds: tuple[float, ...] = (48.5, 0.38)
-    psnr_peak: float = 255.0
-    forback_skip_diff: int = 3
-    skip_first_steps: int = 0
-    classifier_scale: float = 3.0
-    no_x0_hat: bool = False
-    cutouts_num: int = 8
-    cutouts_size: int = 224
-    cutouts_seed: int = 100
-    uncond_aux: bool = True
-    clip_denoised: bool = True
-    clip_first_inversion_step: bool = False
-
-    def __post_init__(self) -> None:
-        if len(self.early_stop_metrics) != len(self.early_stop_thresholds):
-            raise ValueError(
-                "early_stop_metrics and early_stop_thresholds must have the same length, got "
-                f"{self.early_stop_metrics} and {self.early_stop_thresholds}"
-            )
-        unknown = [m for m in self.early_stop_metrics if m not in EARLY_STOP_METRICS]
-        if unknown:
-            raise ValueError(
-                f"early_stop_metrics: unknown {unknown}; expected some of {EARLY_STOP_METRICS}"
-            )
-
-    def schedule(self) -> RespacedSchedule:
-        return gdm_schedule(
-            self.respacing, self.num_train_steps, self.beta_schedule, self.beta_start, self.beta_end
-        )
 
 
 @dataclass

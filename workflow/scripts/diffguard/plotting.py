@@ -24,6 +24,7 @@ import seaborn as sns  # noqa: E402
 from numpy.typing import ArrayLike  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+from diffguard.config import sweep_spec  # noqa: E402, F401  (re-exported; torch-free for parsing)
 from diffguard.io import atomic_path, read_npz  # noqa: E402
 from diffguard.tables import FPR_CONVENTIONS, FPR_MARK  # noqa: E402
 
@@ -826,35 +827,3 @@ def plot_ablation_grid(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out_stem)
-
-
-def sweep_spec(
-    experiments: Mapping[str, Mapping[str, object]], base: str, setting: str
-) -> dict[str, float]:
-    """Experiment -> swept value of one ``grid:`` sweep (``setting`` = ``cfg.cam_cut``).
-
-    Members are ``base`` itself (when it sets the value) and the experiments the grid
-    generated from it (``<base>__<leaf><value>``, see :func:`diffguard.config.expand_grid`).
-
-    Raises:
-        KeyError: ``base`` is not an experiment, or no member sets the value.
-    """
-    if base not in experiments:
-        raise KeyError(f"report.figures.sweeps: experiment {base!r} does not exist")
-    parts = setting.split(".")
-    prefix = f"{base}__{parts[-1]}"
-    points: dict[str, float] = {}
-    for name, spec in experiments.items():
-        if name != base and not name.startswith(prefix):
-            continue
-        value: object = spec
-        for part in parts:
-            value = value.get(part) if isinstance(value, Mapping) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            points[name] = float(value)
-    if len(points) < 2:
-        raise KeyError(
-            f"report.figures.sweeps: {base!r} has fewer than two experiments setting {setting!r} "
-            f"(add `grid: {{{setting}: [...]}}` to experiments.{base})"
-        )
-    return points

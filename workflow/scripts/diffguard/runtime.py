@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from diffguard.config import (  # noqa: F401  (crop_sizes re-exported; torch-free for parsing)
+    crop_sizes,
+    experiment_image_sizes,
+)
 from diffguard.data import ImageRecord, load_image_checked
 
 if TYPE_CHECKING:
@@ -80,31 +84,6 @@ def load_records_images(
 def load_truncated_images(benchmark: Mapping[str, Any]) -> bool:
     """``benchmark.load_truncated_images`` (default true: OpenOOD's and DiffGuard's loaders)."""
     return bool(benchmark.get("load_truncated_images", True))
-
-
-def crop_sizes(benchmark: Mapping[str, Any], input_size: int | None = None) -> tuple[int, int]:
-    """``(input_size, pre_size)``: ``Resize(pre_size)`` then ``CenterCrop(input_size)``.
-
-    ``input_size`` None means ``benchmark.image_size``; ``pre_size`` is ``benchmark.resize_size``
-    (default the input size) but never below the crop, so a larger crop (the LDM's 256 on the
-    ImageNet benchmark, 224 after Resize(256)) resizes to itself, as reconstruction loads it.
-    """
-    size = int(input_size or benchmark["image_size"])
-    return size, max(int(benchmark.get("resize_size") or size), size)
-
-
-def experiment_image_sizes(
-    experiment: Mapping[str, Any],
-    benchmark: Mapping[str, Any],
-    classifier_spec: Mapping[str, Any] | None = None,
-) -> tuple[int, int]:
-    """``(input_size, pre_size)`` an experiment's images are loaded at (its reconstruct jobs).
-
-    ``input_size`` is the experiment's ``input_size``, else the classifier spec's, else
-    ``benchmark.image_size``; ``pre_size`` as :func:`crop_sizes`.
-    """
-    size = experiment.get("input_size") or (classifier_spec or {}).get("input_size")
-    return crop_sizes(benchmark, size)
 
 
 def load_experiment_images(

@@ -9,19 +9,42 @@ closest valid key for a typo and the schema's description of it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import re
+import sys
 import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import ValidationError, best_match
 
 from diffguard.config import ConfigError
+
+
+@contextlib.contextmanager
+def _unimportable(name: str) -> Iterator[None]:
+    """Make ``import name`` raise ImportError inside the block (unless it is already loaded)."""
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not found"
+    try:
+        yield
+    finally:
+        if sys.modules.get(name, 0) is None:
+            del sys.modules[name]
+
+
+# jsonschema's format module imports rfc3987_syntax when it is installed (jupyter's
+# jsonschema[format-nongpl] brings it), which builds a lark grammar at import: ~2.5 s of CPU on
+# every workflow parse (python-jsonschema/jsonschema#1521). Validation here uses no format
+# checker (the schemas have no `format`), so jsonschema loads without that optional checker.
+with _unimportable("rfc3987_syntax"):
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import ValidationError, best_match
 
 MAX_ERRORS = 3
 """Problems reported in full; the rest are counted (one typo often causes only one)."""
