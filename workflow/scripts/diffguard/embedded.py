@@ -182,6 +182,66 @@ def _licences_text(id_classes: Sequence[int], near_classes: Sequence[int]) -> st
     return "\n".join(lines)
 
 
+def _near_classes(
+    id_classes: list[int], train_fraction: float, n_near: int | None, n_far: int
+) -> list[int]:
+    """The held-out digits (near-OOD); raises ValueError for invalid arguments."""
+    if not id_classes or len(set(id_classes)) != len(id_classes):
+        raise ValueError(f"id_classes must be distinct digits, got {id_classes}")
+    if any(not 0 <= c <= 9 for c in id_classes):
+        raise ValueError(f"id_classes must be digits 0-9, got {id_classes}")
+    near_classes = [c for c in range(10) if c not in id_classes]
+    if not near_classes:
+        raise ValueError("id_classes must leave at least one digit class out for near-OOD")
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if n_far < 0 or (n_near is not None and n_near < 0):
+        raise ValueError(f"n_near and n_far must be >= 0, got {n_near}, {n_far}")
+    return near_classes
+
+
+def _write_lists_and_summary(
+    out_dir: Path,
+    lists: dict[str, list[ImageRecord]],
+    seed: int,
+    id_classes: list[int],
+    near_classes: list[int],
+) -> dict[str, Any]:
+    """Write the image lists, ``LICENSES.md`` and ``benchmark.json``; return the summary."""
+    list_paths: dict[str, str] = {}
+    for set_name, records in lists.items():
+        list_path = out_dir / "imglists" / f"{set_name}.txt"
+        if records:
+            write_imglist(list_path, records)
+            list_paths[set_name] = str(list_path.relative_to(out_dir))
+
+    licences = out_dir / "LICENSES.md"
+    licences.write_text(_licences_text(id_classes, near_classes), encoding="utf-8")
+
+    digest = hashlib.sha256()
+    for set_name in SET_NAMES:
+        for record in lists[set_name]:
+            digest.update(record.path.encode())
+            digest.update((out_dir / "images" / record.path).read_bytes())
+    summary: dict[str, Any] = {
+        "seed": seed,
+        "image_size": IMAGE_SIZE,
+        "channels": 1,
+        "id_classes": id_classes,
+        "near_classes": near_classes,
+        "num_classes": len(id_classes),
+        "counts": {name: len(records) for name, records in lists.items()},
+        "imglists": list_paths,
+        "image_root": "images",
+        "far_sources": [name for name, _ in _photo_sources()],
+        "sha256": digest.hexdigest(),
+    }
+    (out_dir / "benchmark.json").write_text(
+        json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return summary
+
+
 def build_embedded_benchmark(
     out_dir: str | Path,
     seed: int,
@@ -213,17 +273,7 @@ def build_embedded_benchmark(
     from sklearn.datasets import load_digits
 
     id_classes = [int(c) for c in id_classes]
-    if not id_classes or len(set(id_classes)) != len(id_classes):
-        raise ValueError(f"id_classes must be distinct digits, got {id_classes}")
-    if any(not 0 <= c <= 9 for c in id_classes):
-        raise ValueError(f"id_classes must be digits 0-9, got {id_classes}")
-    near_classes = [c for c in range(10) if c not in id_classes]
-    if not near_classes:
-        raise ValueError("id_classes must leave at least one digit class out for near-OOD")
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    if n_far < 0 or (n_near is not None and n_near < 0):
-        raise ValueError(f"n_near and n_far must be >= 0, got {n_near}, {n_far}")
+    near_classes = _near_classes(id_classes, train_fraction, n_near, n_far)
 
     out_dir = Path(out_dir)
     image_root = out_dir / "images"
@@ -259,36 +309,6 @@ def build_embedded_benchmark(
     for j, (source, patch) in enumerate(far_photo_patches(n_far, seed)):
         add("far_photos", f"{source}_{j:04d}", patch, OOD_LABEL)
 
-    list_paths: dict[str, str] = {}
-    for set_name, records in lists.items():
-        list_path = out_dir / "imglists" / f"{set_name}.txt"
-        if records:
-            write_imglist(list_path, records)
-            list_paths[set_name] = str(list_path.relative_to(out_dir))
-
-    licences = out_dir / "LICENSES.md"
-    licences.write_text(_licences_text(id_classes, near_classes), encoding="utf-8")
-
-    digest = hashlib.sha256()
-    for set_name in SET_NAMES:
-        for record in lists[set_name]:
-            digest.update(record.path.encode())
-            digest.update((image_root / record.path).read_bytes())
-    summary: dict[str, Any] = {
-        "seed": seed,
-        "image_size": IMAGE_SIZE,
-        "channels": 1,
-        "id_classes": id_classes,
-        "near_classes": near_classes,
-        "num_classes": len(id_classes),
-        "counts": {name: len(records) for name, records in lists.items()},
-        "imglists": list_paths,
-        "image_root": "images",
-        "far_sources": [name for name, _ in _photo_sources()],
-        "sha256": digest.hexdigest(),
-    }
-    (out_dir / "benchmark.json").write_text(
-        json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    summary = _write_lists_and_summary(out_dir, lists, seed, id_classes, near_classes)
     log.info("embedded benchmark in %s: %s", out_dir, summary["counts"])
     return summary

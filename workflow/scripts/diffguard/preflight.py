@@ -14,7 +14,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,143 @@ def _measure(
     return max(warm - per_image, 0.0), per_image
 
 
+@dataclass
+class _Runner:
+    """Runs the rules' entry points on the first images of the preflight's sub-lists in ``tmp``.
+
+    ``<tmp>/<name>-<n>.txt`` holds the first ``n`` images of evaluation set ``name``
+    (:func:`_write_sublists`); ``k`` caps every ``n``.
+    """
+
+    tmp: Path
+    k: int
+    benchmark_json: str | Path
+    classifier_weights: str | Path
+    benchmark: dict[str, Any]
+    batch_size: int
+    device_name: str
+    distances: Sequence[str]
+    model_dirs: Mapping[str, str | Path]
+    guidance_sizes: Mapping[str, int | None]
+    dtype: str | None
+    torch_hub_dir: str | None
+
+    def sub(self, base: Path, n: int) -> Path:
+        return Path(f"{base}-{min(n, self.k)}.txt")
+
+    def predictions(self, base: Path, n: int, size: int | None = None) -> Path:
+        """Classifier outputs of ``sub(base, n)``, cached: reconstruction timings exclude them."""
+        from diffguard.pipeline import cache_predictions
+
+        out = self.tmp / "pred" / f"{base.name}-{min(n, self.k)}-{size}.npz"
+        if out.is_file():
+            return out
+        cache_predictions(
+            self.sub(base, n),
+            self.benchmark_json,
+            self.classifier_weights,
+            self.benchmark,
+            out,
+            batch_size=self.batch_size,
+            device_name=self.device_name,
+            input_size=size,
+        )
+        return out
+
+    def classifier_pass(self, base: Path, n: int) -> None:
+        out = self.predictions(base, n)
+        out.unlink()  # each call is timed in full
+
+    def recon(self, base: Path, n: int, name: str, exp: dict[str, Any], seed: int) -> None:
+        """Reconstruct ``sub(base, n)`` with experiment ``name``; raise on non-finite scores."""
+        from diffguard.reconstruction import reconstruct_shard
+
+        out = self.tmp / "recon" / f"{exp['name']}-{base.name}-{min(n, self.k)}.npz"
+        reconstruct_shard(
+            imglist=self.sub(base, n),
+            benchmark_json=self.benchmark_json,
+            predictions=self.predictions(base, n, self.guidance_sizes.get(name)),
+            classifier_weights=self.classifier_weights,
+            model_dir=self.model_dirs[name],
+            experiment=dict(exp),
+            benchmark=self.benchmark,
+            seed=seed,
+            shard=0,
+            shard_size=min(n, self.k),
+            batch_size=self.batch_size,
+            distances=self.distances,
+            save_images=0,
+            device_name=self.device_name,
+            out=out,
+            torch_hub_dir=self.torch_hub_dir,
+            dtype=self.dtype,
+        )
+        bad = [
+            key
+            for key, value in io.read_npz(out).items()
+            if key.startswith("score_") and not np.isfinite(value).all()
+        ]
+        if bad:
+            raise ValueError(f"non-finite scores {bad} on {self.sub(base, n)}")
+
+
+def _write_sublists(
+    imglists: Mapping[str, str | Path], images: int, tmp: Path, checks: list[Check]
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """Write the 1- and ``images``-image sub-lists of every list; ``(bases, full sizes)``."""
+    lists: dict[str, Path] = {}
+    full_sizes: dict[str, int] = {}
+    for name, path in imglists.items():
+        records = read_imglist(path)
+        full_sizes[name] = len(records)
+        if not records:
+            checks.append(Check(f"list {name}", False, f"{path} is empty"))
+            continue
+        for n in (1, images):
+            write_imglist(tmp / f"{name}-{n}.txt", records[:n])
+        lists[name] = tmp / name
+        checks.append(Check(f"list {name}", True, f"{len(records)} images"))
+    return lists, full_sizes
+
+
+def _check_classifier(
+    runner: _Runner, lists: Mapping[str, Path], all_images: int, n_lists: int
+) -> tuple[Check, Cost | None]:
+    """Time the classifier pass on every sub-list (one job per list in the full run)."""
+    try:
+        load_s, per_image = _measure(runner.classifier_pass, lists, runner.k)
+    except Exception as err:  # noqa: BLE001  (a preflight reports every failure)
+        log.exception("classifier pass failed")
+        return Check("classifier pass", False, f"{type(err).__name__}: {err}"), None
+    cost = Cost("classifier pass (cache_predictions)", load_s, per_image, all_images, 1, n_lists)
+    return Check("classifier pass", True, ""), cost
+
+
+def _check_experiment(
+    runner: _Runner,
+    lists: Mapping[str, Path],
+    name: str,
+    exp: dict[str, Any],
+    seed: int,
+    full: Cost,
+) -> tuple[Check, Cost | None]:
+    """Time experiment ``name`` on every sub-list; ``full`` holds the full run's counts."""
+
+    def recon(base: Path, n: int) -> None:
+        runner.recon(base, n, name, exp, seed)
+
+    check = f"experiment {name}"
+    try:
+        for base in lists.values():
+            for n in (1, runner.k):
+                runner.predictions(base, n, runner.guidance_sizes.get(name))
+        load_s, per_image = _measure(recon, lists, runner.k)
+    except Exception as err:  # noqa: BLE001  (a preflight reports every failure)
+        log.exception("%s failed", check)
+        return Check(check, False, f"{type(err).__name__}: {err}"), None
+    return Check(check, True, ""), replace(full, load_s=load_s, s_per_image=per_image)
+
+
 def run_preflight(
     *,
     imglists: Mapping[str, str | Path],
@@ -100,8 +237,6 @@ def run_preflight(
     in the full run: its ``n`` or the whole list); ``other_lists``: lists the classifier pass
     also covers (the training set).
     """
-    from diffguard.pipeline import cache_predictions
-    from diffguard.reconstruction import reconstruct_shard
     from diffguard.runtime import resolve_device
 
     checks: list[Check] = []
@@ -109,120 +244,35 @@ def run_preflight(
     device = resolve_device(device_name)
     with tempfile.TemporaryDirectory(prefix="preflight-") as tmp_dir:
         tmp = Path(tmp_dir)
-        lists: dict[str, Path] = {}
-        full_sizes: dict[str, int] = {}
-        for name, path in imglists.items():
-            records = read_imglist(path)
-            full_sizes[name] = len(records)
-            if not records:
-                checks.append(Check(f"list {name}", False, f"{path} is empty"))
-                continue
-            for n in (1, images):
-                write_imglist(tmp / f"{name}-{n}.txt", records[:n])
-            lists[name] = tmp / name
-            checks.append(Check(f"list {name}", True, f"{len(records)} images"))
+        lists, full_sizes = _write_sublists(imglists, images, tmp, checks)
         k = min(images, *full_sizes.values())
-
-        def sub(base: Path, n: int) -> Path:
-            return Path(f"{base}-{min(n, k)}.txt")
-
-        def predictions(base: Path, n: int, size: int | None = None) -> Path:
-            out = tmp / "pred" / f"{base.name}-{min(n, k)}-{size}.npz"
-            if out.is_file():  # reconstruction timings exclude the classifier pass
-                return out
-            cache_predictions(
-                sub(base, n),
-                benchmark_json,
-                classifier_weights,
-                benchmark,
-                out,
-                batch_size=batch_size,
-                device_name=device_name,
-                input_size=size,
-            )
-            return out
-
-        def classifier_pass(base: Path, n: int) -> None:
-            out = predictions(base, n)
-            out.unlink()  # each call is timed in full
-
+        runner = _Runner(
+            tmp=tmp,
+            k=k,
+            benchmark_json=benchmark_json,
+            classifier_weights=classifier_weights,
+            benchmark=benchmark,
+            batch_size=batch_size,
+            device_name=device_name,
+            distances=distances,
+            model_dirs=model_dirs,
+            guidance_sizes=guidance_sizes,
+            dtype=dtype,
+            torch_hub_dir=torch_hub_dir,
+        )
         all_images = sum(full_sizes.values()) + sum(len(read_imglist(p)) for p in other_lists)
-        try:
-            load_s, per_image = _measure(classifier_pass, lists, k)
-            costs.append(
-                Cost(
-                    "classifier pass (cache_predictions)",
-                    load_s,
-                    per_image,
-                    all_images,
-                    1,
-                    len(imglists) + len(other_lists),
-                )
-            )
-            checks.append(Check("classifier pass", True, ""))
-        except Exception as err:  # noqa: BLE001  (a preflight reports every failure)
-            log.exception("classifier pass failed")
-            checks.append(Check("classifier pass", False, f"{type(err).__name__}: {err}"))
+        check, cost = _check_classifier(runner, lists, all_images, len(imglists) + len(other_lists))
+        checks.append(check)
+        costs += [cost] if cost is not None else []
         for exp_name, exp in experiments.items():
             seeds = list(experiment_seeds[exp_name])
-
-            def recon(
-                base: Path,
-                n: int,
-                name: str = exp_name,
-                exp: dict[str, Any] = exp,
-                seed: int = seeds[0],
-            ) -> None:
-                out = tmp / "recon" / f"{exp['name']}-{base.name}-{min(n, k)}.npz"
-                reconstruct_shard(
-                    imglist=sub(base, n),
-                    benchmark_json=benchmark_json,
-                    predictions=predictions(base, n, guidance_sizes.get(name)),
-                    classifier_weights=classifier_weights,
-                    model_dir=model_dirs[name],
-                    experiment=dict(exp),
-                    benchmark=benchmark,
-                    seed=seed,
-                    shard=0,
-                    shard_size=min(n, k),
-                    batch_size=batch_size,
-                    distances=distances,
-                    save_images=0,
-                    device_name=device_name,
-                    out=out,
-                    torch_hub_dir=torch_hub_dir,
-                    dtype=dtype,
-                )
-                bad = [
-                    key
-                    for key, value in io.read_npz(out).items()
-                    if key.startswith("score_") and not np.isfinite(value).all()
-                ]
-                if bad:
-                    raise ValueError(f"non-finite scores {bad} on {sub(base, n)}")
-
-            check = f"experiment {exp_name}"
-            try:
-                for base in lists.values():
-                    for n in (1, k):
-                        predictions(base, n, guidance_sizes.get(exp_name))
-                load_s, per_image = _measure(recon, lists, k)
-            except Exception as err:  # noqa: BLE001
-                log.exception("%s failed", check)
-                checks.append(Check(check, False, f"{type(err).__name__}: {err}"))
-                continue
             jobs = sum(math.ceil(n / shard_size) for n in full_sizes.values()) * len(seeds)
-            costs.append(
-                Cost(
-                    f"reconstruct {exp_name}",
-                    load_s,
-                    per_image,
-                    sum(full_sizes.values()),
-                    len(seeds),
-                    jobs,
-                )
+            full = Cost(
+                f"reconstruct {exp_name}", 0.0, 0.0, sum(full_sizes.values()), len(seeds), jobs
             )
-            checks.append(Check(check, True, ""))
+            check, cost = _check_experiment(runner, lists, exp_name, exp, seeds[0], full)
+            checks.append(check)
+            costs += [cost] if cost is not None else []
     header = {
         "device": str(device),
         # CPU runs every diffusion network in float32 (diffguard.precision.resolve_precision)

@@ -160,27 +160,8 @@ def _as_int(value: float, key: str) -> int:
     return int(value)
 
 
-def _spec(config: Mapping[str, Any]) -> _AdmSpec:
-    """Validate an ADM config (either style) and normalise it."""
-    if not isinstance(config, Mapping):
-        raise TypeError(f"ADM config must be a mapping, got {type(config).__name__}")
-    unknown = sorted(set(config) - _ARCH_KEYS - _NON_ARCH_KEYS)
-    if unknown:
-        log.warning("ADM config: ignoring unknown keys %s", unknown)
-
-    has_model = "model_channels" in config
-    has_num = "num_channels" in config
-    if has_model == has_num:
-        raise ValueError(
-            "ADM config needs exactly one of 'model_channels' (UNetModel style) and "
-            f"'num_channels' (create_model style); got keys {sorted(config)}"
-        )
-    unet_style = has_model
-    for key in ("image_size", "num_res_blocks", "attention_resolutions"):
-        if key not in config:
-            raise KeyError(f"ADM config: missing required key '{key}'")
-
-    image_size = int(config["image_size"])
+def _io_channels(config: Mapping[str, Any], unet_style: bool) -> tuple[int, int, int]:
+    """``(model_channels, in_channels, out_channels)`` of either config style."""
     if unet_style:
         model_channels = int(config["model_channels"])
         in_channels = int(config.get("in_channels", 3))
@@ -200,9 +181,11 @@ def _spec(config: Mapping[str, Any]) -> _AdmSpec:
             raise NotImplementedError(
                 "ADM config: class_cond=True; class-conditional ADM models are not supported"
             )
-    if int(config.get("dims", 2)) != 2:
-        raise NotImplementedError(f"ADM config: dims={config['dims']!r}; only 2D is supported")
+    return model_channels, in_channels, out_channels
 
+
+def _channel_mult(config: Mapping[str, Any], image_size: int) -> tuple[int, ...]:
+    """``channel_mult`` as integers (ADM's default for the image size when empty)."""
     raw_mult = config.get("channel_mult", "")
     if raw_mult is None or (isinstance(raw_mult, str | list | tuple) and len(raw_mult) == 0):
         if image_size not in _DEFAULT_CHANNEL_MULT:
@@ -222,8 +205,13 @@ def _spec(config: Mapping[str, Any]) -> _AdmSpec:
             f"ADM config: channel_mult={mult_f} starts with {mult_f[0]}, not 1; "
             "UNet2DModel cannot express that (e.g. the 512x512 model)"
         )
-    channel_mult = tuple(_as_int(m, "channel_mult") for m in mult_f)
+    return tuple(_as_int(m, "channel_mult") for m in mult_f)
 
+
+def _attention_ds(
+    config: Mapping[str, Any], unet_style: bool, image_size: int, channel_mult: tuple[int, ...]
+) -> frozenset[int]:
+    """Downsample factors with attention (resolutions converted; unreachable ones warned)."""
     kind = config.get("attention_resolutions_kind")
     if kind is None:
         kind = "factors" if unet_style else "resolutions"
@@ -256,6 +244,36 @@ def _spec(config: Mapping[str, Any]) -> _AdmSpec:
             unused,
             sorted(reachable),
         )
+    return attention_ds
+
+
+def _spec(config: Mapping[str, Any]) -> _AdmSpec:
+    """Validate an ADM config (either style) and normalise it."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"ADM config must be a mapping, got {type(config).__name__}")
+    unknown = sorted(set(config) - _ARCH_KEYS - _NON_ARCH_KEYS)
+    if unknown:
+        log.warning("ADM config: ignoring unknown keys %s", unknown)
+
+    has_model = "model_channels" in config
+    has_num = "num_channels" in config
+    if has_model == has_num:
+        raise ValueError(
+            "ADM config needs exactly one of 'model_channels' (UNetModel style) and "
+            f"'num_channels' (create_model style); got keys {sorted(config)}"
+        )
+    unet_style = has_model
+    for key in ("image_size", "num_res_blocks", "attention_resolutions"):
+        if key not in config:
+            raise KeyError(f"ADM config: missing required key '{key}'")
+
+    image_size = int(config["image_size"])
+    model_channels, in_channels, out_channels = _io_channels(config, unet_style)
+    if int(config.get("dims", 2)) != 2:
+        raise NotImplementedError(f"ADM config: dims={config['dims']!r}; only 2D is supported")
+
+    channel_mult = _channel_mult(config, image_size)
+    attention_ds = _attention_ds(config, unet_style, image_size, channel_mult)
 
     num_heads = int(config.get("num_heads", 1))
     num_head_channels = int(config.get("num_head_channels", -1))

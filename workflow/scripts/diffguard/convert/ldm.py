@@ -162,20 +162,11 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def ldm_unet_kwargs(unet_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Arguments of ``UNet2DConditionModel`` equivalent to an openaimodel ``UNetModel`` config.
-
-    Args:
-        unet_config: the ``unet_config.params`` of the LDM yaml (``attention_resolutions`` are
-            downsample factors, as in openaimodel).
-
-    Raises:
-        LdmConversionError: for options the diffusers model cannot reproduce.
-    """
-    unknown = sorted(set(unet_config) - _UNET_KNOWN_KEYS)
+def _check_unet_config(cfg: Mapping[str, Any]) -> None:
+    """Raise :class:`LdmConversionError` for a config the diffusers model cannot reproduce."""
+    unknown = sorted(set(cfg) - _UNET_KNOWN_KEYS)
     if unknown:
         raise LdmConversionError(f"unet_config: unsupported keys {unknown}")
-    cfg = dict(unet_config)
     required = ("in_channels", "out_channels", "model_channels", "attention_resolutions")
     required += ("num_res_blocks", "channel_mult", "context_dim")
     missing = [k for k in required if k not in cfg]
@@ -197,6 +188,33 @@ def ldm_unet_kwargs(unet_config: Mapping[str, Any]) -> dict[str, Any]:
     if heads_up not in (-1, cfg.get("num_heads", -1)):
         raise LdmConversionError("unet_config: num_heads_upsample != num_heads is not supported")
 
+
+def _attention_heads(cfg: Mapping[str, Any], channels: list[int]) -> list[int]:
+    """Heads per level: ``num_heads`` everywhere, or each level's width / ``num_head_channels``."""
+    num_head_channels = int(cfg.get("num_head_channels", -1))
+    num_heads = int(cfg.get("num_heads", -1))
+    if num_head_channels == -1:
+        if num_heads < 1:
+            raise LdmConversionError("unet_config: need num_heads or num_head_channels")
+        return [num_heads] * len(channels)
+    bad = [c for c in channels if c % num_head_channels]
+    if bad:
+        raise LdmConversionError(f"unet_config: channels {bad} not divisible by num_head_channels")
+    return [c // num_head_channels for c in channels]
+
+
+def ldm_unet_kwargs(unet_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Arguments of ``UNet2DConditionModel`` equivalent to an openaimodel ``UNetModel`` config.
+
+    Args:
+        unet_config: the ``unet_config.params`` of the LDM yaml (``attention_resolutions`` are
+            downsample factors, as in openaimodel).
+
+    Raises:
+        LdmConversionError: for options the diffusers model cannot reproduce.
+    """
+    cfg = dict(unet_config)
+    _check_unet_config(cfg)
     model_channels = int(cfg["model_channels"])
     mult = [int(m) for m in cfg["channel_mult"]]
     if mult[0] != 1:
@@ -206,20 +224,7 @@ def ldm_unet_kwargs(unet_config: Mapping[str, Any]) -> dict[str, Any]:
     attn_factors = {int(a) for a in cfg["attention_resolutions"]}
     has_attn = [2**level in attn_factors for level in range(len(mult))]
 
-    num_head_channels = int(cfg.get("num_head_channels", -1))
-    num_heads = int(cfg.get("num_heads", -1))
-    if num_head_channels == -1:
-        if num_heads < 1:
-            raise LdmConversionError("unet_config: need num_heads or num_head_channels")
-        heads = [num_heads] * len(mult)
-    else:
-        bad = [c for c in channels if c % num_head_channels]
-        if bad:
-            raise LdmConversionError(
-                f"unet_config: channels {bad} not divisible by num_head_channels"
-            )
-        heads = [c // num_head_channels for c in channels]
-
+    heads = _attention_heads(cfg, channels)
     depth = [int(d) for d in _as_list(cfg.get("transformer_depth", 1))]
     if len(depth) == 1:
         depth = depth * len(mult)
@@ -453,6 +458,27 @@ def _is_ignored(key: str) -> bool:
     return any(p.fullmatch(key) for p in IGNORED_KEY_PATTERNS)
 
 
+def _class_embedding(
+    state_dict: Mapping[str, torch.Tensor],
+    context_dim: int,
+    consumed: set[str],
+    missing: list[str],
+    mismatched: list[str],
+) -> dict[str, torch.Tensor]:
+    """The class-embedding table as ``{"weight": ...}``; problems go to the lists passed in."""
+    table = state_dict.get(CLASS_EMBEDDING_KEY)
+    if table is None:
+        missing.append(f"{CLASS_EMBEDDING_KEY} (for class_embedding.weight)")
+        return {}
+    consumed.add(CLASS_EMBEDDING_KEY)
+    if table.dim() != 2 or table.shape[1] != context_dim:
+        mismatched.append(
+            f"{CLASS_EMBEDDING_KEY}: {tuple(table.shape)} but needs (n_classes + 1, {context_dim})"
+        )
+        return {}
+    return {"weight": table}
+
+
 def convert_ldm_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     unet_config: Mapping[str, Any],
@@ -502,19 +528,9 @@ def convert_ldm_state_dict(
         missing,
         mismatched,
     )
-    class_sd: dict[str, torch.Tensor] = {}
-    table = state_dict.get(CLASS_EMBEDDING_KEY)
-    if table is None:
-        missing.append(f"{CLASS_EMBEDDING_KEY} (for class_embedding.weight)")
-    else:
-        consumed.add(CLASS_EMBEDDING_KEY)
-        if table.dim() != 2 or table.shape[1] != unet_kw["cross_attention_dim"]:
-            mismatched.append(
-                f"{CLASS_EMBEDDING_KEY}: {tuple(table.shape)} but needs "
-                f"(n_classes + 1, {unet_kw['cross_attention_dim']})"
-            )
-        else:
-            class_sd["weight"] = table
+    class_sd = _class_embedding(
+        state_dict, int(unet_kw["cross_attention_dim"]), consumed, missing, mismatched
+    )
 
     ignored = tuple(sorted(k for k in state_dict if k not in consumed and _is_ignored(k)))
     leftover = sorted(k for k in state_dict if k not in consumed and not _is_ignored(k))
