@@ -283,6 +283,11 @@ def _numeric_problems(
     return problems
 
 
+def tolerance_for(name: str, tolerance: Mapping[str, Tolerance]) -> Tolerance:
+    """The bound of output ``name``: the first key of ``tolerance`` in its path, else ``"*"``."""
+    return next((t for k, t in tolerance.items() if k != "*" and k in name), tolerance["*"])
+
+
 def identity_problems(
     reference: Mapping[str, Mapping[str, Any]],
     outputs: Mapping[str, Mapping[str, Any]],
@@ -303,6 +308,5 @@ def identity_problems(
         if tolerance is None or "numeric" not in ref:
             problems.append(f"{name}: sha256 {got['sha256'][:12]}, expected {ref['sha256'][:12]}")
             continue
-        kind = next((k for k in tolerance if k != "*" and k in name), "*")
-        problems += _numeric_problems(name, ref, got, tolerance[kind])
+        problems += _numeric_problems(name, ref, got, tolerance_for(name, tolerance))
     return problems
