@@ -77,8 +77,10 @@ HIGHER_IS_BETTER = {
     "aupr_out": True,
     "fpr95_id_recall": False,
     "fpr95_ood_recall": False,
+    # A published table's FPR@95 column, before it is matched to one of the conventions above.
+    "fpr95": False,
 }
-"""Direction of each metric (used by :func:`take_best_over`)."""
+"""Direction of each metric (:func:`take_best_over`, best-value marks and arrows in tables)."""
 
 RECALL_LEVEL = 0.95
 

@@ -9,80 +9,167 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from diffguard.io import write_text
+from diffguard.settings import CfgSettings, GdmSettings
 from diffguard.tables import NO_PUBLISHED_NOTE, latex_escape, read_metrics
 
 log = logging.getLogger(__name__)
 
 MISSING = "--"
+CONFIG_SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
-# Released-code versus paper-text differences that are configuration switches:
-# (section, key, released code, paper text). ``section`` is gdm, cfg or the top level ("").
-SWITCHES: tuple[tuple[str, str, str, str], ...] = (
-    (
+# The released code's value of a top-level switch, where the workflow's default (the schema's)
+# differs: the released evaluation takes the best distance per OOD set and metric.
+RELEASED_TOP_LEVEL: Mapping[str, Any] = {"take_best_over_distances": True}
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A released-code versus paper-text difference that is a configuration switch.
+
+    ``describe`` turns the released code's settings (the GDM/CFG dataclass defaults, which are
+    the released settings, or :data:`RELEASED_TOP_LEVEL`) into the table's "released code"
+    cell, so a changed default changes the paper text.
+    """
+
+    section: str  # gdm, cfg, or "" for a top-level config key
+    key: str
+    describe: Callable[[Any], str]
+    paper: str
+
+
+def _early_stop(gdm: GdmSettings) -> str:
+    names = {"psnr": "PSNR {} (code units)", "dists": "1$-$DISTS {}", "lpips": "$-$LPIPS {}"}
+    pairs = zip(gdm.early_stop_metrics, gdm.early_stop_thresholds, strict=True)
+    return " or ".join(names[m].format(_value(t)) for m, t in pairs) + ", per image"
+
+
+def _start_level(gdm: GdmSettings) -> str:
+    # guided sampling starts at respaced index rev_t + d - 1 (gdm.denoise_start_index); the
+    # latent sits at rev_t + 1
+    d = gdm.forback_skip_diff
+    if d <= 0:
+        return f"{d}: sampling starts {gdm.skip_first_steps} step(s) below the top of the grid"
+    above = {0: "at the latent's level", 1: "one level above the latent"}
+    where = above.get(d - 2, f"{d - 2} levels above the latent")
+    return f"{d}: sampling starts {where}"
+
+
+SWITCHES: tuple[Switch, ...] = (
+    Switch(
         "gdm",
         "uncond_aux",
-        "score: guided vs. unguided regeneration (true)",
+        lambda g: (
+            "score: "
+            + (
+                "guided vs. unguided regeneration"
+                if g.uncond_aux
+                else "guided regeneration vs. input"
+            )
+            + f" ({_value(g.uncond_aux)})"
+        ),
         "guided regeneration vs. the input",
     ),
-    ("gdm", "psnr_peak", "255 on $[-1,1]$ images (+42.11\\,dB)", "peak 2"),
-    (
+    Switch(
+        "gdm",
+        "psnr_peak",
+        lambda g: (
+            f"{_value(g.psnr_peak)} on $[-1,1]$ images "
+            f"(+{20 * math.log10(g.psnr_peak / 2):.2f}\\,dB)"
+        ),
+        "peak 2",
+    ),
+    Switch(
         "gdm",
         "early_stop_thresholds",
-        "PSNR 48.5 (code units) or 1$-$DISTS 0.38, per image",
+        _early_stop,
         "PSNR 6.39 (paper units), DISTS 0.37 (Table 4)",
     ),
-    (
-        "gdm",
-        "forback_skip_diff",
-        "3: sampling starts one level above the latent",
-        "not described",
-    ),
-    (
+    Switch("gdm", "forback_skip_diff", _start_level, "not described"),
+    Switch(
         "gdm",
         "cutouts_num",
-        "8 random resized crops, log-probabilities summed",
+        lambda g: f"{g.cutouts_num} random resized crops, log-probabilities summed",
         "``cutout''",
     ),
-    (
+    Switch(
         "gdm",
         "no_x0_hat",
-        "false: guide on the blend $f\\hat x_0+(1-f)x_t$, gradient w.r.t.\\ the blend "
-        "(not through the UNet)",
+        lambda g: (
+            "true: guide on $x_t$ (no $\\hat x_0$)"
+            if g.no_x0_hat
+            else "false: guide on the blend $f\\hat x_0+(1-f)x_t$, gradient w.r.t.\\ the blend "
+            "(not through the UNet)"
+        ),
         "Eq.~7: guide on $\\hat x_0$, gradient chained to $x_t$; blend weight not given",
     ),
-    (
+    Switch(
         "gdm",
         "clip_first_inversion_step",
-        "false: first inversion step unclamped",
+        lambda g: (
+            f"{_value(g.clip_first_inversion_step)}: first inversion step "
+            + ("clamped" if g.clip_first_inversion_step else "unclamped")
+        ),
         "not described",
     ),
-    (
+    Switch(
         "cfg",
         "inversion_variant",
-        "next\\_t: UNet at the next timestep",
+        lambda c: (
+            latex_escape(c.inversion_variant)
+            + {
+                "next_t": ": UNet at the next timestep",
+                "standard": ": UNet at the current timestep",
+            }[c.inversion_variant]
+        ),
         "standard DDIM inversion",
     ),
-    ("cfg", "cam_cut", "0.3", "$\\approx 0.2$ (best in Fig.~7)"),
-    (
+    Switch("cfg", "cam_cut", lambda c: _value(c.cam_cut), "$\\approx 0.2$ (best in Fig.~7)"),
+    Switch(
         "cfg",
         "decode_quantize",
-        "true: latent snapped to the VQ codebook before decoding",
+        lambda c: (
+            f"{_value(c.decode_quantize)}: latent "
+            + ("snapped to the VQ codebook" if c.decode_quantize else "not snapped to the codebook")
+            + " before decoding"
+        ),
         "not described",
     ),
-    (
+    Switch(
         "",
         "take_best_over_distances",
-        "best distance per OOD set and metric (optimistic)",
+        lambda top: (
+            "best distance per OOD set and metric (optimistic)"
+            if top["take_best_over_distances"]
+            else "the headline distance"
+        ),
         "Table 4 only",
     ),
 )
+"""Released-code versus paper-text differences that are configuration switches."""
+
+
+def released_settings() -> dict[str, Any]:
+    """Section -> the released code's settings: the GDM/CFG defaults and top-level values."""
+    return {"gdm": GdmSettings(), "cfg": CfgSettings(), "": RELEASED_TOP_LEVEL}
+
+
+def schema_default(key: str) -> Any:
+    """The config schema's default of top-level ``key`` (KeyError naming the schema if none)."""
+    import yaml
+
+    schema = yaml.safe_load(CONFIG_SCHEMA.read_text())
+    try:
+        return schema["properties"][key]["default"]
+    except KeyError:
+        raise KeyError(f"{CONFIG_SCHEMA}: top-level key {key!r} has no default") from None
 
 
 def macro_name(text: str) -> str:
@@ -173,13 +260,16 @@ def _method_macros(prefix: str, best: tuple[str, float, float]) -> list[str]:
 
 
 def config_switch_table(
-    settings: Mapping[str, tuple[str, Mapping[str, Any]]], take_best_over_distances: bool = False
+    settings: Mapping[str, tuple[str, Mapping[str, Any]]],
+    take_best_over_distances: bool = False,
+    released: Mapping[str, Any] | None = None,
 ) -> str:
     """LaTeX ``tabular`` of the released-code/paper switches and this run's values.
 
     Args:
         settings: Experiment name -> (method ``gdm``/``cfg``, its full settings incl. defaults).
         take_best_over_distances: The run's top-level switch.
+        released: Section -> released settings (default :func:`released_settings`).
     """
     lines = [
         r"\begin{tabular}{@{}p{0.2\linewidth}p{0.27\linewidth}p{0.2\linewidth}"
@@ -188,7 +278,10 @@ def config_switch_table(
         r"Switch & Released code (default) & Paper text & This run \\",
         r"\midrule",
     ]
-    for section, key, code, paper in SWITCHES:
+    released = released_settings() if released is None else released
+    for switch in SWITCHES:
+        section, key, paper = switch.section, switch.key, switch.paper
+        code = switch.describe(released[section])
         if section:
             values = {
                 name: _switch_value(key, spec)
@@ -550,7 +643,9 @@ def write_paper_numbers(
         counts=counts,
         runtime_s=runtime_s,
         settings=settings,
-        take_best_over_distances=bool(config.get("take_best_over_distances", False)),
+        take_best_over_distances=bool(
+            config.get("take_best_over_distances", schema_default("take_best_over_distances"))
+        ),
         headline=headline,
         published_tables=published_tables,
         oracle_experiments=oracle,

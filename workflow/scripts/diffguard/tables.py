@@ -20,24 +20,15 @@ import numpy as np
 import pandas as pd
 
 from diffguard.io import write_csv, write_text
-from diffguard.metrics import METRIC_DEFINITIONS
+from diffguard.metrics import HIGHER_IS_BETTER, METRIC_DEFINITIONS, METRIC_KEYS
 
 log = logging.getLogger(__name__)
 
 KIND_ORDER = ("baseline", "diffguard", "combined")
 """Row groups of the main table, in order."""
 
-METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95_id_recall", "fpr95_ood_recall")
+METRICS = METRIC_KEYS
 """Metric columns of the long metrics CSV (percent)."""
-
-HIGHER_IS_BETTER = {
-    "auroc": True,
-    "aupr_in": True,
-    "aupr_out": True,
-    "fpr95_id_recall": False,
-    "fpr95_ood_recall": False,
-    "fpr95": False,
-}
 
 FPR_MARK = {"fpr95_id_recall": "a", "fpr95_ood_recall": "b"}
 """Superscript of each FPR@95 convention in table headers, pointing at its note."""
