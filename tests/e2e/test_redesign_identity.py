@@ -46,9 +46,25 @@ MANIFEST = Path(__file__).with_name("tiny_outputs.json")
 SCORE_TABLE = "data/processed/tiny/scores/gdm_main/test_id/seed-0.csv"
 
 # Per-element bounds |new - recorded| <= atol + rtol * |recorded| on another platform, by the
-# first path fragment that matches ("*": the rest). PLACEHOLDER: set from the measurement below.
+# first path fragment that matches ("*": the rest). Measured like END_TO_END_TOL and
+# SCORE_DIFF_TOL (test_gdm_fixture.py, test_speed.py): the tiny run at 5d3390f with
+# ATEN_CPU_CAPABILITY=avx2 (ONEDNN_MAX_CPU_ISA=AVX2) against the recorded AVX-512 run, both 1
+# thread per job, 2026-12-05 (max |diff| per kind):
+#   trained weights 1.1e-6, training losses 1.8e-8, classifier logits/features 1.4e-6,
+#   baseline scores 1.7e-6                                         -> 1e-5 (5.9x margin)
+#   reconstructions 0.026 and per-image scores 0.032 (score_logits; l2 6.1e-3, ssim 1.3e-4):
+#   one gdm_main ID image whose guided sampling diverged; the rest <= 4.9e-4 (float16 storage)
+#                                                                  -> 0.1 (3.1x margin)
+#   metrics 0.21 percentage points (one ID/OOD pair swapped order: 100 / (24 * 20))
+#                                                                  -> 1.0 (about 5 pairs)
+# Training and DDIM amplify rounding, so these bounds are wide for the scores and metrics: on
+# another platform the comparison catches a changed procedure (every score moves), not a
+# change of a single image's score; the same platform compares bytes.
 CROSS_PLATFORM_TOL: dict[str, om.Tolerance] = {
-    "*": om.Tolerance(atol=5e-3, rtol=0.0),
+    "/recon/": om.Tolerance(atol=0.1, rtol=0.0),
+    "/scores/": om.Tolerance(atol=0.1, rtol=0.0),
+    "metrics.csv": om.Tolerance(atol=1.0, rtol=0.0),
+    "*": om.Tolerance(atol=1e-5, rtol=0.0),
 }
 
 

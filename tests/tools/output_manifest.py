@@ -129,6 +129,11 @@ def fingerprint(path: Path) -> dict[str, Any]:
         entry.update(_npz_fingerprint(path))
     elif path.suffix == ".safetensors":
         entry.update(_safetensors_fingerprint(path))
+    elif path.name == "model.done":
+        # sha256 lines of a model's files: those of the weights follow the platform's floats
+        # (compared within tolerance on their own); the others must match everywhere
+        lines = [ln for ln in data.decode().splitlines() if not ln.endswith(".safetensors")]
+        entry["portable_sha256"] = sha256_bytes("\n".join(lines).encode())
     return entry
 
 
@@ -304,6 +309,10 @@ def identity_problems(
     for name in sorted(set(reference) & set(outputs)):
         ref, got = reference[name], outputs[name]
         if ref["sha256"] == got["sha256"]:
+            continue
+        if tolerance is not None and "portable_sha256" in ref:
+            if ref["portable_sha256"] != got.get("portable_sha256"):
+                problems.append(f"{name}: differs beyond its weights' digests")
             continue
         if tolerance is None or "numeric" not in ref:
             problems.append(f"{name}: sha256 {got['sha256'][:12]}, expected {ref['sha256'][:12]}")
