@@ -619,12 +619,30 @@ def write_adm_classifier(
 
 
 # ------------------------------------------------------------- paper-scale stand-in runs
-def standin_checkout(tmp_path: Path, copy_repo: Callable[[Path], Path], monkeypatch: Any) -> Path:
-    """A copy of the repository for a stand-in run whose rule scripts import its own package."""
-    work = copy_repo(tmp_path)
+STANDIN_CONFIG = "config/standin.yaml"
+"""The config of a stand-in run, relative to its repository copy."""
+
+
+def run_standins(
+    tmp_path: Path,
+    e2e: Any,
+    monkeypatch: Any,
+    build_served: Callable[[Path], dict[str, Any]],
+    standin_config: Callable[[Path, dict[str, Any]], str],
+    timeout: float,
+) -> tuple[Path, dict[str, Any], Any]:
+    """Serve the stand-ins, write the stand-in config into a repository copy and run it all.
+
+    Returns:
+        The run folder, what ``build_served`` returned, and the snakemake result.
+    """
+    work = e2e.copy_repo(tmp_path)
     # the rule scripts import the package of this copy, not an installed one
     monkeypatch.setenv("PYTHONPATH", str(work / "workflow" / "scripts"))
-    return work
+    data = build_served(tmp_path)
+    config = standin_config(work, data)
+    result = e2e.snakemake(work, "--cores", "2", configfiles=[config], timeout=timeout)
+    return work, data, result
 
 
 def write_standin_config(
@@ -644,6 +662,37 @@ def write_standin_config(
     if edit_report is not None:
         edit_report(report)
     config["report"] = report
-    path = work / "config" / "standin.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return str(path.relative_to(work))
+    (work / STANDIN_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+    return STANDIN_CONFIG
+
+
+STANDIN_RUN: dict[str, Any] = {
+    "run": "standin",
+    "device": "cpu",
+    "dtype": "float32",
+    "gpus_per_job": 0,
+    "cpus_per_job": 1,
+    "mem_mb_per_job": 2000,
+    "save_images": 4,
+    "retries": 0,
+}
+"""Top-level settings of every stand-in run: CPU, float32, one thread per job, no retries."""
+
+
+def serve_downloads(
+    downloads: dict[str, dict[str, Any]],
+    served: Callable[[str], Path],
+    manual: Callable[[dict[str, Any]], str],
+) -> None:
+    """Point every ``downloads`` entry at its stand-in: ``served(key)`` as a file URL, or the
+    user's file ``manual(entry)`` for a manual entry."""
+    for key, entry in downloads.items():
+        if entry.get("manual"):
+            entry["path"] = manual(entry)
+            continue
+        path = served(key)
+        entry.pop("gdrive_id", None)
+        entry["url"] = path.as_uri()
+        entry["filename"] = path.name
+        # checkpoints pinned; archives recorded on first download (both code paths run)
+        entry["sha256"] = None if entry.get("extract") else _sha256(path)

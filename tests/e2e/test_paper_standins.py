@@ -10,7 +10,6 @@ all run. No rule is bypassed.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import sys
@@ -155,41 +154,21 @@ def build_served(root: Path) -> dict[str, Any]:
     }
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def standin_config(work: Path, data: dict[str, Any]) -> str:
     """config/imagenet.yaml with tiny sizes, the stand-ins' URLs and CPU settings."""
     config = yaml.safe_load((work / "config" / "imagenet.yaml").read_text())
-    config.update(
-        run="standin",
-        device="cpu",
-        dtype="float32",
-        gpus_per_job=0,
-        cpus_per_job=1,
-        mem_mb_per_job=2000,
-        shard_size=6,
-        batch_size=4,
-        save_images=4,
-        retries=0,
-    )
+    config.update(standins.STANDIN_RUN, shard_size=6, batch_size=4)
     config["benchmark"].update(image_size=32, resize_size=36, num_classes=NUM_CLASSES)
     for name, n in SIZES.items():
         config["datasets"][name]["n"] = n
     downloads = config["downloads"]
     folder_of = {"species_sub": "species_sub", "inaturalist": "inaturalist"}
     folder_of.update(openimage_o="openimage_o", imagenet_o="imagenet_o")
-    for key, entry in downloads.items():
-        if entry.get("manual"):
-            entry["path"] = str(data["imagenet"] / entry["filename"])
-            continue
-        path = data["files"][folder_of.get(key, key)]
-        entry.pop("gdrive_id", None)
-        entry["url"] = path.as_uri()
-        entry["filename"] = path.name
-        # checkpoints pinned; archives recorded on first download (both code paths run)
-        entry["sha256"] = None if entry.get("extract") else sha256(path)
+    standins.serve_downloads(
+        downloads,
+        lambda key: data["files"][folder_of.get(key, key)],
+        lambda entry: str(data["imagenet"] / entry["filename"]),
+    )
     config["diffusion_models"]["adm256_uncond"]["options"] = data["adm_options"]
     # Fig. 2 at the stand-ins' 32 px (released: 256), all ddim100 indices, the noisy classifier
     fig2 = config["figures"]["fig2"]
@@ -230,11 +209,10 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
 def test_paper_workflow_with_standins(
     tmp_path: Path, e2e: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    work = standins.standin_checkout(tmp_path, e2e.copy_repo, monkeypatch)
-    data = build_served(tmp_path)
-    config = standin_config(work, data)
     # about 6 min on 2 idle cores; allow for a busy machine (the run takes 90 jobs)
-    result = e2e.snakemake(work, "--cores", "2", configfiles=[config], timeout=2400)
+    work, data, result = standins.run_standins(
+        tmp_path, e2e, monkeypatch, build_served, standin_config, timeout=2400
+    )
     counts = result.job_counts()
     # every stage of the paper DAG ran, none was replaced
     assert counts["download"] == 12 and counts["verify_download"] == 12
@@ -297,7 +275,7 @@ def test_paper_workflow_with_standins(
     for key in ("openood_v1_imglists", "species_sub"):
         recorded = (work / "config" / "checksums" / f"{key}.sha256").read_text().split()[0]
         served = data["files"][key]
-        assert recorded == sha256(served), key
+        assert recorded == e2e.sha256(served), key
     # a second run has nothing to do (downloads and conversions are not repeated)
-    again = e2e.snakemake(work, "--cores", "2", "-n", configfiles=[config])
+    again = e2e.snakemake(work, "--cores", "2", "-n", configfiles=[standins.STANDIN_CONFIG])
     assert "Nothing to be done" in again.output or not again.job_counts(), again.output[-2000:]

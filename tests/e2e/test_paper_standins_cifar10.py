@@ -13,7 +13,6 @@ all run. No rule is bypassed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import sys
 import zipfile
@@ -65,10 +64,6 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build_served(root: Path) -> dict[str, Any]:
     """OpenOOD-layout data and released-format checkpoints under ``root``; returns their files."""
     rng = np.random.default_rng(0)
@@ -107,30 +102,12 @@ def build_served(root: Path) -> dict[str, Any]:
 def standin_config(work: Path, data: dict[str, Any]) -> str:
     """config/cifar10.yaml with tiny sizes, the stand-ins' URLs and CPU settings."""
     config = yaml.safe_load((work / "config" / "cifar10.yaml").read_text())
-    config.update(
-        run="standin",
-        device="cpu",
-        dtype="float32",
-        gpus_per_job=0,
-        cpus_per_job=1,
-        mem_mb_per_job=2000,
-        shard_size=SHARD_SIZE,
-        batch_size=8,
-        save_images=4,
-        retries=0,
-    )
+    config.update(standins.STANDIN_RUN, shard_size=SHARD_SIZE, batch_size=8)
     for name, n in SIZES.items():
         config["datasets"][name]["n"] = n
-    for key, entry in config["downloads"].items():
-        if entry.get("manual"):
-            entry["path"] = str(data["diffnb"])
-            continue
-        path = data["files"][key]
-        entry.pop("gdrive_id", None)
-        entry["url"] = path.as_uri()
-        entry["filename"] = path.name
-        # checkpoints pinned; archives recorded on first download (both code paths run)
-        entry["sha256"] = None if entry.get("extract") else sha256(path)
+    standins.serve_downloads(
+        config["downloads"], lambda key: data["files"][key], lambda entry: str(data["diffnb"])
+    )
     # the ensemble members are the zip's s0/s1/s2 runs, as config/cifar10.yaml names them
     members = [m["path"] for m in config["classifier"]["ensemble_members"]]
     assert members == data["ensemble_members"]
@@ -148,10 +125,9 @@ def standin_config(work: Path, data: dict[str, Any]) -> str:
 def test_cifar10_paper_workflow_with_standins(
     tmp_path: Path, e2e: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    work = standins.standin_checkout(tmp_path, e2e.copy_repo, monkeypatch)
-    data = build_served(tmp_path)
-    config = standin_config(work, data)
-    result = e2e.snakemake(work, "--cores", "2", configfiles=[config], timeout=1800)
+    work, data, result = standins.run_standins(
+        tmp_path, e2e, monkeypatch, build_served, standin_config, timeout=1800
+    )
     counts = result.job_counts()
     # every stage of the Table 1 DAG ran, none was replaced (no training, no manual folder)
     expected = {
@@ -238,9 +214,9 @@ def test_cifar10_paper_workflow_with_standins(
     # recorded hashes of the archives (first download) and the manual file match the served ones
     for key in ("openood_v1_imglists", "cifar10_images", "openood_v15_cifar10_res18"):
         recorded = (work / "config" / "checksums" / f"{key}.sha256").read_text().split()[0]
-        assert recorded == sha256(data["files"][key]), key
+        assert recorded == e2e.sha256(data["files"][key]), key
     recorded = (work / "config" / "checksums" / "diffnb_cifar10_cond.sha256").read_text()
-    assert recorded.split()[0] == sha256(data["diffnb"])
+    assert recorded.split()[0] == e2e.sha256(data["diffnb"])
     # a second run has nothing to do (downloads, checksums and conversions are not repeated)
-    again = e2e.snakemake(work, "--cores", "2", "-n", configfiles=[config])
+    again = e2e.snakemake(work, "--cores", "2", "-n", configfiles=[standins.STANDIN_CONFIG])
     assert "Nothing to be done" in again.output or not again.job_counts(), again.output[-2000:]
