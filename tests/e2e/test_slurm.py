@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -70,10 +71,6 @@ GPU_RULES = ("train_diffusion", "cache_predictions", "reconstruct")
 
 # State folder of the test cluster (pid files, logs, job completion file).
 STATE_DIR = Path(os.environ.get("DIFFGUARD_SLURM_DIR", "/tmp/diffguard-slurm"))
-# Top-level or nested folder names that are never copied into the run folders.
-EXCLUDED_PARTS = frozenset(
-    {".git", ".venv", ".snakemake", ".pytest_cache", ".ruff_cache", "__pycache__", "results"}
-)
 SLURM_DAEMONS = ("sbatch", "squeue", "sinfo", "scontrol", "slurmctld", "slurmd", "munged")
 
 TOY_SNAKEFILE = r"""
@@ -212,43 +209,6 @@ def slurm_cluster() -> Iterator[Cluster]:
         _script("stop_slurm.sh", timeout=60)
 
 
-def _repo_files(repo: Path) -> list[Path]:
-    """Tracked and untracked-but-not-ignored files of the repository, relative to it."""
-    if (repo / ".git").exists() and shutil.which("git") is not None:
-        excludes = [f":(exclude,glob)**/{part}/**" for part in sorted(EXCLUDED_PARTS)]
-        proc = _run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."]
-            + excludes,
-            timeout=120,
-            cwd=repo,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"git ls-files failed in {repo}: {proc.stderr}")
-        names = [Path(n) for n in proc.stdout.split("\0") if n]
-    else:
-        names = [p.relative_to(repo) for p in repo.rglob("*") if p.is_file() or p.is_symlink()]
-    return [
-        n
-        for n in names
-        if not EXCLUDED_PARTS.intersection(n.parts)
-        and ((repo / n).is_file() or (repo / n).is_symlink())
-    ]
-
-
-def _copy_repo(dest: Path) -> Path:
-    """Copy the repository's files into dest/repo, with dest/shared linked to shared data."""
-    work = dest / "repo"
-    for rel in _repo_files(REPO_ROOT):
-        target = work / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / rel, target, follow_symlinks=False)
-    # Configs may point at ../shared (the reference data beside the checkout).
-    shared = Path(os.environ.get("DIFFGUARD_SHARED", REPO_ROOT.parent / "shared"))
-    if shared.is_dir():
-        (dest / "shared").symlink_to(shared.resolve(), target_is_directory=True)
-    return work
-
-
 def _workflow_spec(work: Path) -> WorkflowSpec:
     """Pick the real workflow when its Snakefile exists, else write the toy workflow.
 
@@ -370,14 +330,17 @@ def _check_gpu_requests(job_ids: set[str]) -> set[str]:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_workflow_on_slurm_matches_local_run(
-    slurm_cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest
+    slurm_cluster: Cluster,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    e2e: SimpleNamespace,
 ) -> None:
     """Jobs go through sbatch and produce byte-identical outputs to a local run.
 
     The real workflow's local reference is the session's uninterrupted tiny run (``tiny_run``
     in conftest.py, shared with the resume and determinism tests); the toy one runs here.
     """
-    slurm_work = _copy_repo(tmp_path / "slurm")
+    slurm_work = e2e.copy_repo(tmp_path / "slurm")
     spec = _workflow_spec(slurm_work)
     assert (slurm_work / "slurm" / "config.yaml").is_file(), "profile slurm/config.yaml missing"
     slurm_before = _produced_files(slurm_work, set())
@@ -388,7 +351,7 @@ def test_workflow_on_slurm_matches_local_run(
             "with tests/slurm/stop_slurm.sh and tests/slurm/start_slurm.sh"
         )
     if spec.toy:
-        local_work = _copy_repo(tmp_path / "local")
+        local_work = e2e.copy_repo(tmp_path / "local")
         assert _workflow_spec(local_work) == spec
         local_before = _produced_files(local_work, set())
         _snakemake(local_work, spec, ["--cores", "2"], LOCAL_RUN_TIMEOUT_S)
@@ -398,7 +361,7 @@ def test_workflow_on_slurm_matches_local_run(
         assert all((local_work / t).is_file() for t in spec.targets), (
             f"the shared tiny_run reference (config/tiny.yaml) did not build {spec.targets}"
         )
-        local_before = {local_work / p for p in _repo_files(REPO_ROOT)}
+        local_before = {local_work / p for p in e2e.repo_files(REPO_ROOT)}
         local_before = {p.relative_to(local_work) for p in local_before}
     t0 = time.monotonic()
     slurm_out = _snakemake(

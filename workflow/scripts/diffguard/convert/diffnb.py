@@ -32,6 +32,7 @@ import torch
 from diffusers import UNet2DModel
 
 from diffguard.checkpoints import load_checkpoint, state_dict_of
+from diffguard.convert import mismatch_problems
 
 log = logging.getLogger(__name__)
 
@@ -264,13 +265,7 @@ def convert_diffnb_state_dict(
                 continue
         out[key] = tensor
     leftovers = sorted(set(source) - used)
-    problems = []
-    if missing:
-        problems.append(f"missing source tensors {missing}")
-    if bad_shape:
-        problems.append(f"shape mismatches {bad_shape}")
-    if leftovers:
-        problems.append(f"unconsumed source tensors {leftovers}")
+    problems = mismatch_problems(missing, bad_shape, leftovers)
     if problems:
         raise DiffNBConversionError(
             "DiffNB checkpoint does not match config: " + "; ".join(problems)

@@ -29,6 +29,7 @@ from diffusers import UNet2DConditionModel, VQModel
 from torch import nn
 
 from diffguard.checkpoints import load_checkpoint, state_dict_of
+from diffguard.convert import mismatch_problems
 
 log = logging.getLogger(__name__)
 
@@ -534,13 +535,7 @@ def convert_ldm_state_dict(
 
     ignored = tuple(sorted(k for k in state_dict if k not in consumed and _is_ignored(k)))
     leftover = sorted(k for k in state_dict if k not in consumed and not _is_ignored(k))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensor(s): {missing}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {mismatched}")
-    if leftover:
-        problems.append(f"{len(leftover)} unconsumed tensor(s): {leftover}")
+    problems = mismatch_problems(missing, mismatched, leftover)
     if problems:
         raise LdmConversionError(
             f"{source}: checkpoint does not match the LDM config; " + "; ".join(problems)
