@@ -7,7 +7,7 @@ accepted and then fails deep in a job: each pair must agree (set equality; order
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -26,87 +26,45 @@ def _enum(path: str) -> set[Any]:
     return set(node["enum"])
 
 
-def _methods() -> Iterable[str]:
-    from diffguard.config import METHOD_SETTINGS
-
-    return METHOD_SETTINGS
-
-
-def _early_stop_metrics() -> Iterable[str]:
-    from diffguard.settings import EARLY_STOP_METRICS
-
-    return EARLY_STOP_METRICS
-
-
-def _precisions() -> Iterable[str]:
-    from diffguard.precision import PRECISIONS
-
-    return PRECISIONS
-
-
-def _distances() -> Iterable[str]:
-    from diffguard.distances import DISTANCES
-
-    return DISTANCES
-
-
-def _baselines() -> Iterable[str]:
-    from diffguard.baselines import BASELINES
-
-    return BASELINES
-
-
-def _combination_rules() -> Iterable[str]:
-    from diffguard.combine import COMBINATION_RULES
-
-    return COMBINATION_RULES
-
-
-def _model_sources() -> Iterable[str]:
-    from diffguard.backends import SOURCES
-
-    return SOURCES
-
-
-def _guidance_predictions() -> Iterable[str]:
-    from diffguard.config import GUIDANCE_PREDICTIONS
-
-    return GUIDANCE_PREDICTIONS
-
-
-def _timestep_conventions() -> Iterable[str]:
-    from diffguard.settings import TIMESTEP_CONVENTIONS
-
-    return TIMESTEP_CONVENTIONS
-
-
-PAIRS: dict[str, tuple[str, Callable[[], Iterable[str]]]] = {
-    "methods": (f"{EXPERIMENT}.method", _methods),
+# name -> (dotted path of the schema enum, "module:registry" of the code)
+PAIRS: dict[str, tuple[str, str]] = {
+    "methods": (f"{EXPERIMENT}.method", "diffguard.config:METHOD_SETTINGS"),
     "early-stop metrics": (
         f"{EXPERIMENT}.gdm.properties.early_stop_metrics.items",
-        _early_stop_metrics,
+        "diffguard.settings:EARLY_STOP_METRICS",
     ),
-    "precisions (top level)": ("properties.dtype", _precisions),
-    "precisions (experiment)": (f"{EXPERIMENT}.precision", _precisions),
-    "distances": ("properties.distances.items", _distances),
-    "baselines": ("properties.baselines.items", _baselines),
-    "combination rules": ("properties.combinations.items.properties.rule", _combination_rules),
+    "precisions (top level)": ("properties.dtype", "diffguard.precision:PRECISIONS"),
+    "precisions (experiment)": (f"{EXPERIMENT}.precision", "diffguard.precision:PRECISIONS"),
+    "distances": ("properties.distances.items", "diffguard.distances:DISTANCES"),
+    "baselines": ("properties.baselines.items", "diffguard.baselines:BASELINES"),
+    "combination rules": (
+        "properties.combinations.items.properties.rule",
+        "diffguard.combine:COMBINATION_RULES",
+    ),
     "diffusion model sources": (
         "properties.diffusion_models.additionalProperties.properties.source",
-        _model_sources,
+        "diffguard.backends:SOURCES",
     ),
-    "guidance predictions": (f"{EXPERIMENT}.guidance_predictions", _guidance_predictions),
+    "guidance predictions": (
+        f"{EXPERIMENT}.guidance_predictions",
+        "diffguard.config:GUIDANCE_PREDICTIONS",
+    ),
     "fig2 timestep conventions": (
         "properties.figures.properties.fig2.properties.classifier_timestep",
-        _timestep_conventions,
+        "diffguard.settings:TIMESTEP_CONVENTIONS",
     ),
 }
+
+
+def _registry(where: str) -> set[Any]:
+    module, name = where.split(":")
+    return set(getattr(importlib.import_module(module), name))
 
 
 @pytest.mark.parametrize("name", sorted(PAIRS))
 def test_schema_enum_equals_registry(name: str) -> None:
     path, registry = PAIRS[name]
-    schema, code = _enum(path), set(registry())
+    schema, code = _enum(path), _registry(registry)
     assert schema == code, (
         f"{name}: {SCHEMA.name} {path} lists {sorted(schema)}, the code implements "
         f"{sorted(code)} (only in the schema: {sorted(schema - code)}; only in the code: "
@@ -116,4 +74,13 @@ def test_schema_enum_equals_registry(name: str) -> None:
 
 def test_speed_distances_are_registered_distances() -> None:
     # the speed benchmark times a subset (the cheap and the perceptual ones), never an unknown one
-    assert _enum("properties.speed.properties.distances.items") <= set(_distances())
+    distances = _registry("diffguard.distances:DISTANCES")
+    assert _enum("properties.speed.properties.distances.items") <= distances
+
+
+def test_every_baseline_has_its_own_display_label() -> None:
+    from diffguard.baselines import BASELINE_LABELS, BASELINES
+
+    labels = [cls.label for cls in BASELINES.values()]
+    assert all(labels) and len(set(labels)) == len(labels), labels
+    assert {name: cls.label for name, cls in BASELINES.items()} == BASELINE_LABELS

@@ -256,6 +256,7 @@ class Baseline(ABC):
     """A post-hoc OOD score: ``fit(train)`` once, then ``score(test)`` (higher = more ID)."""
 
     name: ClassVar[str]
+    label: ClassVar[str]  # display label: metrics' method column, tables, figure legends
     fit_fields: ClassVar[tuple[str, ...]] = ()
     score_fields: ClassVar[tuple[str, ...]] = ()
     needs_linear: ClassVar[bool] = False
@@ -330,6 +331,7 @@ class MSP(Baseline):
     """Maximum softmax probability."""
 
     name = "msp"
+    label = "MSP"
     score_fields = ("logits",)
 
     def _score(self, test: CachedOutputs) -> np.ndarray:
@@ -340,6 +342,7 @@ class MLS(Baseline):
     """Maximum logit."""
 
     name = "mls"
+    label = "MLS"
     score_fields = ("logits",)
 
     def _score(self, test: CachedOutputs) -> np.ndarray:
@@ -350,6 +353,7 @@ class EBO(Baseline):
     """Energy score ``T * logsumexp(logits / T)``."""
 
     name = "ebo"
+    label = "EBO"
     score_fields = ("logits",)
 
     def __init__(self, temperature: float = 1.0) -> None:
@@ -371,6 +375,7 @@ class ODIN(Baseline):
     """
 
     name = "odin"
+    label = "ODIN"
 
     def __init__(self, temperature: float = 1000.0, noise: float = 0.0014) -> None:
         if temperature <= 0 or noise < 0:
@@ -395,6 +400,7 @@ class ReAct(_LinearHead):
     """Energy after clipping features at the ``percentile``-th percentile of train features."""
 
     name = "react"
+    label = "ReAct"
     fit_fields = ("features",)
     score_fields = ("features",)
 
@@ -427,6 +433,7 @@ class KNN(Baseline):
     """
 
     name = "knn"
+    label = "KNN"
     fit_fields = ("features",)
     score_fields = ("features",)
 
@@ -471,6 +478,7 @@ class ViM(_LinearHead):
     """Virtual-logit matching: ``energy(W f + b) - alpha * ||P_perp (f - u)||``."""
 
     name = "vim"
+    label = "ViM"
     fit_fields = ("features",)
     score_fields = ("features",)
 
@@ -515,6 +523,7 @@ class Mahalanobis(Baseline):
     """
 
     name = "mahalanobis"
+    label = "Mahalanobis"
     fit_fields = ("features", "labels")
     score_fields = ("features",)
 
@@ -562,6 +571,7 @@ class DeepEnsemble(Baseline):
     """
 
     name = "deep_ensemble"
+    label = "Deep Ensemble"
     score_fields = ("ensemble_logits",)
 
     def __init__(self, average: str = "logits") -> None:
@@ -579,6 +589,7 @@ class MCDropout(Baseline):
     """
 
     name = "mc_dropout"
+    label = "MC-Dropout"
     score_fields = ("mc_logits",)
 
     def __init__(self, average: str = "logits") -> None:
@@ -593,6 +604,9 @@ BASELINES: dict[str, type[Baseline]] = {
     for cls in (MSP, MLS, EBO, ODIN, ReAct, KNN, ViM, Mahalanobis, DeepEnsemble, MCDropout)
 }
 """Baseline classes by config name."""
+
+BASELINE_LABELS = {name: cls.label for name, cls in BASELINES.items()}
+"""Display label of each baseline, by config name (from the classes)."""
 
 
 def make_baseline(

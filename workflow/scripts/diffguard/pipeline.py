@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from diffguard import io
+from diffguard.baselines import BASELINE_LABELS
 from diffguard.data import read_imglist, subsample, validate_labels, write_imglist
 from diffguard.runtime import (  # noqa: F401  (re-exported for the rule scripts)
     crop_sizes,
@@ -529,17 +530,3 @@ def evaluate_stage(
     frame.insert(0, "run", run)
     io.write_csv(out, frame)
     log.info("wrote %d metric rows to %s", len(frame), out)
-
-
-BASELINE_LABELS = {
-    "msp": "MSP",
-    "mls": "MLS",
-    "ebo": "EBO",
-    "odin": "ODIN",
-    "react": "ReAct",
-    "knn": "KNN",
-    "vim": "ViM",
-    "mahalanobis": "Mahalanobis",
-    "mc_dropout": "MC-Dropout",
-    "deep_ensemble": "Deep Ensemble",
-}
