@@ -71,6 +71,15 @@ METRIC_DEFINITIONS = {
 METRIC_LABELS = {key: f"{text} [%]" for key, text in METRIC_DEFINITIONS.items()}
 """Human labels (axis and column titles) naming each metric's convention, in percent."""
 
+METRIC_TITLES = {
+    "auroc": "AUROC",
+    "aupr_in": "AUPR-In",
+    "aupr_out": "AUPR-Out",
+    "fpr95_id_recall": "FPR@95",
+    "fpr95_ood_recall": "FPR@95",
+}
+"""Short column titles of tables (the two FPR@95 conventions are told apart by a mark)."""
+
 HIGHER_IS_BETTER = {
     "auroc": True,
     "aupr_in": True,

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from diffguard.io import write_csv, write_text
-from diffguard.metrics import HIGHER_IS_BETTER, METRIC_DEFINITIONS, METRIC_KEYS
+from diffguard.metrics import HIGHER_IS_BETTER, METRIC_DEFINITIONS, METRIC_KEYS, METRIC_TITLES
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ FPR_CONVENTIONS = {
 }
 """Plain-text definitions of the two FPR@95 conventions (notes of every table with an FPR):
 ``FPR@95 (a) = FPR@95TPR, ID positive: ... (DiffGuard; OpenOOD ≤ 8d44375, incl. its v1.5 tag)``."""
-
-METRIC_TITLES = {
-    "auroc": "AUROC",
-    "aupr_in": "AUPR-In",
-    "aupr_out": "AUPR-Out",
-    "fpr95_id_recall": "FPR@95",
-    "fpr95_ood_recall": "FPR@95",
-}
 
 PER_SET_METRICS = ("auroc", "fpr95_id_recall")
 """Metrics shown for each OOD set (the paper's Table 1/2 layout)."""
