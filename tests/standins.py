@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import os
 import sys
 import types
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -696,3 +700,22 @@ def serve_downloads(
         entry["filename"] = path.name
         # checkpoints pinned; archives recorded on first download (both code paths run)
         entry["sha256"] = None if entry.get("extract") else _sha256(path)
+
+
+def smooth_png(rng: np.random.Generator, blocks: tuple[int, int], noise: float = 0.0) -> bytes:
+    """PNG bytes of a smooth random colour image: 8 x 8 blocks, plus Gaussian ``noise``."""
+    base = rng.uniform(0, 255, size=(*blocks, 3))
+    img = np.kron(base, np.ones((8, 8, 1)))
+    if noise:
+        img = img + rng.normal(0, noise, size=img.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    """A zip archive of ``members`` (name -> bytes), in name order."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in sorted(members.items()):
+            zf.writestr(name, data)
+    return path

@@ -10,10 +10,8 @@ all run. No rule is bypassed.
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import sys
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -47,21 +45,6 @@ def _image(rng: np.random.Generator, path: Path, fmt: str) -> None:
     big = np.kron(base, np.ones((8, 8, 1))) + rng.normal(0, 12, size=(40, 48, 3))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)).save(path, format=fmt)
-
-
-def _zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in sorted(members.items()):
-            zf.writestr(name, data)
-    return path
-
-
-def _png_bytes(rng: np.random.Generator) -> bytes:
-    buf = io.BytesIO()
-    base = rng.uniform(0, 255, size=(5, 6, 3))
-    img = np.kron(base, np.ones((8, 8, 1)))
-    Image.fromarray(img.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def real_val_lines(n: int, seed: int) -> list[tuple[str, int]]:
@@ -107,10 +90,12 @@ def build_served(root: Path) -> dict[str, Any]:
     lists["train_imagenet"] = "\n".join(lines) + "\n"
     files: dict[str, Path] = {}
     for dataset, (folder, list_file) in OOD_SETS.items():
-        members = {f"img_{i:03d}.png": _png_bytes(rng) for i in range(SIZES[dataset] + 2)}
-        files[folder] = _zip(served / f"{folder}.zip", members)
+        members = {
+            f"img_{i:03d}.png": standins.smooth_png(rng, (5, 6)) for i in range(SIZES[dataset] + 2)
+        }
+        files[folder] = standins.write_zip(served / f"{folder}.zip", members)
         lists[list_file.removesuffix(".txt")] = "".join(f"{folder}/{m} -1\n" for m in members)
-    files["openood_v1_imglists"] = _zip(
+    files["openood_v1_imglists"] = standins.write_zip(
         served / "benchmark_imglist.zip",
         {f"benchmark_imglist/imagenet/{name}.txt": text.encode() for name, text in lists.items()},
     )

@@ -13,9 +13,7 @@ all run. No rule is bypassed.
 
 from __future__ import annotations
 
-import io
 import sys
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +23,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -48,22 +45,6 @@ IMAGE_ARCHIVES = {
 }
 
 
-def _png_bytes(rng: np.random.Generator) -> bytes:
-    """A smooth random 32 x 32 colour image."""
-    buf = io.BytesIO()
-    base = rng.uniform(0, 255, size=(4, 4, 3))
-    img = np.kron(base, np.ones((8, 8, 1))) + rng.normal(0, 10, size=(32, 32, 3))
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in sorted(members.items()):
-            zf.writestr(name, data)
-    return path
-
-
 def build_served(root: Path) -> dict[str, Any]:
     """OpenOOD-layout data and released-format checkpoints under ``root``; returns their files."""
     rng = np.random.default_rng(0)
@@ -77,12 +58,12 @@ def build_served(root: Path) -> dict[str, Any]:
             lines = []
             for i in range(SIZES[dataset] + 2):  # lists longer than the configured n
                 rel = f"{split}/{folder}_{split}_{i:05d}.png"
-                members[rel] = _png_bytes(rng)
+                members[rel] = standins.smooth_png(rng, (4, 4), noise=10)
                 label = i % NUM_CLASSES if labelled else -1
                 lines.append(f"{folder}/{rel} {label}\n")
             lists[list_name] = "".join(lines)
-        files[key] = _zip(served / f"{folder}.zip", members)
-    files["openood_v1_imglists"] = _zip(
+        files[key] = standins.write_zip(served / f"{folder}.zip", members)
+    files["openood_v1_imglists"] = standins.write_zip(
         served / "benchmark_imglist.zip",
         {f"benchmark_imglist/cifar10/{name}.txt": text.encode() for name, text in lists.items()},
     )
