@@ -22,18 +22,11 @@ import yaml
 from diffusers import UNet2DModel
 from PIL import Image
 
-from diffguard import io
+from diffguard import io, method_api
 from diffguard.classifiers import build_classifier
 from diffguard.config import method_settings, resolve_experiment
 from diffguard.gdm import CallCounter
-from diffguard.method_api import (
-    MethodBatch,
-    MethodJob,
-    MethodOutput,
-    finish,
-    to_model_size,
-    unconditional_eps,
-)
+from diffguard.method_api import MethodBatch, MethodJob, MethodOutput
 from diffguard.methods import METHODS, Method, get_method, method_names, register
 from diffguard.training import save_model, small_unet_kwargs
 
@@ -70,16 +63,16 @@ def run_batch(
 ) -> MethodOutput:
     assert job.extras == {"prepared": True}
     s = job.settings
-    x = to_model_size(job, batch.x)
+    x = method_api.to_model_size(job, batch.x)
     t = torch.full((x.shape[0],), s.timestep, dtype=torch.long, device=x.device)
     with torch.no_grad():
-        recon = (x - s.step * unconditional_eps(job.model)(x, t)).clamp(-1, 1).cpu()
+        recon = (x - s.step * method_api.unconditional_eps(job.model)(x, t)).clamp(-1, 1).cpu()
     if counter is not None:
         counter.add_unet(x.shape[0])
     twin = (x / 2).cpu() if s.twin else None
     n = x.shape[0]
     rev_t = torch.zeros(n, dtype=torch.long)
-    return finish(job, batch, recon, twin, rev_t, rev_t.clone(), torch.zeros((n, 0)))
+    return method_api.finish(job, batch, recon, twin, rev_t, rev_t.clone(), torch.zeros((n, 0)))
 
 
 @pytest.fixture
@@ -149,23 +142,11 @@ def test_a_registered_method_runs_through_the_reconstruction_job(
     paths = _tiny_run(tmp_path)
     experiment = {"name": "toy_main", "method": "toy", "toy": {"step": 0.3, "twin": twin}}
     benchmark = {"image_size": 12, "channels": 1, "num_classes": NUM_CLASSES}
-    reconstruct_shard(
-        imglist=tmp_path / "list.txt",
-        benchmark_json=tmp_path / "benchmark.json",
-        predictions=tmp_path / "preds.npz",
-        classifier_weights=paths["clf"],
-        model_dir=paths["unet"],
-        experiment=experiment,
-        benchmark=benchmark,
-        seed=0,
-        shard=0,
-        shard_size=3,
-        batch_size=2,
-        distances=["l2"],
-        save_images=3,
-        device_name="cpu",
-        out=tmp_path / "shard.npz",
-    )
+    files = {"imglist": "list.txt", "benchmark_json": "benchmark.json", "predictions": "preds.npz"}
+    job: dict[str, Any] = {key: tmp_path / name for key, name in files.items()}
+    job.update(classifier_weights=paths["clf"], model_dir=paths["unet"], device_name="cpu")
+    job.update(shard=0, shard_size=3, batch_size=2, seed=0, save_images=3, distances=["l2"])
+    reconstruct_shard(experiment=experiment, benchmark=benchmark, out=tmp_path / "shard.npz", **job)
     got = io.read_npz(tmp_path / "shard.npz")
     assert got["image_ids"].tolist() == ["im0", "im1", "im2"]
     assert got["guide_labels"].tolist() == [1, 2, 3]

@@ -199,22 +199,35 @@ def run_batch(
 ) -> MethodOutput:
     """CFG on one batch: the Grad-CAM mask of the input (``use_cam``), :func:`reconstruct` at
     the model's size (in its latent space for the LDM), the twin with ``uncond_aux``."""
-    s, model = job.settings, job.model
+    s = job.settings
     mask = (
         grad_cam_mask(job.classifier, batch.images01(), batch.labels, s.cam_cut, counter)
         if s.use_cam
         else None
     )
-    res = reconstruct(
+    return run_with(reconstruct, job, batch, counter, mask)
+
+
+def run_with(
+    fn: Callable[..., CfgResult],
+    job: MethodJob,
+    batch: MethodBatch,
+    counter: CallCounter | None,
+    mask: Any,
+) -> MethodOutput:
+    """``fn`` (:func:`reconstruct` with a ``mask``, or the released execution's port of it with
+    a mask function) on one batch at the model's size, the outputs back at the batch's size."""
+    s, model = job.settings, job.model
+    res = fn(
         model.eps,
         to_model_size(job, batch.x),
         batch.labels,
         int(model.null_label),
         s,
         mask,
-        encode=lambda v: model.encode(v, quantize=s.encode_quantize),
-        decode=lambda z: model.decode(z, quantize=s.decode_quantize),
-        counter=counter,
+        lambda v: model.encode(v, quantize=s.encode_quantize),
+        lambda z: model.decode(z, quantize=s.decode_quantize),
+        counter,
     )
     n = batch.x.shape[0]
     rev_t = torch.full((n,), s.ddim_steps - 1)  # no early stop: the whole grid

@@ -437,7 +437,19 @@ def run_batch(
     job: MethodJob, batch: MethodBatch, counter: CallCounter | None = None
 ) -> MethodOutput:
     """GDM on one batch: :func:`reconstruct` at the model's size (twin with ``uncond_aux``)."""
-    res = reconstruct(
+    return run_with(reconstruct, job, batch, counter)
+
+
+def run_with(
+    fn: Callable[..., GdmResult],
+    job: MethodJob,
+    batch: MethodBatch,
+    counter: CallCounter | None,
+    *args: Any,
+) -> MethodOutput:
+    """``fn`` (:func:`reconstruct`, or the released execution's port of it, which takes
+    ``args`` more) on one batch at the model's size, the outputs back at the batch's size."""
+    res = fn(
         unconditional_eps(job.model),
         job.classifier,
         to_model_size(job, batch.x),
@@ -445,6 +457,7 @@ def run_batch(
         job.settings,
         job.extras.get("similarities", {}),
         counter,
+        *args,
     )
     return finish(
         job, batch, res.recon, res.recon_uncond, res.rev_t, res.start_index, res.psnr_trace

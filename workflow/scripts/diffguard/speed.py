@@ -30,14 +30,7 @@ import torch
 
 from diffguard import cfg, gdm, io
 from diffguard import released_port as rp
-from diffguard.method_api import (
-    MethodBatch,
-    MethodJob,
-    MethodOutput,
-    finish,
-    to_model_size,
-    unconditional_eps,
-)
+from diffguard.method_api import MethodBatch, MethodJob, MethodOutput
 from diffguard.methods import get_method, method_by_label, start_job
 from diffguard.tables import latex_escape
 
@@ -317,19 +310,7 @@ def _gdm_port(
     job: MethodJob, batch: MethodBatch, counter: Any, denoise_batch_size: int
 ) -> MethodOutput:
     """GDM as the released code executes it (:func:`.released_port.gdm_reconstruct_released`)."""
-    res = rp.gdm_reconstruct_released(
-        unconditional_eps(job.model),
-        job.classifier,
-        to_model_size(job, batch.x),
-        batch.labels,
-        job.settings,
-        job.extras.get("similarities", {}),
-        counter,
-        denoise_batch_size,
-    )
-    return finish(
-        job, batch, res.recon, res.recon_uncond, res.rev_t, res.start_index, res.psnr_trace
-    )
+    return gdm.run_with(rp.gdm_reconstruct_released, job, batch, counter, denoise_batch_size)
 
 
 def _cfg_port(
@@ -339,27 +320,12 @@ def _cfg_port(
 
     Its split is the whole batch: Grad-CAM runs on the batch's own images, as in ours.
     """
-    s, model = job.settings, job.model
 
     def mask_fn(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        s = job.settings
         return cfg.grad_cam_mask(job.classifier, batch.images01(), ys, s.cam_cut, counter)
 
-    res = rp.cfg_reconstruct_released(
-        model.eps,
-        to_model_size(job, batch.x),
-        batch.labels,
-        int(model.null_label),
-        s,
-        mask_fn,
-        lambda v: model.encode(v, quantize=s.encode_quantize),
-        lambda z: model.decode(z, quantize=s.decode_quantize),
-        counter,
-    )
-    n = batch.x.shape[0]
-    rev_t = torch.full((n,), s.ddim_steps - 1)
-    return finish(
-        job, batch, res.recon, res.recon_uncond, rev_t, rev_t.clone(), torch.zeros((n, 0))
-    )
+    return cfg.run_with(rp.cfg_reconstruct_released, job, batch, counter, mask_fn)
 
 
 PORTS: dict[str, Callable[[MethodJob, MethodBatch, Any, int], MethodOutput]] = {
@@ -564,9 +530,7 @@ def _timed_passes(
     bench: _Bench,
     method: str,
     runners: Mapping[str, Runner],
-    x_all: torch.Tensor,
-    labels_all: torch.Tensor,
-    batch_size: int,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
 ) -> _Passes:
     """Both implementations over all loader batches, alternating per batch, ``repeats`` times.
 
@@ -583,9 +547,7 @@ def _timed_passes(
         outputs: dict[str, dict[str, list[torch.Tensor]]] = {
             impl: {"ref": [], "recon": []} for impl in names
         }
-        for k, first in enumerate(range(0, x_all.shape[0], batch_size)):
-            x = x_all[first : first + batch_size]
-            y = labels_all[first : first + batch_size]
+        for k, (x, y) in enumerate(batches):
             # alternate who goes first, so that neither always pays for new shapes or cold caches
             for impl in names if (k + repeat) % 2 == 0 else names[::-1]:
                 bench.memory.start()
@@ -625,7 +587,9 @@ def _measure(
     """One table row per implementation: :func:`_timed_passes`, scores against the port's."""
     n = x_all.shape[0]
     names = list(runners)
-    p = _timed_passes(bench, method, runners, x_all, labels_all, batch_size)
+    firsts = range(0, n, batch_size)
+    batches = [(x_all[f : f + batch_size], labels_all[f : f + batch_size]) for f in firsts]
+    p = _timed_passes(bench, method, runners, batches)
     scores: dict[str, dict[str, torch.Tensor]] = {}
     recon_all: dict[str, torch.Tensor] = {}
     for impl in names:
