@@ -151,8 +151,7 @@ def test_lpips_is_an_early_stop_metric(monkeypatch: pytest.MonkeyPatch) -> None:
     """early_stop_metrics accepts lpips (score -LPIPS, noisy x unclamped); unknown names fail."""
     import piq
 
-    from diffguard import reconstruction
-    from diffguard.gdm import GdmSettings, early_stop_similarities
+    from diffguard.gdm import GdmSettings, early_stop_similarities, perceptual_similarity
 
     seen: list[torch.Tensor] = []
 
@@ -167,7 +166,7 @@ def test_lpips_is_an_early_stop_metric(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(piq, "LPIPS", FakeLpips)
     monkeypatch.setattr("diffguard.distances.require_perceptual_weights", lambda name, hub: None)
     settings = GdmSettings(early_stop_metrics=("psnr", "lpips"), early_stop_thresholds=(48.5, -0.1))
-    sim = reconstruction.perceptual_similarity("lpips", None, torch.device("cpu"))
+    sim = perceptual_similarity("lpips", None, torch.device("cpu"))
     sims = early_stop_similarities(settings, {"lpips": sim})
     assert list(sims) == ["psnr", "lpips"]
     x0 = torch.zeros(2, 1, 8, 8)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from diffguard.gdm import CallCounter
+from diffguard.method_api import MethodBatch, MethodJob, MethodOutput, finish, to_model_size
 from diffguard.settings import CfgSettings  # defined torch-free for parsing; re-exported here
 
 log = logging.getLogger(__name__)
@@ -154,4 +156,81 @@ def reconstruct(
         recon=images[:n].cpu(),
         recon_uncond=images[n:].cpu() if settings.uncond_aux else None,
         mask=None if use_mask is None else use_mask.cpu(),
+    )
+
+
+# ------------------------------------------------------------------------- the batch entry point
+def grad_cam_mask(
+    classifier: torch.nn.Module,
+    x01: torch.Tensor,
+    labels: torch.Tensor,
+    cam_cut: float,
+    counter: CallCounter | None = None,
+) -> torch.Tensor:
+    """Binary Grad-CAM mask of ``x01`` (images in [0, 1]) for ``labels``, cut at ``cam_cut``.
+
+    Counted as one classifier forward and backward per image.
+    """
+    from diffguard.cam import cam_mask
+
+    if counter is not None:
+        counter.classifier_forward_rows += len(x01)
+        counter.classifier_backward_rows += len(x01)
+    layer = classifier.cam_layer  # type: ignore[attr-defined]
+    return cam_mask(classifier, layer, x01, labels, cam_cut)
+
+
+def check_model(model: Any, where: str) -> None:
+    """CFG needs the conditional and the unconditional epsilon: a class-conditional model."""
+    if not model.conditional:
+        raise ValueError(
+            f"{where}: method cfg needs a class-conditional model, "
+            f"got an unconditional {model.source} one"
+        )
+
+
+def prepare(settings: CfgSettings, torch_hub_dir: str | None, device: Any) -> dict[str, Any]:
+    """Nothing is built per job (the mask depends on each batch)."""
+    return {}
+
+
+def run_batch(
+    job: MethodJob, batch: MethodBatch, counter: CallCounter | None = None
+) -> MethodOutput:
+    """CFG on one batch: the Grad-CAM mask of the input (``use_cam``), :func:`reconstruct` at
+    the model's size (in its latent space for the LDM), the twin with ``uncond_aux``."""
+    s = job.settings
+    mask = (
+        grad_cam_mask(job.classifier, batch.images01(), batch.labels, s.cam_cut, counter)
+        if s.use_cam
+        else None
+    )
+    return run_with(reconstruct, job, batch, counter, mask)
+
+
+def run_with(
+    fn: Callable[..., CfgResult],
+    job: MethodJob,
+    batch: MethodBatch,
+    counter: CallCounter | None,
+    mask: Any,
+) -> MethodOutput:
+    """``fn`` (:func:`reconstruct` with a ``mask``, or the released execution's port of it with
+    a mask function) on one batch at the model's size, the outputs back at the batch's size."""
+    s, model = job.settings, job.model
+    res = fn(
+        model.eps,
+        to_model_size(job, batch.x),
+        batch.labels,
+        int(model.null_label),
+        s,
+        mask,
+        lambda v: model.encode(v, quantize=s.encode_quantize),
+        lambda z: model.decode(z, quantize=s.decode_quantize),
+        counter,
+    )
+    n = batch.x.shape[0]
+    rev_t = torch.full((n,), s.ddim_steps - 1)  # no early stop: the whole grid
+    return finish(
+        job, batch, res.recon, res.recon_uncond, rev_t, rev_t.clone(), torch.zeros((n, 0))
     )

@@ -12,10 +12,7 @@ from typing import Any
 
 # Imported while the workflow is parsed: keep this module's imports to the standard library and
 # torch-free package modules (tests/workflow/test_parse_imports.py checks it).
-from diffguard.settings import CfgSettings, GdmSettings
-
-METHOD_SETTINGS = {"gdm": GdmSettings, "cfg": CfgSettings}
-
+from diffguard.methods import METHODS, get_method
 
 TRACE_IMAGES = 100
 """Default images per dataset of an ``inversion_trace_only`` experiment (schema default)."""
@@ -58,7 +55,7 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
     if "method" not in resolved:
         raise ConfigError(f"experiments.{name}: no `method` (gdm or cfg) in it or its bases")
     method = resolved["method"]
-    settings_cls = METHOD_SETTINGS[method]
+    settings_cls = get_method(method, f"experiments.{name}.method").settings
     overrides = resolved.get(method, {})
     known = {f.name for f in dataclasses.fields(settings_cls)}
     if method == "gdm":
@@ -112,10 +109,10 @@ def expand_grid(experiments: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
             raise ConfigError(f"experiments.{base}.grid: expected a mapping of key -> values")
         for dotted, values in grid.items():
             parts = str(dotted).split(".")
-            if len(parts) < 2 or parts[0] not in METHOD_SETTINGS or not all(parts):
+            if len(parts) < 2 or parts[0] not in METHODS or not all(parts):
                 raise ConfigError(
                     f"experiments.{base}.grid: key {dotted!r} must be '<method>.<setting>' "
-                    f"(e.g. 'cfg.cam_cut'), method one of {sorted(METHOD_SETTINGS)}"
+                    f"(e.g. 'cfg.cam_cut'), method one of {sorted(METHODS)}"
                 )
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"experiments.{base}.grid.{dotted}: expected a non-empty list")
@@ -199,9 +196,7 @@ def resolve_crop_seed(rule: Any, seed: int, name: str = "?") -> int:
     )
 
 
-def method_settings(
-    experiment: dict[str, Any], seed: int | None = None
-) -> GdmSettings | CfgSettings:
+def method_settings(experiment: dict[str, Any], seed: int | None = None) -> Any:
     """Typed settings of a resolved experiment; the seed drives the GDM crop generator."""
     method = experiment["method"]
     values = dict(experiment.get(method, {}))
@@ -212,7 +207,7 @@ def method_settings(
     if method == "gdm" and seed is not None and "cutouts_seed" not in values:
         values["cutouts_seed"] = resolve_crop_seed(crop_seed, seed, experiment["name"])
     try:
-        return METHOD_SETTINGS[method](**values)
+        return get_method(method, f"experiments.{experiment['name']}.method").settings(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"experiments.{experiment['name']}.{method}: {err}") from err
 

@@ -82,9 +82,7 @@ def predict_x0(
 ) -> torch.Tensor:
     """Clipped ``x̂0`` from epsilon (``p_mean_variance`` with ``clip_denoised=True``)."""
     idx = torch.full((x_t.shape[0],), index, dtype=torch.long, device=x_t.device)
-    x0 = schedule.coef("sqrt_recip_alphas_cumprod", idx) * x_t
-    x0 = x0 - schedule.coef("sqrt_recipm1_alphas_cumprod", idx) * eps
-    return x0.clamp(-1, 1)
+    return schedule.predict_x0(x_t, eps, idx).clamp(-1, 1)
 
 
 def _crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -278,6 +276,7 @@ def compute_predictions(
     dtype: str | None = None,
 ) -> pd.DataFrame:
     """Rule fig2_predictions: per-image predictions of every curve, written as CSV."""
+    from diffguard.method_api import unconditional_eps
     from diffguard.runtime import (
         image_root,
         load_diffusion_model,
@@ -299,46 +298,8 @@ def compute_predictions(
     classifier = load_trained_classifier(classifier_weights, device)
     # the top-level dtype fallback, else the released precision of the model's source
     backend = load_diffusion_model(model_dir, device, dtype or "released", "dtype")
-    if backend.latent:
-        raise ValueError(
-            f"figures.fig2.model: x̂0 needs a pixel-space diffusion model, got {backend.source}"
-        )
-    if backend.sample_size != settings.image_size:
-        raise ValueError(
-            f"figures.fig2.image_size = {settings.image_size} but the diffusion model in "
-            f"{model_dir} works at {backend.sample_size} px (the released scripts use 256 for both)"
-        )
-    sched_info = backend.info.get("schedule") or {}
-    if not sched_info:
-        log.warning("%s records no noise schedule: assuming the ADM linear schedule", model_dir)
-    schedule = gdm_schedule(
-        settings.respacing,
-        int(sched_info.get("num_train_steps", 1000)),
-        sched_info.get("beta_schedule", "linear"),
-        float(sched_info.get("beta_start", 1e-4)),
-        float(sched_info.get("beta_end", 0.02)),
-    )
-
-    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if backend.conditional:  # the unconditional branch of a conditional model
-            null = torch.full((x.shape[0],), int(backend.null_label), dtype=torch.long)
-            return backend.eps(x, t, null.to(x.device))
-        return backend.eps(x, t)
-
-    noisy = None
-    if settings.noisy_classifier is not None:
-        if noisy_checkpoint is None:
-            raise ValueError("figures.fig2.noisy_classifier is set but no checkpoint was given")
-        from diffguard.convert.adm_classifier import load_adm_classifier
-
-        noisy = load_adm_classifier(
-            noisy_checkpoint, dict(settings.noisy_classifier.get("options", {})), device
-        )
-        if noisy.image_size != settings.image_size:
-            raise ValueError(
-                f"figures.fig2.noisy_classifier.options.image_size = {noisy.image_size} but "
-                f"figures.fig2.image_size = {settings.image_size}"
-            )
+    schedule = _model_schedule(backend, settings, model_dir)
+    noisy = _noisy_classifier(settings, noisy_checkpoint, device)
     root = image_root(benchmark_json)
     pre = max(settings.resize_size or settings.image_size, settings.image_size)
     log.info(
@@ -351,21 +312,14 @@ def compute_predictions(
         settings.curves,
         device,
     )
+    eps_model = unconditional_eps(backend)  # a conditional model's unconditional branch
     frames = []
     for start in range(0, len(records), settings.batch_size):
         chunk = records[start : start + settings.batch_size]
         x = load_records_images(chunk, root, settings.image_size, channels, pre).to(device) * 2 - 1
+        ids, labels = [r.image_id for r in chunk], [r.label for r in chunk]
         frames.append(
-            predict_over_timesteps(
-                x,
-                [r.image_id for r in chunk],
-                [r.label for r in chunk],
-                settings,
-                schedule,
-                classifier,
-                eps_model,
-                noisy,
-            )
+            predict_over_timesteps(x, ids, labels, settings, schedule, classifier, eps_model, noisy)
         )
         log.info("%d/%d images", min(start + settings.batch_size, len(records)), len(records))
     predictions = pd.concat(frames, ignore_index=True).sort_values(
@@ -373,6 +327,52 @@ def compute_predictions(
     )
     io.write_csv(out, predictions)
     return predictions
+
+
+def _model_schedule(
+    backend: Any, settings: Fig2Settings, model_dir: str | Path
+) -> RespacedSchedule:
+    """The pixel-space model's respaced schedule (``settings.respacing``) at its sample size."""
+    if backend.latent:
+        raise ValueError(
+            f"figures.fig2.model: x̂0 needs a pixel-space diffusion model, got {backend.source}"
+        )
+    if backend.sample_size != settings.image_size:
+        raise ValueError(
+            f"figures.fig2.image_size = {settings.image_size} but the diffusion model in "
+            f"{model_dir} works at {backend.sample_size} px (the released scripts use 256 for both)"
+        )
+    sched_info = backend.info.get("schedule") or {}
+    if not sched_info:
+        log.warning("%s records no noise schedule: assuming the ADM linear schedule", model_dir)
+    return gdm_schedule(
+        settings.respacing,
+        int(sched_info.get("num_train_steps", 1000)),
+        sched_info.get("beta_schedule", "linear"),
+        float(sched_info.get("beta_start", 1e-4)),
+        float(sched_info.get("beta_end", 0.02)),
+    )
+
+
+def _noisy_classifier(
+    settings: Fig2Settings, checkpoint: str | Path | None, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """guided-diffusion's noise-aware classifier (``figures.fig2.noisy_classifier``), or None."""
+    if settings.noisy_classifier is None:
+        return None
+    if checkpoint is None:
+        raise ValueError("figures.fig2.noisy_classifier is set but no checkpoint was given")
+    from diffguard.convert.adm_classifier import load_adm_classifier
+
+    noisy = load_adm_classifier(
+        checkpoint, dict(settings.noisy_classifier.get("options", {})), device
+    )
+    if noisy.image_size != settings.image_size:
+        raise ValueError(
+            f"figures.fig2.noisy_classifier.options.image_size = {noisy.image_size} but "
+            f"figures.fig2.image_size = {settings.image_size}"
+        )
+    return noisy
 
 
 def plot_figure2(

@@ -12,11 +12,20 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffguard.method_api import (
+    MethodBatch,
+    MethodJob,
+    MethodOutput,
+    finish,
+    to_model_size,
+    unconditional_eps,
+)
 from diffguard.settings import GdmSettings  # defined torch-free for parsing; re-exported here
 
 log = logging.getLogger(__name__)
@@ -119,12 +128,10 @@ def invert(
         eps = eps_model(x_a, t)
         if counter is not None:
             counter.add_unet(len(rows))
-        sr = sched.coef("sqrt_recip_alphas_cumprod", index, x.ndim)
-        srm1 = sched.coef("sqrt_recipm1_alphas_cumprod", index, x.ndim)
-        x0_hat = sr * x_a - srm1 * eps
+        x0_hat = sched.predict_x0(x_a, eps, index)
         if i > 0 or settings.clip_first_inversion_step:
             x0_hat = x0_hat.clamp(-1, 1)
-        eps = (sr * x_a - x0_hat) / srm1
+        eps = sched.predict_eps(x_a, x0_hat, index)
         alpha_next = sched.coef("alphas_cumprod_next", index, x.ndim)
         x_next = x0_hat * torch.sqrt(alpha_next) + torch.sqrt(1 - alpha_next) * eps
         x[rows] = x_next
@@ -312,13 +319,11 @@ def guided_sample(
         eps = eps_model(x_a, timesteps[index])
         if counter is not None:
             counter.add_unet(len(rows))
-        sr = sched.coef("sqrt_recip_alphas_cumprod", index, x.ndim)
-        srm1 = sched.coef("sqrt_recipm1_alphas_cumprod", index, x.ndim)
         alpha = sched.coef("alphas_cumprod", index, x.ndim)
         alpha_prev = sched.coef("alphas_cumprod_prev", index, x.ndim)
-        x0_raw = sr * x_a - srm1 * eps
+        x0_raw = sched.predict_x0(x_a, eps, index)
         x0_hat = x0_raw.clamp(-1, 1) if settings.clip_denoised else x0_raw
-        eps = (sr * x_a - x0_hat) / srm1
+        eps = sched.predict_eps(x_a, x0_hat, index)
         one_minus_alpha_sqrt = torch.sqrt(1 - alpha)
         grad = classifier_guidance(
             classifier,
@@ -332,8 +337,8 @@ def guided_sample(
             counter,
         )
         eps = eps - one_minus_alpha_sqrt * grad
-        x0_guided = sr * x_a - srm1 * eps
-        eps = (sr * x_a - x0_guided) / srm1
+        x0_guided = sched.predict_x0(x_a, eps, index)
+        eps = sched.predict_eps(x_a, x0_guided, index)
         x[rows] = x0_guided * torch.sqrt(alpha_prev) + torch.sqrt(1 - alpha_prev) * eps
     return x
 
@@ -375,4 +380,94 @@ def reconstruct(
         recon=recon.cpu(),
         recon_uncond=None if recon_uncond is None else recon_uncond.cpu(),
         psnr_trace=trace,
+    )
+
+
+# ------------------------------------------------------------------------- the batch entry point
+EARLY_STOP_PERCEPTUAL = ("dists", "lpips")
+"""Perceptual early-stop metrics (``psnr`` is built in: :func:`early_stop_similarities`)."""
+
+
+def perceptual_similarity(name: str, torch_hub_dir: str | None, device: torch.device) -> Similarity:
+    """Early-stop similarity ``1 - DISTS`` or ``-LPIPS`` of ``(x/2 + 0.5, x0/2 + 0.5)``.
+
+    As the released ``CombinedMetrics``: unlike the final score, the noisy sample is not
+    clamped to [0, 1]. The transform is the tester's (PAPER.md C.4), so an ``lpips`` threshold
+    is negative (stop when ``-LPIPS < threshold``).
+    """
+    import piq
+
+    from diffguard.distances import require_perceptual_weights
+
+    if name not in EARLY_STOP_PERCEPTUAL:
+        raise ValueError(f"perceptual early-stop metric {name!r}: expected {EARLY_STOP_PERCEPTUAL}")
+    require_perceptual_weights(name, torch_hub_dir)
+    metric = (piq.DISTS if name == "dists" else piq.LPIPS)(reduction="none").to(device).eval()
+
+    @torch.no_grad()
+    def similarity(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        a, b = x.float() / 2 + 0.5, x0.float() / 2 + 0.5
+        if a.shape[1] == 1:
+            a, b = a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)
+        dist = metric(a, b)
+        return 1 - dist if name == "dists" else -dist
+
+    return similarity
+
+
+def check_model(model: Any, where: str) -> None:
+    """GDM inverts and regenerates in pixel space: a latent model is refused."""
+    if model.latent:
+        raise ValueError(
+            f"{where}: method gdm needs a pixel-space model, got a latent ({model.source}) one"
+        )
+
+
+def prepare(settings: GdmSettings, torch_hub_dir: str | None, device: Any) -> dict[str, Any]:
+    """The perceptual early-stop similarities the settings enable (built once per job)."""
+    similarities = {
+        name: perceptual_similarity(name, torch_hub_dir, device)
+        for name in EARLY_STOP_PERCEPTUAL
+        if name in settings.early_stop_metrics
+    }
+    return {"similarities": similarities}
+
+
+def run_batch(
+    job: MethodJob, batch: MethodBatch, counter: CallCounter | None = None
+) -> MethodOutput:
+    """GDM on one batch: :func:`reconstruct` at the model's size (twin with ``uncond_aux``)."""
+    return run_with(reconstruct, job, batch, counter)
+
+
+def run_with(
+    fn: Callable[..., GdmResult],
+    job: MethodJob,
+    batch: MethodBatch,
+    counter: CallCounter | None,
+    *args: Any,
+) -> MethodOutput:
+    """``fn`` (:func:`reconstruct`, or the released execution's port of it, which takes
+    ``args`` more) on one batch at the model's size, the outputs back at the batch's size."""
+    res = fn(
+        unconditional_eps(job.model),
+        job.classifier,
+        to_model_size(job, batch.x),
+        batch.labels,
+        job.settings,
+        job.extras.get("similarities", {}),
+        counter,
+        *args,
+    )
+    return finish(
+        job, batch, res.recon, res.recon_uncond, res.rev_t, res.start_index, res.psnr_trace
+    )
+
+
+def trace_batch(
+    job: MethodJob, batch: MethodBatch, counter: CallCounter | None = None
+) -> torch.Tensor:
+    """Fig. 4 on one batch: :func:`inversion_trace` of the images at the model's size."""
+    return inversion_trace(
+        unconditional_eps(job.model), to_model_size(job, batch.x), job.settings, counter
     )

@@ -15,14 +15,14 @@ import pandas as pd
 import torch
 
 from diffguard import io
-from diffguard.data import read_imglist, select_shard
-from diffguard.precision import select_precision
+from diffguard.data import ImageRecord, read_imglist, select_shard, subsample
+from diffguard.gdm import CallCounter
+from diffguard.method_api import MethodBatch, MethodJob, MethodOutput
 from diffguard.runtime import (
-    experiment_image_sizes,
+    ExperimentSetup,
     image_root,
-    load_diffusion_model,
-    load_experiment_images,
     load_trained_classifier,
+    open_experiment,
     resolve_device,
 )
 
@@ -70,58 +70,6 @@ def aligned_chunks(
     return chunks
 
 
-EARLY_STOP_PERCEPTUAL = ("dists", "lpips")
-"""Perceptual early-stop metrics (``psnr`` is built into :mod:`diffguard.gdm`)."""
-
-
-def perceptual_similarity(
-    name: str, torch_hub_dir: str | None, device: torch.device
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Early-stop similarity ``1 - DISTS`` or ``-LPIPS`` of ``(x/2 + 0.5, x0/2 + 0.5)``.
-
-    As the released ``CombinedMetrics``: unlike the final score, the noisy sample is not
-    clamped to [0, 1]. The transform is the tester's (PAPER.md C.4), so an ``lpips`` threshold
-    is negative (stop when ``-LPIPS < threshold``).
-    """
-    import piq
-
-    from diffguard.distances import require_perceptual_weights
-
-    if name not in EARLY_STOP_PERCEPTUAL:
-        raise ValueError(f"perceptual early-stop metric {name!r}: expected {EARLY_STOP_PERCEPTUAL}")
-    require_perceptual_weights(name, torch_hub_dir)
-    metric = (piq.DISTS if name == "dists" else piq.LPIPS)(reduction="none").to(device).eval()
-
-    @torch.no_grad()
-    def similarity(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        a, b = x.float() / 2 + 0.5, x0.float() / 2 + 0.5
-        if a.shape[1] == 1:
-            a, b = a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)
-        dist = metric(a, b)
-        return 1 - dist if name == "dists" else -dist
-
-    return similarity
-
-
-def dists_similarity(
-    torch_hub_dir: str | None, device: torch.device
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Early-stop similarity ``1 - DISTS(x/2 + 0.5, x0/2 + 0.5)``, the noisy image unclamped."""
-    return perceptual_similarity("dists", torch_hub_dir, device)
-
-
-def unconditional_eps(backend: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``eps(x, t)`` of a backend without guidance (a conditional model's null label)."""
-
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if backend.conditional:
-            null = torch.full((x.shape[0],), backend.null_label, dtype=torch.long)
-            return backend.eps(x, t, null.to(x.device))
-        return backend.eps(x, t)
-
-    return eps
-
-
 TRACE_COLUMNS = ("image_id", "label", "step", "timestep", "psnr_db", "psnr_peak")
 """Columns of an inversion-trace CSV: one row per image and inversion level ``step`` (1..S)."""
 
@@ -155,9 +103,7 @@ def inversion_trace_job(
             of ``imglists`` and ``outs`` differ.
     """
     from diffguard import gdm
-    from diffguard.backends import check_schedule, resize_images
-    from diffguard.config import method_settings
-    from diffguard.data import subsample
+    from diffguard.methods import start_job
 
     name = experiment["name"]
     if experiment["method"] != "gdm":
@@ -166,65 +112,68 @@ def inversion_trace_job(
         )
     if set(imglists) != set(outs):
         raise ValueError(f"inversion trace: lists {sorted(imglists)} but outputs {sorted(outs)}")
-    settings = method_settings(experiment)
-    assert isinstance(settings, gdm.GdmSettings)
     device = resolve_device(device_name)
     spec = json.loads(Path(classifier_spec).read_text(encoding="utf-8"))
-    backend = load_diffusion_model(
-        model_dir,
-        device,
-        select_precision(experiment.get("precision"), dtype),
-        f"experiments.{experiment['name']}.precision",
+    setup = open_experiment(
+        experiment, benchmark, model_dir, device, classifier_spec=spec, dtype=dtype
     )
-    if backend.latent:
-        raise ValueError(
-            f"experiments.{name}: an inversion trace needs a pixel-space model, got a latent "
-            f"({backend.source}) one"
-        )
-    check_schedule(backend, settings, f"experiments.{name}.gdm")
-    eps = unconditional_eps(backend)
+    # early stop off: the trace inverts over every step and builds no early-stop metric
+    settings = gdm.full_inversion_settings(setup.settings)
+    job = start_job("gdm", setup.model, None, settings, where=setup.where)
     root = image_root(benchmark_json)
-    levels = gdm.inversion_levels(settings)
-    steps = len(levels)
     frames = {}
     for dataset, imglist in imglists.items():
         records = read_imglist(imglist)
         n = None if images is None or images >= len(records) else int(images)
         records = subsample(records, n, int(benchmark.get("seed", 0)))
-        counter = gdm.CallCounter()
-        traces = []
-        start = time.perf_counter()
-        for first in range(0, len(records), batch_size):
-            chunk = records[first : first + batch_size]
-            x01 = load_experiment_images(chunk, root, experiment, benchmark, spec).to(device)
-            x_model = resize_images(x01 * 2 - 1, backend.sample_size)
-            traces.append(gdm.inversion_trace(eps, x_model, settings, counter).numpy())
-        trace = np.concatenate(traces) if traces else np.zeros((0, steps))
-        frame = pd.DataFrame(
-            {
-                "image_id": np.repeat([r.image_id for r in records], steps),
-                "label": np.repeat([r.label for r in records], steps),
-                "step": np.tile(np.arange(1, steps + 1), len(records)),
-                "timestep": np.tile(levels, len(records)),
-                "psnr_db": trace.reshape(-1).astype(np.float64),
-                "psnr_peak": float(settings.psnr_peak),
-            },
-            columns=list(TRACE_COLUMNS),
-        )
-        io.write_csv(outs[dataset], frame)
-        frames[dataset] = frame
-        log.info(
-            "%s: full %s inversion (%d steps, no early stop) of %d images, %.1f UNet "
-            "evaluations/image, %.1f s -> %s",
-            dataset,
-            settings.respacing,
-            steps,
-            len(records),
-            counter.unet_rows / max(len(records), 1),
-            time.perf_counter() - start,
-            outs[dataset],
-        )
+        frames[dataset] = _trace_dataset(job, setup, records, root, benchmark, batch_size, device)
+        io.write_csv(outs[dataset], frames[dataset])
+        log.info("%s: -> %s", dataset, outs[dataset])
     return frames
+
+
+def _trace_dataset(
+    job: MethodJob,
+    setup: ExperimentSetup,
+    records: Sequence[ImageRecord],
+    root: Path,
+    benchmark: Mapping[str, Any],
+    batch_size: int,
+    device: torch.device,
+) -> pd.DataFrame:
+    """The trace frame (:data:`TRACE_COLUMNS`) of one dataset's ``records``."""
+    from diffguard import gdm
+
+    levels = gdm.inversion_levels(setup.settings)
+    steps = len(levels)
+    counter = gdm.CallCounter()
+    traces = []
+    start = time.perf_counter()
+    for first in range(0, len(records), batch_size):
+        chunk = records[first : first + batch_size]
+        x01 = setup.load_images(chunk, root, benchmark).to(device)
+        traces.append(gdm.trace_batch(job, MethodBatch(x01 * 2 - 1, torch.empty(0)), counter))
+    trace = np.concatenate([t.numpy() for t in traces]) if traces else np.zeros((0, steps))
+    log.info(
+        "full %s inversion (%d steps, no early stop) of %d images, %.1f UNet "
+        "evaluations/image, %.1f s",
+        setup.settings.respacing,
+        steps,
+        len(records),
+        counter.unet_rows / max(len(records), 1),
+        time.perf_counter() - start,
+    )
+    return pd.DataFrame(
+        {
+            "image_id": np.repeat([r.image_id for r in records], steps),
+            "label": np.repeat([r.label for r in records], steps),
+            "step": np.tile(np.arange(1, steps + 1), len(records)),
+            "timestep": np.tile(levels, len(records)),
+            "psnr_db": trace.reshape(-1).astype(np.float64),
+            "psnr_peak": float(setup.settings.psnr_peak),
+        },
+        columns=list(TRACE_COLUMNS),
+    )
 
 
 def reconstruct_shard(
@@ -251,188 +200,149 @@ def reconstruct_shard(
 
     Images are loaded at :func:`~diffguard.runtime.experiment_image_sizes` (the experiment's
     ``input_size``, else the classifier spec's, else ``benchmark.image_size``; after a
-    ``benchmark.resize_size`` pre-resize), resized to the diffusion model's ``sample_size``
-    for inversion and regeneration and back to the input size for scoring, as the released
-    code does (224 -> 256 -> 224 for ADM). The experiment's ``precision`` (else the top-level
+    ``benchmark.resize_size`` pre-resize); the method's batch entry point (see
+    :mod:`diffguard.methods`) resizes them to the diffusion model's ``sample_size`` for
+    inversion and regeneration and back to the input size for scoring, as the released code
+    does (224 -> 256 -> 224 for ADM). The experiment's ``precision`` (else the top-level
     ``dtype`` fallback, else ``released``) sets the precision of the diffusion network (GPU
     only; see :func:`diffguard.precision.resolve_precision`).
     """
-    from diffguard import cfg, gdm
-    from diffguard.backends import check_schedule, resize_images
-    from diffguard.cam import cam_mask
-    from diffguard.config import method_settings
     from diffguard.distances import SimilarityScorer
 
     torch.manual_seed(seed)
     device = resolve_device(device_name)
-    settings = method_settings(experiment, seed)
     all_records = read_imglist(imglist)
     records = select_shard(all_records, shard, shard_size)
-    preds_npz = io.read_npz(predictions)
-    pred_of = dict(zip(preds_npz["image_ids"].tolist(), preds_npz["preds"].tolist(), strict=True))
+    pred_of = _predictions(predictions)
     classifier = load_trained_classifier(classifier_weights, device)
-    backend = load_diffusion_model(
-        model_dir,
-        device,
-        select_precision(experiment.get("precision"), dtype),
-        f"experiments.{experiment['name']}.precision",
-    )
     clf_spec = getattr(classifier, "spec", None)
-    input_size, _ = experiment_image_sizes(experiment, benchmark, clf_spec)
-    if experiment["method"] == "gdm" and backend.latent:
-        raise ValueError(
-            f"experiments.{experiment['name']}: method gdm needs a pixel-space model, "
-            f"got a latent ({backend.source}) one"
-        )
-    if experiment["method"] == "cfg" and not backend.conditional:
-        raise ValueError(
-            f"experiments.{experiment['name']}: method cfg needs a class-conditional model, "
-            f"got an unconditional {backend.source} one"
-        )
-    num_classes = benchmark["num_classes"]
+    setup = open_experiment(
+        experiment, benchmark, model_dir, device, classifier_spec=clf_spec, seed=seed, dtype=dtype
+    )
     scorer = SimilarityScorer(list(distances), classifier, torch_hub_dir, device)
     root = image_root(benchmark_json)
-    check_schedule(backend, settings, f"experiments.{experiment['name']}.{experiment['method']}")
     log.info(
         "experiment %s on %d images (shard %d), device %s, input %d px, model %d px",
-        experiment["name"],
+        setup.name,
         len(records),
         shard,
         device,
-        input_size,
-        backend.sample_size,
+        setup.image_size,
+        setup.model.sample_size,
     )
-
-    eps_uncond = unconditional_eps(backend)
-    extra_similarities = {}
-    if isinstance(settings, gdm.GdmSettings):
-        for name in EARLY_STOP_PERCEPTUAL:
-            if name in settings.early_stop_metrics:
-                extra_similarities[name] = perceptual_similarity(name, torch_hub_dir, device)
-
-    out_rows: dict[str, list[np.ndarray]] = {}
-    kept: dict[str, list[torch.Tensor]] = {"x0": [], "recon": [], "recon_uncond": []}
-    start_time = time.perf_counter()
-    counter = gdm.CallCounter()
-    done = 0
+    job = setup.start_job(classifier, torch_hub_dir, device)
+    guide_of = _guidance(pred_of, bool(experiment.get("oracle_labels")), benchmark, seed)
+    shard_out = _ShardOutput(save_images, len(records))
     truncated: list[str] = []
     for first, stop, keep in aligned_chunks(len(all_records), shard, shard_size, batch_size):
         chunk = all_records[first:stop]
         # Anything drawing from the global RNG sees the same state whichever shard runs it.
         torch.manual_seed(seed * 1_000_003 + first)
-        x01 = load_experiment_images(chunk, root, experiment, benchmark, clf_spec, truncated).to(
-            device
-        )
-        x = x01 * 2 - 1
-        x_model = resize_images(x, backend.sample_size)
+        x01 = setup.load_images(chunk, root, benchmark, truncated).to(device)
         preds = torch.tensor([pred_of[r.image_id] for r in chunk])
-        if experiment.get("oracle_labels"):
-            guide = torch.tensor(
-                [oracle_label(r.image_id, r.label, num_classes, seed) for r in chunk]
-            )
-        else:
-            guide = preds
-        if experiment["method"] == "gdm":
-            assert isinstance(settings, gdm.GdmSettings)
-            res = gdm.reconstruct(
-                eps_uncond,
-                classifier,
-                x_model,
-                guide.to(device),
-                settings,
-                extra_similarities,
-                counter,
-            )
-            recon, recon_uncond = res.recon, res.recon_uncond
-            rev_t, start_index, trace = res.rev_t, res.start_index, res.psnr_trace
-        else:
-            assert isinstance(settings, cfg.CfgSettings)
-            mask = (
-                cam_mask(classifier, classifier.cam_layer, x01, guide, settings.cam_cut)
-                if settings.use_cam
-                else None
-            )
-            res_c = cfg.reconstruct(
-                backend.eps,
-                x_model,
-                guide,
-                int(backend.null_label),
-                settings,
-                mask,
-                encode=lambda v: backend.encode(v, quantize=settings.encode_quantize),
-                decode=lambda z: backend.decode(z, quantize=settings.decode_quantize),
-                counter=counter,
-            )
-            recon, recon_uncond = res_c.recon, res_c.recon_uncond
-            n = len(chunk)
-            rev_t = torch.full((n,), settings.ddim_steps - 1)
-            start_index = rev_t.clone()
-            trace = torch.zeros((n, 0))
-        # Back to the input resolution: scores compare images at the classifier's size.
-        recon = resize_images(recon, input_size)
-        if recon_uncond is not None:
-            recon_uncond = resize_images(recon_uncond, input_size)
-        reference_kind = experiment.get("score_reference", "auto")
-        if reference_kind == "auto":
-            reference_kind = "uncond_recon" if recon_uncond is not None else "input"
-        if reference_kind == "uncond_recon":
-            if recon_uncond is None:
-                raise ValueError(
-                    f"experiments.{experiment['name']}: score_reference uncond_recon "
-                    "needs uncond_aux"
-                )
-            reference = recon_uncond
-        else:
-            reference = x.cpu()
-        scores = scorer(reference.to(device), recon.to(device))
+        batch = MethodBatch(x01 * 2 - 1, guide_of(chunk, preds), x01)
+        res = job.run(batch, shard_out.counter)
+        scores = scorer(res.reference.to(device), res.recon.to(device))
         # Rows of the grid batch outside this shard were computed for bit-identical batching.
-        chunk, x, preds, guide, recon = chunk[keep], x[keep], preds[keep], guide[keep], recon[keep]
-        rev_t, start_index, trace = rev_t[keep], start_index[keep], trace[keep]
-        scores = {k: v[keep] for k, v in scores.items()}
-        if recon_uncond is not None:
-            recon_uncond = recon_uncond[keep]
-        batch = {
+        shard_out.add(chunk, keep, preds, batch, res, scores)
+    shard_out.write(out, records, truncated, shard)
+
+
+def _predictions(path: str | Path) -> dict[str, int]:
+    """Image id -> the classifier's cached prediction."""
+    npz = io.read_npz(path)
+    return dict(zip(npz["image_ids"].tolist(), npz["preds"].tolist(), strict=True))
+
+
+def _guidance(
+    pred_of: Mapping[str, int], oracle: bool, benchmark: Mapping[str, Any], seed: int
+) -> Callable[[Sequence[ImageRecord], torch.Tensor], torch.Tensor]:
+    """Guidance labels of a chunk: the classifier's predictions, or :func:`oracle_label`."""
+    num_classes = benchmark["num_classes"]
+
+    def guide(chunk: Sequence[ImageRecord], preds: torch.Tensor) -> torch.Tensor:
+        if not oracle:
+            return preds
+        return torch.tensor([oracle_label(r.image_id, r.label, num_classes, seed) for r in chunk])
+
+    return guide
+
+
+class _ShardOutput:
+    """The arrays of a shard, gathered batch by batch, and their npz."""
+
+    def __init__(self, save_images: int, num_records: int) -> None:
+        self.save_images = save_images
+        self.num_records = num_records
+        self.rows: dict[str, list[np.ndarray]] = {}
+        self.kept: dict[str, list[torch.Tensor]] = {"x0": [], "recon": [], "recon_uncond": []}
+        self.counter = CallCounter()
+        self.start_time = time.perf_counter()
+        self.done = 0
+
+    def add(
+        self,
+        chunk: Sequence[ImageRecord],
+        keep: slice,
+        preds: torch.Tensor,
+        batch: MethodBatch,
+        res: MethodOutput,
+        scores: Mapping[str, torch.Tensor],
+    ) -> None:
+        """Keep the shard's rows of one grid batch (and the first ``save_images`` images)."""
+        chunk = chunk[keep]
+        x, recon, guide = batch.x[keep], res.recon[keep], batch.labels[keep]
+        recon_uncond = None if res.recon_uncond is None else res.recon_uncond[keep]
+        values = {
             "image_ids": np.array([r.image_id for r in chunk]),
             "labels": np.array([r.label for r in chunk]),
-            "preds": preds.numpy(),
+            "preds": preds[keep].numpy(),
             "guide_labels": guide.numpy(),
-            "rev_t": rev_t.numpy(),
-            "start_index": start_index.numpy(),
-            "psnr_trace": trace.numpy(),
-            **{f"score_{k}": v.numpy() for k, v in scores.items()},
+            "rev_t": res.rev_t[keep].numpy(),
+            "start_index": res.start_index[keep].numpy(),
+            "psnr_trace": res.psnr_trace[keep].numpy(),
+            **{f"score_{k}": v[keep].numpy() for k, v in scores.items()},
         }
-        for key, value in batch.items():
-            out_rows.setdefault(key, []).append(value)
-        room = save_images - sum(len(t) for t in kept["x0"])
+        for key, value in values.items():
+            self.rows.setdefault(key, []).append(value)
+        room = self.save_images - sum(len(t) for t in self.kept["x0"])
         if room > 0:
-            kept["x0"].append(x[:room].cpu())
-            kept["recon"].append(recon[:room])
+            self.kept["x0"].append(x[:room].cpu())
+            self.kept["recon"].append(recon[:room])
             if recon_uncond is not None:
-                kept["recon_uncond"].append(recon_uncond[:room])
-        done += len(chunk)
-        rate = done / (time.perf_counter() - start_time)
+                self.kept["recon_uncond"].append(recon_uncond[:room])
+        self.done += len(chunk)
+        rate = self.done / (time.perf_counter() - self.start_time)
         log.info(
             "%d/%d images, %.2f images/s, ETA %.0f s",
-            done,
-            len(records),
+            self.done,
+            self.num_records,
             rate,
-            (len(records) - done) / rate,
+            (self.num_records - self.done) / rate,
         )
-    arrays = {k: np.concatenate(v) for k, v in out_rows.items()}
-    for key, tensors in kept.items():
-        arrays[key] = (
-            torch.cat(tensors).to(torch.float16).numpy() if tensors else np.zeros((0,), np.float16)
+
+    def write(
+        self, out: str | Path, records: Sequence[ImageRecord], truncated: list[str], shard: int
+    ) -> None:
+        """The shard's npz: per-image rows, kept images (float16), NFE, truncated paths."""
+        arrays = {k: np.concatenate(v) for k, v in self.rows.items()}
+        for key, tensors in self.kept.items():
+            arrays[key] = (
+                torch.cat(tensors).to(torch.float16).numpy()
+                if tensors
+                else np.zeros((0,), np.float16)
+            )
+        nfe = self.counter.unet_rows / max(len(records), 1)
+        arrays["nfe_per_image"] = np.array(nfe)
+        # chunks are padded to aligned batches: keep the shard's own truncated images only
+        cut = set(truncated)
+        own = [r.path for r in records if r.path in cut]
+        arrays["truncated_paths"] = np.array(own, dtype=str)
+        log.info("shard %d: %d truncated images decoded as far as they go", shard, len(own))
+        io.write_npz(out, **arrays)
+        log.info(
+            "wrote %s: %.1f UNet evaluations/image, %.1f s",
+            out,
+            nfe,
+            time.perf_counter() - self.start_time,
         )
-    arrays["nfe_per_image"] = np.array(counter.unet_rows / max(len(records), 1))
-    # chunks are padded to aligned batches: keep the shard's own truncated images only
-    cut = set(truncated)
-    own = [r.path for r in records if r.path in cut]
-    arrays["truncated_paths"] = np.array(own, dtype=str)
-    log.info("shard %d: %d truncated images decoded as far as they go", shard, len(own))
-    io.write_npz(out, **arrays)
-    log.info(
-        "wrote %s: %.1f UNet evaluations/image, %.1f s",
-        out,
-        counter.unet_rows / max(len(records), 1),
-        time.perf_counter() - start_time,
-    )

@@ -93,6 +93,7 @@ class _WrappedEps:
 
 
 # ------------------------------------------------------------------------------------------ GDM
+# Mirrors upstream gaussian_diffusion.py ddim_reverse_sample_loop + early stop (ours: gdm.invert)
 @torch.no_grad()
 def invert_released(
     eps_model: EpsModel,
@@ -153,6 +154,7 @@ def invert_released(
     return out, out_t
 
 
+# Mirrors upstream ood_tester/guided_diffusion_model.py cond_fn (ours: gdm.classifier_guidance)
 def cond_fn_released(
     model: _WrappedEps,
     classifier: Callable[[torch.Tensor], torch.Tensor],
@@ -211,6 +213,7 @@ def cond_fn_released(
     return holder
 
 
+# Mirrors upstream guided_diffusion/gaussian_diffusion.py ddim_sample_loop (ours: gdm.guided_sample)
 @torch.no_grad()
 def denoise_released(
     eps_model: EpsModel,
@@ -285,6 +288,7 @@ def denoise_released(
     return img
 
 
+# Mirrors upstream guided_diffusion_model.py GuidedDiffusionModel.__call__ (ours: gdm.reconstruct)
 def gdm_reconstruct_released(
     eps_model: EpsModel,
     classifier: Callable[[torch.Tensor], torch.Tensor],
@@ -363,6 +367,7 @@ def gdm_reconstruct_released(
 
 
 # ------------------------------------------------------------------------------------------ CFG
+# Mirrors upstream DiffGuard's DDIMForward.sample, the LDM inversion (ours: cfg.invert)
 @torch.no_grad()
 def cfg_invert_released(
     eps_model: CondEpsModel,
@@ -390,6 +395,7 @@ def cfg_invert_released(
     return z
 
 
+# Mirrors upstream ldm/models/diffusion/ddim.py DDIMSampler.p_sample_ddim (ours: cfg.guided_sample)
 @torch.no_grad()
 def cfg_denoise_released(
     eps_model: CondEpsModel,
@@ -438,6 +444,7 @@ def cfg_denoise_released(
     return z
 
 
+# Mirrors upstream ood_tester/latent_diffusion_model.py LDMWrapper.__call__ (ours: cfg.reconstruct)
 def cfg_reconstruct_released(
     eps_model: CondEpsModel,
     x0: torch.Tensor,

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from diffguard.data import ImageRecord, load_image_checked
 
 if TYPE_CHECKING:
     from diffguard.backends import DiffusionBackend
+    from diffguard.method_api import MethodJob
 
 log = logging.getLogger("diffguard")
 
@@ -131,3 +133,98 @@ def load_diffusion_model(
     from diffguard.backends import load_backend
 
     return load_backend(model_dir, device, precision, where=where)
+
+
+@dataclass(frozen=True)
+class ExperimentSetup:
+    """What a job resolves from one experiment, once: method, settings, model, image sizes."""
+
+    name: str
+    method: str
+    settings: Any  # the registered method's settings dataclass
+    model: DiffusionBackend
+    image_size: int
+    pre_size: int | None
+    reference: str  # score_reference (:data:`diffguard.method_api.SCORE_REFERENCES`)
+
+    @property
+    def where(self) -> str:
+        return f"experiments.{self.name}"
+
+    def start_job(
+        self, classifier: Any, torch_hub_dir: str | None = None, device: Any = None
+    ) -> MethodJob:
+        """The method's job on this experiment's model (:func:`diffguard.methods.start_job`)."""
+        from diffguard.methods import start_job
+
+        return start_job(
+            self.method,
+            self.model,
+            classifier,
+            self.settings,
+            where=self.where,
+            reference=self.reference,
+            torch_hub_dir=torch_hub_dir,
+            device=device,
+        )
+
+    def load_images(
+        self,
+        records: Sequence[ImageRecord],
+        root: Path,
+        benchmark: Mapping[str, Any],
+        truncated: list[str] | None = None,
+    ) -> torch.Tensor:
+        """Images of ``records`` in [0, 1] at the experiment's sizes (N x C x H x W)."""
+        return load_records_images(
+            records,
+            root,
+            self.image_size,
+            int(benchmark["channels"]),
+            self.pre_size,
+            load_truncated=load_truncated_images(benchmark),
+            truncated=truncated,
+        )
+
+
+def open_experiment(
+    experiment: Mapping[str, Any],
+    benchmark: Mapping[str, Any],
+    model_dir: str | Path,
+    device: torch.device,
+    *,
+    classifier_spec: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    dtype: str | None = None,
+    precision: str | None = None,
+) -> ExperimentSetup:
+    """Resolve an experiment for a job in one pass: its method's settings (``seed`` drives the
+    GDM crops), its diffusion model, its image sizes; the model checked against the method
+    and the method's noise schedule.
+
+    The model runs in ``precision`` when given, else the experiment's ``precision``, else the
+    top-level ``dtype`` fallback, else ``released`` (:func:`diffguard.precision.select_precision`).
+    """
+    from diffguard.backends import check_schedule, load_backend
+    from diffguard.config import method_settings
+    from diffguard.methods import get_method
+    from diffguard.precision import select_precision
+
+    name = experiment["name"]
+    where = f"experiments.{name}"
+    size, pre_size = experiment_image_sizes(experiment, benchmark, classifier_spec)
+    settings = method_settings(dict(experiment), seed)
+    method = get_method(experiment["method"], f"{where}.method")
+    precision = precision or select_precision(experiment.get("precision"), dtype)
+    model = load_backend(model_dir, device, precision, where=f"{where}.precision")
+    method.module().check_model(model, where)
+    check_schedule(model, settings, f"{where}.{method.name}")
+    return ExperimentSetup(
+        name=name,
+        method=method.name,
+        settings=settings,
+        model=model,
+        image_size=size,
+        pre_size=pre_size,
+        reference=experiment.get("score_reference", "auto"),
+    )

@@ -83,6 +83,16 @@ class RespacedSchedule:
         value = table[index].float()
         return value.reshape(-1, *([1] * (ndim - 1)))
 
+    def predict_x0(self, x: torch.Tensor, eps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The DDIM step's clean-image estimate ``sqrt(1/a) x - sqrt(1/a - 1) eps`` (unclipped)."""
+        sr = self.coef("sqrt_recip_alphas_cumprod", index, x.ndim)
+        return sr * x - self.coef("sqrt_recipm1_alphas_cumprod", index, x.ndim) * eps
+
+    def predict_eps(self, x: torch.Tensor, x0: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The epsilon an estimate ``x0`` implies: ``(sqrt(1/a) x - x0) / sqrt(1/a - 1)``."""
+        sr = self.coef("sqrt_recip_alphas_cumprod", index, x.ndim)
+        return (sr * x - x0) / self.coef("sqrt_recipm1_alphas_cumprod", index, x.ndim)
+
 
 def gdm_schedule(
     respacing: str,

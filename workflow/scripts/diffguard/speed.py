@@ -21,6 +21,7 @@ import re
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ import torch
 
 from diffguard import cfg, gdm, io
 from diffguard import released_port as rp
+from diffguard.method_api import MethodBatch, MethodJob, MethodOutput
+from diffguard.methods import get_method, method_by_label, start_job
 from diffguard.tables import latex_escape
 
 log = logging.getLogger("diffguard")
@@ -186,28 +189,29 @@ def _unet_runs_in(unet: Any, dtype: torch.dtype, x: torch.Tensor, conditional: b
         return False
 
 
-def _uncond_eps(unet: Any, channels: int, dtype: torch.dtype) -> gdm.EpsModel:
-    if _is_backend(unet):
-        if unet.conditional:  # a conditional model's unconditional branch: the null label
-            return lambda x, t: unet.eps(
-                x, t, torch.full((x.shape[0],), unet.null_label, device=x.device)
-            )
-        return unet.eps
+@dataclass
+class BareUnet:
+    """A bare diffusers UNet (or a variant's callable) with the backend interface the methods
+    use: pixel space, any size, the UNet run in ``dtype``, its first ``channels`` outputs."""
 
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return unet(x.to(dtype), t).sample[:, :channels].to(x.dtype)
+    unet: Any
+    channels: int
+    dtype: torch.dtype
+    conditional: bool
+    null_label: int | None
+    source: str = "bare UNet"
+    latent: bool = False
+    sample_size: int | None = None  # any: the loader's size
 
-    return eps
+    def eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {} if y is None else {"class_labels": y}
+        return self.unet(x.to(self.dtype), t, **kwargs).sample[:, : self.channels].to(x.dtype)
 
+    def encode(self, x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        return x
 
-def _cond_eps(unet: Any, channels: int, dtype: torch.dtype) -> cfg.CondEpsModel:
-    if _is_backend(unet):
-        return unet.eps
-
-    def eps(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return unet(x.to(dtype), t, class_labels=y).sample[:, :channels].to(x.dtype)
-
-    return eps
+    def decode(self, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        return z
 
 
 def variant_unet(unet: Any, variant: str) -> Any:
@@ -268,157 +272,67 @@ def method_runners(
     dtype: torch.dtype = torch.float32,
     denoise_batch_size: int = 5,
 ) -> dict[str, Runner]:
-    """The released-execution and our runner of ``method`` (GDM or CFG) on one loader batch.
+    """The released-execution and our runner of ``method`` (a registry label) on one batch.
 
-    ``unet`` is a diffusers UNet or a :class:`~diffguard.backends.DiffusionBackend`; with a
-    backend, as in the reconstruction jobs, inputs are resized to the model's sample size and
-    back, the LDM runs in its latent space and the null label is the model's own.
+    Ours is the method's batch entry point (:mod:`diffguard.methods`), the port its
+    :data:`PORTS` entry, both on the same job: ``unet`` is a
+    :class:`~diffguard.backends.DiffusionBackend` (inputs resized to the model's sample size
+    and back, the LDM in its latent space, the model's null label) or a bare diffusers UNet
+    (null label ``num_classes``). The score reference is the method's, as in the
+    reconstruction jobs.
     """
-    if not _is_backend(unet):
-        return _unet_runners(
-            method, unet, settings, classifier, channels, num_classes, dtype, denoise_batch_size
-        )
-    if method == "CFG":
-        return _backend_cfg_runners(unet, settings, classifier)
-    if unet.latent:
-        raise ValueError(f"speed: GDM needs a pixel-space model, got a latent {unet.source} one")
-    # _uncond_eps reads a backend's eps; only the resizing is added around the runners.
-    runners = _unet_runners(
-        method, unet, settings, classifier, channels, num_classes, dtype, denoise_batch_size
+    spec = method_by_label(method)
+    if spec.name not in PORTS:
+        raise ValueError(f"speed: method {method} has no released-execution port")
+    model = (
+        unet
+        if _is_backend(unet)
+        else BareUnet(unet, channels, dtype, spec.conditional, num_classes)
     )
-    twin = isinstance(settings, gdm.GdmSettings) and settings.uncond_aux
-    return {name: _resized(run, unet.sample_size, not twin) for name, run in runners.items()}
+    spec.module().check_model(model, "speed")
+    job = start_job(spec.name, model, classifier, settings, where="speed")
+
+    def port(job: MethodJob, batch: MethodBatch, counter: Any) -> MethodOutput:
+        return PORTS[spec.name](job, batch, counter, denoise_batch_size)
+
+    return {"released_port": _runner(job, port), "ours": _runner(job, job.entry)}
 
 
-def _resized(run: Runner, size: int, input_reference: bool) -> Runner:
-    """``run`` at the model's ``size``, outputs back at the loader size; with
-    ``input_reference`` (no unguided twin) the reference is the loader-size input itself."""
-    from diffguard.backends import resize_images
+def _runner(job: MethodJob, entry: Callable[..., MethodOutput]) -> Runner:
+    def run(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
+        out = entry(job, MethodBatch(x, y), c)
+        return out.reference, out.recon
 
-    def call(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
-        ref, recon = run(resize_images(x, size), y, c)
-        ref = x.cpu() if input_reference else resize_images(ref, x.shape[-1])
-        return ref, resize_images(recon, x.shape[-1])
-
-    return call
+    return run
 
 
-def _unet_runners(
-    method: str,
-    unet: Any,
-    settings: gdm.GdmSettings | cfg.CfgSettings,
-    classifier: torch.nn.Module,
-    channels: int,
-    num_classes: int,
-    dtype: torch.dtype = torch.float32,
-    denoise_batch_size: int = 5,
-) -> dict[str, Runner]:
-    """The released-execution and our runner of ``method`` (GDM or CFG) on one loader batch.
+def _gdm_port(
+    job: MethodJob, batch: MethodBatch, counter: Any, denoise_batch_size: int
+) -> MethodOutput:
+    """GDM as the released code executes it (:func:`.released_port.gdm_reconstruct_released`)."""
+    return gdm.run_with(rp.gdm_reconstruct_released, job, batch, counter, denoise_batch_size)
 
-    The score reference is the unguided twin with ``uncond_aux`` and the input otherwise, as in
-    the reconstruction jobs.
+
+def _cfg_port(
+    job: MethodJob, batch: MethodBatch, counter: Any, denoise_batch_size: int
+) -> MethodOutput:
+    """CFG as the released code executes it (:func:`.released_port.cfg_reconstruct_released`).
+
+    Its split is the whole batch: Grad-CAM runs on the batch's own images, as in ours.
     """
-    if method == "GDM":
-        if not isinstance(settings, gdm.GdmSettings):
-            raise TypeError(f"GDM needs GdmSettings, got {type(settings).__name__}")
-        eps = _uncond_eps(unet, channels, dtype)
-        s = settings
 
-        def gdm_port(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
-            res = rp.gdm_reconstruct_released(eps, classifier, x, y, s, {}, c, denoise_batch_size)
-            ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
-            return ref, res.recon
+    def mask_fn(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        s = job.settings
+        return cfg.grad_cam_mask(job.classifier, batch.images01(), ys, s.cam_cut, counter)
 
-        def gdm_ours(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
-            res = gdm.reconstruct(eps, classifier, x, y, s, {}, c)
-            ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
-            return ref, res.recon
-
-        return {"released_port": gdm_port, "ours": gdm_ours}
-    if method == "CFG":
-        if not isinstance(settings, cfg.CfgSettings):
-            raise TypeError(f"CFG needs CfgSettings, got {type(settings).__name__}")
-        eps_c = _cond_eps(unet, channels, dtype)
-        c_s = settings
-
-        def cfg_port(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
-            def mask_fn(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-                return counted_cam(classifier, xs, ys, c_s.cam_cut, c)
-
-            res = rp.cfg_reconstruct_released(eps_c, x, y, num_classes, c_s, mask_fn, counter=c)
-            ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
-            return ref, res.recon
-
-        def cfg_ours(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
-            mask = counted_cam(classifier, x, y, c_s.cam_cut, c) if c_s.use_cam else None
-            res = cfg.reconstruct(eps_c, x, y, num_classes, c_s, mask, counter=c)
-            ref = res.recon_uncond if res.recon_uncond is not None else x.cpu()
-            return ref, res.recon
-
-        return {"released_port": cfg_port, "ours": cfg_ours}
-    raise ValueError(f"unknown method {method!r}; expected GDM or CFG")
+    return cfg.run_with(rp.cfg_reconstruct_released, job, batch, counter, mask_fn)
 
 
-def counted_cam(
-    classifier: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    cut: float,
-    counter: gdm.CallCounter,
-) -> torch.Tensor:
-    """Grad-CAM mask of ``x`` in [-1, 1] for labels ``y``; one classifier fwd + bwd per image."""
-    from diffguard.cam import cam_mask
-
-    counter.classifier_forward_rows += len(x)
-    counter.classifier_backward_rows += len(x)
-    layer = classifier.cam_layer  # type: ignore[attr-defined]
-    return cam_mask(classifier, layer, (x + 1) / 2, y, cut)
-
-
-def _backend_cfg_runners(
-    backend: Any, settings: gdm.GdmSettings | cfg.CfgSettings, classifier: torch.nn.Module
-) -> dict[str, Runner]:
-    """CFG runners on a backend (pixel or latent), at the model's sample size."""
-    from diffguard.backends import resize_images
-
-    if not isinstance(settings, cfg.CfgSettings):
-        raise TypeError(f"CFG needs CfgSettings, got {type(settings).__name__}")
-    c_s = settings
-    null = int(backend.null_label)
-
-    def encode(v: torch.Tensor) -> torch.Tensor:
-        return backend.encode(v, quantize=c_s.encode_quantize)
-
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return backend.decode(z, quantize=c_s.decode_quantize)
-
-    def back(res: cfg.CfgResult, x: torch.Tensor) -> tuple[Any, Any]:
-        size = x.shape[-1]
-        ref = x.cpu() if res.recon_uncond is None else resize_images(res.recon_uncond, size)
-        return ref, resize_images(res.recon, size)
-
-    def cfg_port(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
-        res = rp.cfg_reconstruct_released(
-            backend.eps,
-            resize_images(x, backend.sample_size),
-            y,
-            null,
-            c_s,
-            # Grad-CAM on the classifier's input (the loader size), as in the reconstruction
-            # jobs; the port's split is the whole batch here.
-            lambda xs, ys: counted_cam(classifier, x, ys, c_s.cam_cut, c),
-            encode,
-            decode,
-            c,
-        )
-        return back(res, x)
-
-    def cfg_ours(x: torch.Tensor, y: torch.Tensor, c: gdm.CallCounter) -> tuple[Any, Any]:
-        mask = counted_cam(classifier, x, y, c_s.cam_cut, c) if c_s.use_cam else None
-        x_m = resize_images(x, backend.sample_size)
-        return back(cfg.reconstruct(backend.eps, x_m, y, null, c_s, mask, encode, decode, c), x)
-
-    return {"released_port": cfg_port, "ours": cfg_ours}
+PORTS: dict[str, Callable[[MethodJob, MethodBatch, Any, int], MethodOutput]] = {
+    "gdm": _gdm_port,
+    "cfg": _cfg_port,
+}
+"""Registered method -> its released-execution port on one batch (the speed baseline)."""
 
 
 # ----------------------------------------------------------------------------------- benchmark
@@ -461,6 +375,68 @@ def run_speed_benchmark(
     from diffguard.distances import SimilarityScorer
 
     device = torch.device(device)
+    per_method = _checked_inputs(images, methods, repeats, variants)
+    classifier = classifier.to(device).eval()
+    bench = _Bench(
+        classifier=classifier,
+        num_classes=num_classes,
+        scorer=SimilarityScorer(list(distances), classifier, torch_hub_dir, device),
+        memory=PeakMemory(device),
+        device=device,
+        threads=torch.get_num_threads() if device.type == "cpu" else 0,
+        repeats=repeats,
+        denoise_batch_size=denoise_batch_size,
+    )
+    rows: list[dict[str, Any]] = []
+    with strict_float32():
+        for method, (unet_in, settings) in methods.items():
+            x_all = (per_method[method].to(device) * 2 - 1).float()
+            with torch.no_grad():
+                labels_all = classifier(per_method[method].to(device).float()).argmax(1)
+            for dtype in resolve_dtypes(dtypes, device):
+                runners = _dtype_runners(bench, method, unet_in, settings, x_all, dtype, variants)
+                if runners is None:
+                    continue
+                if warmup:
+                    for run in runners.values():
+                        run(x_all[:2], labels_all[:2], gdm.CallCounter())
+                for batch_size in batch_sizes:
+                    measured = _measure(
+                        bench,
+                        method,
+                        runners,
+                        x_all,
+                        labels_all,
+                        int(batch_size),
+                        dtype_name(dtype),
+                    )
+                    _log_rows(measured, method, dtype, int(batch_size), repeats)
+                    rows += measured
+    frame = pd.DataFrame(rows, columns=list(SPEED_COLUMNS))
+    return frame
+
+
+@dataclass
+class _Bench:
+    """What every measurement of one benchmark run shares."""
+
+    classifier: torch.nn.Module
+    num_classes: int
+    scorer: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+    memory: PeakMemory
+    device: torch.device
+    threads: int
+    repeats: int
+    denoise_batch_size: int
+
+
+def _checked_inputs(
+    images: torch.Tensor | Mapping[str, torch.Tensor],
+    methods: Mapping[str, Any],
+    repeats: int,
+    variants: Sequence[str],
+) -> dict[str, torch.Tensor]:
+    """Method -> its images in [0, 1], after checking the benchmark's arguments."""
     if repeats < 1:
         raise ValueError(f"speed.repeats must be >= 1, got {repeats}")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -475,184 +451,184 @@ def run_speed_benchmark(
             raise ValueError(
                 f"{method} images must be N x C x H x W in [0, 1], got shape {tuple(imgs.shape)}"
             )
-    classifier = classifier.to(device).eval()
-    scorer = SimilarityScorer(list(distances), classifier, torch_hub_dir, device)
-    memory = PeakMemory(device)
-    threads = torch.get_num_threads() if device.type == "cpu" else 0
-    rows: list[dict[str, Any]] = []
-    with strict_float32():
-        for method, (unet_in, settings) in methods.items():
-            x_all = (per_method[method].to(device) * 2 - 1).float()
-            with torch.no_grad():
-                labels_all = classifier(per_method[method].to(device).float()).argmax(1)
-            n = x_all.shape[0]
-            conditional = method == "CFG"
-            for dtype in resolve_dtypes(dtypes, device):
-                # diffusers warns on any .to(dtype=...); a float32 run keeps the loaded weights
-                unet = unet_in.to(device) if dtype == torch.float32 else copy.deepcopy(unet_in)
-                if dtype != torch.float32:
-                    unet = unet.to(device=device, dtype=dtype)
-                unet.eval()
-                if dtype != torch.float32 and not _unet_runs_in(unet, dtype, x_all, conditional):
-                    log.warning("%s: skipping %s (the model does not run in it)", method, dtype)
-                    continue
-                runners = method_runners(
-                    method,
-                    unet,
-                    settings,
-                    classifier,
-                    x_all.shape[1],
-                    num_classes,
-                    dtype,
-                    denoise_batch_size,
-                )
-                for variant in variants:
-                    runners[f"ours+{variant}"] = method_runners(
-                        method,
-                        variant_unet(unet, variant),
-                        settings,
-                        classifier,
-                        x_all.shape[1],
-                        num_classes,
-                        dtype,
-                        denoise_batch_size,
-                    )["ours"]
-                if warmup:
-                    for run in runners.values():
-                        run(x_all[:2], labels_all[:2], gdm.CallCounter())
-                for batch_size in batch_sizes:
-                    rows += _measure(
-                        method,
-                        runners,
-                        x_all,
-                        labels_all,
-                        int(batch_size),
-                        scorer,
-                        memory,
-                        device,
-                        dtype_name(dtype),
-                        threads,
-                        repeats,
-                    )
-                    port, ours = rows[-len(runners)], rows[-len(runners) + 1]
-                    log.info(
-                        "%s %s batch %d: port %.3f img/s %.1f NFE/img, ours %.3f img/s"
-                        " %.1f NFE/img, CPU-time speed-up %.2fx, max |score diff| %.2e"
-                        " (%d images, best of %d)",
-                        method,
-                        dtype_name(dtype),
-                        batch_size,
-                        port["images_per_s"],
-                        port["nfe_per_image"],
-                        ours["images_per_s"],
-                        ours["nfe_per_image"],
-                        ours["cpu_speedup_vs_port"],
-                        ours["max_abs_score_diff"],
-                        n,
-                        repeats,
-                    )
-    frame = pd.DataFrame(rows, columns=list(SPEED_COLUMNS))
-    return frame
+    return per_method
 
 
-def _measure(
+def _dtype_runners(
+    bench: _Bench,
+    method: str,
+    unet_in: Any,
+    settings: Any,
+    x_all: torch.Tensor,
+    dtype: torch.dtype,
+    variants: Sequence[str],
+) -> dict[str, Runner] | None:
+    """Port, ours and ours per variant with the model in ``dtype`` (None: it does not run)."""
+    device = bench.device
+    # diffusers warns on any .to(dtype=...); a float32 run keeps the loaded weights
+    unet = unet_in.to(device) if dtype == torch.float32 else copy.deepcopy(unet_in)
+    if dtype != torch.float32:
+        unet = unet.to(device=device, dtype=dtype)
+    unet.eval()
+    conditional = method_by_label(method).conditional
+    if dtype != torch.float32 and not _unet_runs_in(unet, dtype, x_all, conditional):
+        log.warning("%s: skipping %s (the model does not run in it)", method, dtype)
+        return None
+
+    def runners(model: Any) -> dict[str, Runner]:
+        return method_runners(
+            method,
+            model,
+            settings,
+            bench.classifier,
+            x_all.shape[1],
+            bench.num_classes,
+            dtype,
+            bench.denoise_batch_size,
+        )
+
+    out = runners(unet)
+    for variant in variants:
+        out[f"ours+{variant}"] = runners(variant_unet(unet, variant))["ours"]
+    return out
+
+
+def _log_rows(
+    rows: list[dict[str, Any]], method: str, dtype: torch.dtype, batch_size: int, repeats: int
+) -> None:
+    port, ours = rows[0], rows[1]
+    log.info(
+        "%s %s batch %d: port %.3f img/s %.1f NFE/img, ours %.3f img/s"
+        " %.1f NFE/img, CPU-time speed-up %.2fx, max |score diff| %.2e"
+        " (%d images, best of %d)",
+        method,
+        dtype_name(dtype),
+        batch_size,
+        port["images_per_s"],
+        port["nfe_per_image"],
+        ours["images_per_s"],
+        ours["nfe_per_image"],
+        ours["cpu_speedup_vs_port"],
+        ours["max_abs_score_diff"],
+        port["images"],
+        repeats,
+    )
+
+
+@dataclass
+class _Passes:
+    """Best-of-``repeats`` timings, counts, peak memory and outputs per implementation."""
+
+    seconds: dict[str, float]
+    cpu_seconds: dict[str, float]
+    peak: dict[str, float]
+    counters: dict[str, gdm.CallCounter]
+    outputs: dict[str, dict[str, list[torch.Tensor]]]
+
+
+def _timed_passes(
+    bench: _Bench,
     method: str,
     runners: Mapping[str, Runner],
-    x_all: torch.Tensor,
-    labels_all: torch.Tensor,
-    batch_size: int,
-    scorer: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
-    memory: PeakMemory,
-    device: torch.device,
-    dtype: str,
-    threads: int,
-    repeats: int = 1,
-) -> list[dict[str, Any]]:
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> _Passes:
     """Both implementations over all loader batches, alternating per batch, ``repeats`` times.
 
     Wall and CPU seconds are each the fastest pass; counts, memory and outputs come from every
     pass (counts are per pass, outputs must agree across passes as both are deterministic).
     """
-    n = x_all.shape[0]
     names = list(runners)  # released_port, ours, then any variants of ours
-    seconds = dict.fromkeys(names, float("inf"))
-    cpu_seconds = dict.fromkeys(names, float("inf"))
-    peak = dict.fromkeys(names, 0.0)
-    counters = {impl: gdm.CallCounter() for impl in names}
-    outputs: dict[str, dict[str, list[torch.Tensor]]] = {}
-    for repeat in range(repeats):
-        pass_wall = dict.fromkeys(names, 0.0)
-        pass_cpu = dict.fromkeys(names, 0.0)
-        pass_counters = {impl: gdm.CallCounter() for impl in names}
-        pass_outputs: dict[str, dict[str, list[torch.Tensor]]] = {
+    inf = float("inf")
+    best = _Passes(dict.fromkeys(names, inf), dict.fromkeys(names, inf), dict.fromkeys(names, 0.0),
+                   {impl: gdm.CallCounter() for impl in names}, {})  # fmt: skip
+    for repeat in range(bench.repeats):
+        wall, cpu = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        counters = {impl: gdm.CallCounter() for impl in names}
+        outputs: dict[str, dict[str, list[torch.Tensor]]] = {
             impl: {"ref": [], "recon": []} for impl in names
         }
-        for k, first in enumerate(range(0, n, batch_size)):
-            x = x_all[first : first + batch_size]
-            y = labels_all[first : first + batch_size]
+        for k, (x, y) in enumerate(batches):
             # alternate who goes first, so that neither always pays for new shapes or cold caches
             for impl in names if (k + repeat) % 2 == 0 else names[::-1]:
-                memory.start()
-                _sync(device)
+                bench.memory.start()
+                _sync(bench.device)
                 cpu_start = time.process_time()
                 start = time.perf_counter()
-                ref, recon = runners[impl](x, y, pass_counters[impl])
-                _sync(device)
-                pass_wall[impl] += time.perf_counter() - start
-                pass_cpu[impl] += time.process_time() - cpu_start
-                peak[impl] = max(peak[impl], memory.stop())
-                pass_outputs[impl]["ref"].append(ref.cpu())
-                pass_outputs[impl]["recon"].append(recon.cpu())
+                ref, recon = runners[impl](x, y, counters[impl])
+                _sync(bench.device)
+                wall[impl] += time.perf_counter() - start
+                cpu[impl] += time.process_time() - cpu_start
+                best.peak[impl] = max(best.peak[impl], bench.memory.stop())
+                outputs[impl]["ref"].append(ref.cpu())
+                outputs[impl]["recon"].append(recon.cpu())
         for impl in names:
-            seconds[impl] = min(seconds[impl], pass_wall[impl])
-            cpu_seconds[impl] = min(cpu_seconds[impl], pass_cpu[impl])
+            best.seconds[impl] = min(best.seconds[impl], wall[impl])
+            best.cpu_seconds[impl] = min(best.cpu_seconds[impl], cpu[impl])
             if repeat == 0:
-                counters[impl] = pass_counters[impl]
-                outputs[impl] = pass_outputs[impl]
-            elif pass_counters[impl].unet_rows != counters[impl].unet_rows:
+                best.counters[impl] = counters[impl]
+                best.outputs[impl] = outputs[impl]
+            elif counters[impl].unet_rows != best.counters[impl].unet_rows:
                 raise RuntimeError(
                     f"{method} {impl}: UNet rows differ between passes "
-                    f"({counters[impl].unet_rows} vs {pass_counters[impl].unet_rows})"
+                    f"({best.counters[impl].unet_rows} vs {counters[impl].unet_rows})"
                 )
+    return best
+
+
+def _measure(
+    bench: _Bench,
+    method: str,
+    runners: Mapping[str, Runner],
+    x_all: torch.Tensor,
+    labels_all: torch.Tensor,
+    batch_size: int,
+    dtype: str,
+) -> list[dict[str, Any]]:
+    """One table row per implementation: :func:`_timed_passes`, scores against the port's."""
+    n = x_all.shape[0]
+    names = list(runners)
+    firsts = range(0, n, batch_size)
+    batches = [(x_all[f : f + batch_size], labels_all[f : f + batch_size]) for f in firsts]
+    p = _timed_passes(bench, method, runners, batches)
     scores: dict[str, dict[str, torch.Tensor]] = {}
     recon_all: dict[str, torch.Tensor] = {}
     for impl in names:
-        ref = torch.cat(outputs[impl]["ref"]).to(device)
-        recon_all[impl] = torch.cat(outputs[impl]["recon"])
-        scores[impl] = scorer(ref, recon_all[impl].to(device))
+        ref = torch.cat(p.outputs[impl]["ref"]).to(bench.device)
+        recon_all[impl] = torch.cat(p.outputs[impl]["recon"])
+        scores[impl] = bench.scorer(ref, recon_all[impl].to(bench.device))
     rows = []
-    port_rate = n / seconds["released_port"]
-    port_nfe = counters["released_port"].unet_rows / n
+    port_rate = n / p.seconds["released_port"]
+    port_nfe = p.counters["released_port"].unet_rows / n
     for impl in names:
-        counter = counters[impl]
+        counter = p.counters[impl]
         score_diff = max(
             float((scores[impl][k] - scores["released_port"][k]).abs().max()) for k in scores[impl]
         )
         recon_diff = float((recon_all[impl] - recon_all["released_port"]).abs().max())
-        rate = n / seconds[impl]
+        rate = n / p.seconds[impl]
         rows.append(
             {
                 "method": method,
                 "implementation": impl,
                 "batch_size": batch_size,
-                "device": device.type,
+                "device": bench.device.type,
                 "dtype": dtype,
                 "images": n,
-                "repeats": repeats,
-                "seconds": seconds[impl],
-                "cpu_seconds": cpu_seconds[impl],
+                "repeats": bench.repeats,
+                "seconds": p.seconds[impl],
+                "cpu_seconds": p.cpu_seconds[impl],
                 "images_per_s": rate,
                 "nfe_per_image": counter.unet_rows / n,
                 "classifier_fwd_per_image": counter.classifier_forward_rows / n,
                 "classifier_bwd_per_image": counter.classifier_backward_rows / n,
-                "peak_mem_mb": peak[impl],
+                "peak_mem_mb": p.peak[impl],
                 "max_abs_score_diff": score_diff,
                 "max_abs_recon_diff": recon_diff,
                 "speedup_vs_port": rate / port_rate,
-                "cpu_speedup_vs_port": cpu_seconds["released_port"] / cpu_seconds[impl],
+                "cpu_speedup_vs_port": p.cpu_seconds["released_port"] / p.cpu_seconds[impl],
                 "nfe_reduction_vs_port": 1 - (counter.unet_rows / n) / port_nfe,
-                "threads": threads,
-                "mem_method": memory.method,
+                "threads": bench.threads,
+                "mem_method": bench.memory.method,
             }
         )
     return rows
@@ -771,6 +747,44 @@ def speed_latex(frame: pd.DataFrame, run: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- stage
+def _stage_method(
+    experiment: dict[str, Any],
+    model_dir: str | Path,
+    records: Sequence[Any],
+    root: Path,
+    benchmark: dict[str, Any],
+    clf_spec: dict[str, Any] | None,
+    seed: int,
+) -> tuple[torch.Tensor, tuple[Any, Any]]:
+    """An experiment's images and ``(model, settings)``; the model loaded on the CPU in float32."""
+    from diffguard.runtime import open_experiment
+
+    setup = open_experiment(
+        experiment,
+        benchmark,
+        model_dir,
+        torch.device("cpu"),
+        classifier_spec=clf_spec,
+        seed=seed,
+        precision="float32",
+    )
+    # the experiment's own resolution, exactly as its reconstruct jobs load images
+    images = setup.load_images(records, root, benchmark)
+    backend = setup.model
+    # A trained pixel model at the benchmark's size is timed as the bare UNet (as before);
+    # converted models go through their backend (resizing, latent space, null label).
+    same_size = backend.sample_size == images.shape[-1]
+    model = backend.unet if backend.source == "train" and same_size else backend
+    log.info(
+        "%s: experiment %s, model %s, images %d px",
+        get_method(setup.method).label,
+        setup.name,
+        model_dir,
+        images.shape[-1],
+    )
+    return images, (model, setup.settings)
+
+
 def speed_stage(
     *,
     classifier_weights: str | Path,
@@ -795,16 +809,8 @@ def speed_stage(
     variants: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Rule ``speed_benchmark``: load the run's models and images, benchmark, write the tables."""
-    from diffguard.backends import check_schedule
-    from diffguard.config import method_settings
     from diffguard.data import read_imglist
-    from diffguard.runtime import (
-        image_root,
-        load_diffusion_model,
-        load_experiment_images,
-        load_trained_classifier,
-        resolve_device,
-    )
+    from diffguard.runtime import image_root, load_trained_classifier, resolve_device
 
     torch.manual_seed(seed)
     device = resolve_device(device_name)
@@ -817,29 +823,14 @@ def speed_stage(
     root = image_root(benchmark_json)
     classifier = load_trained_classifier(classifier_weights, device)
     clf_spec = getattr(classifier, "spec", None)
-    methods: dict[str, tuple[Any, gdm.GdmSettings | cfg.CfgSettings]] = {}
+    methods: dict[str, tuple[Any, Any]] = {}
     images: dict[str, torch.Tensor] = {}
-    labels = {"gdm": "GDM", "cfg": "CFG"}
     for experiment, model_dir in zip(experiments, model_dirs, strict=True):
-        label = labels[experiment["method"]]
+        label = get_method(experiment["method"]).label
         if label in methods:
             raise ValueError(f"speed: two experiments of method {label}; give one of each")
-        backend = load_diffusion_model(model_dir, torch.device("cpu"))
-        settings = method_settings(experiment, seed)
-        check_schedule(backend, settings, f"experiments.{experiment['name']}.{label.lower()}")
-        # the experiment's own resolution, exactly as its reconstruct jobs load images
-        images[label] = load_experiment_images(records, root, experiment, benchmark, clf_spec)
-        # A trained pixel model at the benchmark's size is timed as the bare UNet (as before);
-        # converted models go through their backend (resizing, latent space, null label).
-        same_size = backend.sample_size == images[label].shape[-1]
-        model = backend.unet if backend.source == "train" and same_size else backend
-        methods[label] = (model, settings)
-        log.info(
-            "%s: experiment %s, model %s, images %d px",
-            label,
-            experiment["name"],
-            model_dir,
-            images[label].shape[-1],
+        images[label], methods[label] = _stage_method(
+            experiment, model_dir, records, root, benchmark, clf_spec, seed
         )
     frame = run_speed_benchmark(
         images,
