@@ -11,16 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffguard.reproduction import (
+from diffguard.paper_tables import (
     best_over_distances,
-    check_table,
-    gate,
-    overall_status,
     paper_table,
     render_paper_tables,
-    run_check,
     select_rows,
 )
+from diffguard.reproduction import check_table, gate, overall_status, run_check
 from diffguard.tables import metrics_table
 
 SETS = ("species", "inaturalist")
@@ -363,7 +360,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
 
 def test_load_report_section_sources_and_defaults(tmp_path: Path) -> None:
-    from diffguard.reproduction import load_report_section
+    from diffguard.report_config import load_report_section
 
     experiments = {"gdm_main": {}, "ldm_main": {}}
     none = load_report_section(
@@ -409,8 +406,8 @@ def test_shipped_report_configs_match_published_rows(name: str) -> None:
     import yaml
 
     from diffguard.config import resolve_all
-    from diffguard.reproduction import load_report_section
-    from diffguard.tables import _published_key_columns, _row_keys
+    from diffguard.paper_tables import _published_key_columns, _row_keys
+    from diffguard.report_config import load_report_section
 
     configfile = CONFIG_DIR / f"{'config' if name == 'embedded' else name}.yaml"
     config = yaml.safe_load(configfile.read_text())

@@ -4,7 +4,7 @@ Input ``metrics``; params ``tables`` (``report.tables``), ``outputs`` (table -> 
 ``published_dir``, ``headline_distance``, ``run``.
 """
 
-from diffguard.reproduction import render_paper_tables
+from diffguard.paper_tables import render_paper_tables
 from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
