@@ -19,16 +19,12 @@ from PIL import Image
 from standins import write_adm, write_diffnb, write_ldm
 
 from diffguard import cfg, gdm, io
-from diffguard.backends import (
-    load_backend,
-    prepare_classifier,
-    prepare_diffusion_model,
-    resize_images,
-)
+from diffguard.backends import load_backend, resize_images
 from diffguard.classifiers import SmallCNN
 from diffguard.convert.adm import load_adm_unet, use_released_attention
 from diffguard.convert.diffnb import load_diffnb_unet
 from diffguard.convert.ldm import ldm_decode, ldm_encode, ldm_eps, load_ldm
+from diffguard.preparation import prepare_classifier, prepare_diffusion_model
 
 GDM_SETTINGS = gdm.GdmSettings(
     respacing="ddim10",
@@ -105,7 +101,7 @@ def test_gdm_with_adm_backend_equals_direct_converter(
 def test_cfg_with_diffnb_backend_equals_direct_converter(
     models: dict[str, tuple[dict[str, Any], Path]],
 ) -> None:
-    from diffguard.backends import _read_yaml, diffnb_config_from_yaml
+    from diffguard.preparation import _read_yaml, diffnb_config_from_yaml
 
     standin, model_dir = models["diffnb"]
     backend = load_backend(model_dir, "cpu")
@@ -134,7 +130,7 @@ def test_cfg_with_diffnb_backend_equals_direct_converter(
 def test_cfg_with_ldm_backend_equals_direct_converter(
     models: dict[str, tuple[dict[str, Any], Path]],
 ) -> None:
-    from diffguard.backends import _read_yaml, ldm_config_from_yaml
+    from diffguard.preparation import _read_yaml, ldm_config_from_yaml
 
     standin, model_dir = models["ldm"]
     backend = load_backend(model_dir, "cpu")

@@ -27,9 +27,10 @@ from diffguard import io
 from diffguard.classifiers import build_classifier
 from diffguard.config import resolve_experiment
 from diffguard.data import ImageListError, ImageLoadError, load_image
+from diffguard.model_io import WEIGHTS_FILE, save_model
 from diffguard.pipeline import cache_predictions, select_images
 from diffguard.reconstruction import reconstruct_shard
-from diffguard.training import WEIGHTS_FILE, save_model, small_unet_kwargs
+from diffguard.training import small_unet_kwargs
 
 SIZE = 16
 NUM_CLASSES = 6

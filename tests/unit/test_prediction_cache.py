@@ -21,7 +21,6 @@ import yaml
 from PIL import Image
 
 from diffguard import io
-from diffguard.backends import prepare_classifier
 from diffguard.classifiers import (
     OPENOOD_DROPOUT_P,
     build_classifier,
@@ -30,18 +29,19 @@ from diffguard.classifiers import (
 )
 from diffguard.config import ConfigError, ensemble_members, guidance_input_size, resolve_all
 from diffguard.data import read_imglist
+from diffguard.model_io import WEIGHTS_FILE, save_model
 from diffguard.pipeline import (
     _cached,
     baseline_scores_stage,
     cache_predictions,
     prepare_ensemble_member,
 )
+from diffguard.preparation import prepare_classifier
 from diffguard.runtime import (
     experiment_image_sizes,
     load_records_images,
     load_trained_classifier,
 )
-from diffguard.training import WEIGHTS_FILE, save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import standins  # noqa: E402

@@ -22,8 +22,9 @@ from diffguard import cfg, gdm, speed
 from diffguard import released_port as rp
 from diffguard.classifiers import build_classifier
 from diffguard.distances import SimilarityScorer
+from diffguard.model_io import save_model
 from diffguard.speed_tables import speed_markdown
-from diffguard.training import save_model, small_unet_kwargs
+from diffguard.training import small_unet_kwargs
 
 NUM_CLASSES = 6
 N_IMAGES = 6

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from diffguard.backends import prepare_classifier
+from diffguard.preparation import prepare_classifier
 from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from diffguard.backends import prepare_diffusion_model
 from diffguard.io import sha256sum, write_text
+from diffguard.preparation import prepare_diffusion_model
 from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821

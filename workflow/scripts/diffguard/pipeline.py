@@ -73,7 +73,8 @@ def train_classifier_stage(
     out_dir: str | Path,
     train_log: str | Path,
 ) -> None:
-    from diffguard.training import evaluate_classifier, save_model, train_classifier
+    from diffguard.model_io import save_model
+    from diffguard.training import evaluate_classifier, train_classifier
 
     records = read_imglist(imglist)
     images = load_records_images(
@@ -117,7 +118,8 @@ def train_diffusion_stage(
     train_log: str | Path,
     done: str | Path,
 ) -> None:
-    from diffguard.training import save_model, small_unet_kwargs, train_diffusion
+    from diffguard.model_io import save_model
+    from diffguard.training import small_unet_kwargs, train_diffusion
 
     if spec.get("source", "train") != "train":
         raise ValueError(f"train_diffusion only trains models with source 'train', got {spec}")
@@ -169,7 +171,7 @@ def prepare_ensemble_member(
     ``checkpoint`` is the member's file, or with ``path`` the extracted archive holding it at
     ``path`` (e.g. OpenOOD v1.5's ``<run>/s0/best.ckpt``).
     """
-    from diffguard.backends import prepare_classifier
+    from diffguard.preparation import prepare_classifier
 
     source = Path(checkpoint)
     if path is not None:

@@ -5,22 +5,16 @@ Everything is seeded: parameter initialisation runs under ``torch.manual_seed(se
 and timesteps come from a dedicated ``torch.Generator``. On the same machine and thread count the
 same seed gives the same weights.
 
-Models are saved atomically (written to a temporary sibling directory, then renamed):
-
-- a classifier as ``model.safetensors`` + ``spec.json`` (the :func:`build_classifier` spec);
-- a UNet with diffusers' ``save_pretrained`` (``config.json`` + safetensors), plus
-  ``diffguard.json`` with the training schedule (betas, timesteps, null label).
+The trained models are saved and loaded by :mod:`diffguard.model_io`.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
-import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,10 +28,6 @@ from torch import nn
 from diffguard.classifiers import build_classifier
 
 log = logging.getLogger(__name__)
-
-SPEC_FILE = "spec.json"
-WEIGHTS_FILE = "model.safetensors"
-DIFFUSION_INFO_FILE = "diffguard.json"
 
 
 class _CsvLog:
@@ -418,95 +408,6 @@ def train_diffusion(
         "seed": seed,
     }
     return result
-
-
-def _atomic_dir(target: Path) -> Path:
-    """Return a fresh temporary sibling directory of ``target``."""
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _commit_dir(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` into place as ``target``, replacing an existing directory."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
-
-
-def save_model(model: nn.Module, directory: str | Path) -> None:
-    """Save a classifier (with ``model.spec``) or a diffusers UNet to ``directory`` atomically.
-
-    Raises:
-        TypeError: The model is neither a diffusers model nor a classifier with a spec.
-    """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_dir(directory)
-    try:
-        if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp, safe_serialization=True)
-            info = getattr(model, "diffguard_info", None)
-            if info is not None:
-                (tmp / DIFFUSION_INFO_FILE).write_text(
-                    json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-                )
-        elif isinstance(getattr(model, "spec", None), dict):
-            spec = {k: v for k, v in model.spec.items() if k != "weights"}
-            state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE))
-            (tmp / SPEC_FILE).write_text(
-                json.dumps(spec, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-            )
-        else:
-            raise TypeError(
-                f"cannot save {type(model).__name__}: expected a diffusers model or a "
-                "classifier from build_classifier (with a .spec)"
-            )
-        _commit_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("saved %s to %s", type(model).__name__, directory)
-
-
-def load_classifier(directory: str | Path) -> nn.Module:
-    """Load a classifier saved by :func:`save_model` (eval mode)."""
-    directory = Path(directory)
-    spec_path = directory / SPEC_FILE
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"classifier spec not found: {spec_path}")
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    spec["weights"] = str(directory / WEIGHTS_FILE)
-    return build_classifier(spec)
-
-
-def load_small_unet(directory: str | Path) -> Any:
-    """Load a ``UNet2DModel`` saved by :func:`save_model` (eval mode, float32, CPU).
-
-    ``model.diffguard_info`` is restored from ``diffguard.json`` when present.
-    """
-    from diffusers import UNet2DModel
-
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"UNet config not found: {directory / 'config.json'}")
-    # low_cpu_mem_usage=False: the default wants `accelerate` and warns without it
-    model = UNet2DModel.from_pretrained(
-        str(directory), use_safetensors=True, low_cpu_mem_usage=False
-    ).eval()
-    info_path = directory / DIFFUSION_INFO_FILE
-    if info_path.is_file():
-        model.diffguard_info = json.loads(info_path.read_text(encoding="utf-8"))
-    return model
 
 
 @torch.no_grad()
