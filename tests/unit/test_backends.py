@@ -38,7 +38,7 @@ from diffguard.convert.diffnb import load_diffnb_unet
 from diffguard.convert.ldm import ldm_decode, ldm_encode, ldm_eps, load_ldm
 from diffguard.convert.manifest import read_manifest
 from diffguard.precision import FULL_CAST
-from diffguard.preparation import prepare_classifier, prepare_diffusion_model
+from diffguard.preparation import prepare_classifier_stage, prepare_diffusion_model
 
 EXACT = 1e-6
 
@@ -435,7 +435,7 @@ def test_prepare_resnet18_32x32(prefix: str, tmp_path: Path) -> None:
     from diffguard.runtime import load_trained_classifier
 
     standin = write_resnet18_32x32(tmp_path / "ckpt", prefix=prefix)
-    prepare_classifier(standin["options"], standin["path"], tmp_path / "clf")
+    prepare_classifier_stage(standin["options"], standin["path"], tmp_path / "clf")
     weights = tmp_path / "clf" / "weights" / "model.safetensors"
     spec = json.loads((weights.parent / "spec.json").read_text())
     assert spec["input_size"] == 32 and spec["source_sha256"] == standin["sha256"]["model"]
@@ -455,7 +455,7 @@ def test_prepare_resnet50_tv(tmp_path: Path) -> None:
     from diffguard.runtime import load_trained_classifier
 
     standin = write_resnet50_tv(tmp_path / "ckpt")
-    prepare_classifier(standin["options"], standin["path"], tmp_path / "clf")
+    prepare_classifier_stage(standin["options"], standin["path"], tmp_path / "clf")
     model = load_trained_classifier(
         tmp_path / "clf" / "weights" / "model.safetensors", torch.device("cpu")
     )
@@ -468,7 +468,7 @@ def test_prepare_resnet50_tv(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(x), direct((x - mean) / std), atol=1e-5, rtol=1e-5)
     with pytest.raises(BackendError, match="needs a checkpoint"):
-        prepare_classifier(standin["options"], None, tmp_path / "none")
+        prepare_classifier_stage(standin["options"], None, tmp_path / "none")
 
 
 # ------------------------------------------------------------------------------ GPU

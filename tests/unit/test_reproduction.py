@@ -14,10 +14,15 @@ import pytest
 from diffguard.paper_tables import (
     best_over_distances,
     paper_table,
-    render_paper_tables,
+    render_paper_tables_stage,
     select_rows,
 )
-from diffguard.reproduction import check_table, gate, overall_status, run_check
+from diffguard.reproduction import (
+    check_table,
+    overall_status,
+    reproduction_check_stage,
+    reproduction_gate_stage,
+)
 from diffguard.tables import metrics_table
 
 SETS = ("species", "inaturalist")
@@ -200,7 +205,7 @@ def test_render_check_and_gate(metrics: pd.DataFrame, published: Path, tmp_path:
     metrics_csv = tmp_path / "metrics.csv"
     metrics.to_csv(metrics_csv, index=False)
     out = {k: tmp_path / f"t2.{k}" for k in ("csv", "md", "tex")}
-    render_paper_tables(
+    render_paper_tables_stage(
         metrics_csv,
         {"t2": {"published": published.stem, "rows": ROWS, "title": "Table 2"}},
         {"t2": out},
@@ -213,25 +218,29 @@ def test_render_check_and_gate(metrics: pd.DataFrame, published: Path, tmp_path:
     tex = out["tex"].read_text()
     assert r"\label{tab:t2}" in tex and r"$\pm$" in tex
     check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
-    status = run_check({"t2": out["csv"]}, {"tolerance": {"auroc": 1.0}}, check_out, run="unit")
+    status = reproduction_check_stage(
+        {"t2": out["csv"]}, {"tolerance": {"auroc": 1.0}}, check_out, run="unit"
+    )
     assert status == "fail"  # the GDM FPR cells are 3.68 and 1.23 off; fpr95 band is 3.0
     metrics_seen = set(pd.read_csv(check_out["csv"])["metric"])
     assert metrics_seen == {"AUROC", "FPR@95 (a)"}  # CSV round trip: no "AUROC (nan)"
     assert "FAIL" in check_out["md"].read_text().splitlines()[0]
     with pytest.raises(RuntimeError, match=r"Ours\(GDM\)/species/FPR@95 \(a\): fail"):
-        gate(check_out["csv"], tmp_path / "gate.txt", allow=["pass"])
+        reproduction_gate_stage(check_out["csv"], tmp_path / "gate.txt", allow=["pass"])
     assert not (tmp_path / "gate.txt").exists()
     # a wider per-table FPR band passes every reproduced cell
-    status = run_check(
+    status = reproduction_check_stage(
         {"t2": out["csv"]},
         {"tables": {"t2": {"tolerance": {"fpr95": 5.0}}}},
         check_out,
         run="unit",
     )
     assert status == "pass"
-    assert gate(check_out["csv"], tmp_path / "gate.txt", allow=["pass"]) == "pass"
+    assert (
+        reproduction_gate_stage(check_out["csv"], tmp_path / "gate.txt", allow=["pass"]) == "pass"
+    )
     with pytest.raises(ValueError, match="not paper tables"):
-        run_check({"t2": out["csv"]}, {"tables": {"t9": {}}}, check_out, run="unit")
+        reproduction_check_stage({"t2": out["csv"]}, {"tables": {"t9": {}}}, check_out, run="unit")
 
 
 def _with_far_sets(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -264,7 +273,7 @@ def test_reproduced_only_table_near_far_averages_and_no_check(
     frame.to_csv(metrics_csv, index=False)
     out = {k: tmp_path / f"v15.{k}" for k in ("csv", "md", "tex")}
     spec = {"published": None, "rows": ROWS, "metrics": ["auroc", "fpr95_ood_recall"]}
-    render_paper_tables(
+    render_paper_tables_stage(
         metrics_csv,
         {"v15": spec},
         {"v15": out},
@@ -298,19 +307,21 @@ def test_reproduced_only_table_near_far_averages_and_no_check(
     grouped = metrics_table(frame, group_averages=True)
     assert "average_far_auroc" in grouped and "average_near_fpr95_id_recall" in grouped
     check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
-    assert run_check({"v15": out["csv"]}, {}, check_out, run="unit") == "not applicable"
+    assert (
+        reproduction_check_stage({"v15": out["csv"]}, {}, check_out, run="unit") == "not applicable"
+    )
     assert "v15" in pd.read_csv(check_out["csv"])["published_row"].iloc[0]
 
 
 def test_no_published_tables_is_not_applicable(tmp_path: Path) -> None:
     out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
-    assert run_check({}, {}, out, run="embedded") == "not applicable"
+    assert reproduction_check_stage({}, {}, out, run="embedded") == "not applicable"
     assert "NOT APPLICABLE" in out["md"].read_text()
     with pytest.raises(RuntimeError, match="not applicable"):
-        gate(out["csv"], tmp_path / "gate.txt", allow=["pass"])
-    assert gate(out["csv"], tmp_path / "gate.txt", allow=["pass", "not applicable"]) == (
-        "not applicable"
-    )
+        reproduction_gate_stage(out["csv"], tmp_path / "gate.txt", allow=["pass"])
+    assert reproduction_gate_stage(
+        out["csv"], tmp_path / "gate.txt", allow=["pass", "not applicable"]
+    ) == ("not applicable")
     assert (tmp_path / "gate.txt").read_text() == "not applicable\n"
 
 
@@ -327,7 +338,7 @@ def test_paper_table_and_check_latex_compile(
     frame.to_csv(published, index=False)
     rows = {"w/o x̂0, w/o aug": {"baseline": "ebo"}, "Ours(GDM)": {"experiment": "gdm_main"}}
     out = {k: tmp_path / f"t2.{k}" for k in ("csv", "md", "tex")}
-    render_paper_tables(
+    render_paper_tables_stage(
         metrics_csv,
         {"t2": {"published": published.stem, "rows": rows, "note": "50% & more_notes"}},
         {"t2": out},
@@ -336,7 +347,7 @@ def test_paper_table_and_check_latex_compile(
         run="unit_run",
     )
     check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
-    run_check({"t2": out["csv"]}, {}, check_out, run="unit_run")
+    reproduction_check_stage({"t2": out["csv"]}, {}, check_out, run="unit_run")
     doc = (
         "\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
         "\\usepackage{graphicx}\\begin{document}\n"

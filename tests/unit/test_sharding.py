@@ -21,7 +21,7 @@ from diffguard.classifiers import build_classifier
 from diffguard.config import resolve_experiment
 from diffguard.data import num_shards
 from diffguard.model_io import WEIGHTS_FILE, save_model
-from diffguard.pipeline import cache_predictions
+from diffguard.predictions import cache_predictions_stage
 from diffguard.reconstruction import aligned_chunks, reconstruct_shard
 from diffguard.training import small_unet_kwargs
 
@@ -90,7 +90,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     save_model(cond, root / "cond" / "weights")
     weights = root / "classifier" / WEIGHTS_FILE
     predictions = root / "predictions.npz"
-    cache_predictions(imglist, benchmark_json, weights, BENCHMARK, predictions)
+    cache_predictions_stage(imglist, benchmark_json, weights, BENCHMARK, predictions)
     return {
         "root": root,
         "common": {

@@ -1,5 +1,5 @@
 """Result tables: layout and order, bold best, LaTeX escaping, both FPR@95 conventions named,
-published-vs-reproduced arithmetic, files written by render_tables, paper macros."""
+published-vs-reproduced arithmetic, files written by render_tables_stage, paper macros."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from diffguard.tables import (
     FPR_CONVENTIONS,
     NO_PUBLISHED_NOTE,
     metrics_table,
-    render_tables,
+    render_tables_stage,
     to_latex,
     to_markdown,
 )
@@ -284,7 +284,7 @@ def test_render_tables_writes_every_format(metrics: pd.DataFrame, tmp_path: Path
     (published-vs-reproduced numbers are the paper tables: test_reproduction.py)."""
     metrics_csv = tmp_path / "metrics.csv"
     metrics.to_csv(metrics_csv, index=False)
-    written = render_tables(
+    written = render_tables_stage(
         metrics_csv, tmp_path / "csv", tmp_path / "tex", tmp_path / "md", run="toy_run"
     )
     names = sorted(p.relative_to(tmp_path).as_posix() for p in written)
@@ -297,7 +297,7 @@ def test_render_tables_writes_every_format(metrics: pd.DataFrame, tmp_path: Path
     assert "no published counterpart" in (tmp_path / "tex/main_results.tex").read_text()
 
     out = tmp_path / "noted"
-    render_tables(metrics_csv, out, out, out, note="See Table 2 of the paper.")
+    render_tables_stage(metrics_csv, out, out, out, note="See Table 2 of the paper.")
     assert "- See Table 2 of the paper." in (out / "main_results.md").read_text()
     assert NO_PUBLISHED_NOTE not in (out / "main_results.md").read_text()
 

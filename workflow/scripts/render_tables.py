@@ -6,12 +6,12 @@ Input ``metrics``; outputs ``csv``, ``md`` and ``tex``; optional params ``run`` 
 from pathlib import Path
 
 from diffguard.runtime import setup_logging
-from diffguard.tables import render_tables
+from diffguard.tables import render_tables_stage
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
 params = dict(sm.params.items())
-render_tables(
+render_tables_stage(
     sm.input.metrics,
     out_dir_csv=Path(sm.output.csv).parent,
     out_dir_tex=Path(sm.output.tex).parent,

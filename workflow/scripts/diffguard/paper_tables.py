@@ -592,7 +592,7 @@ def _comparison_and_notes(
     return comparison, notes
 
 
-def render_paper_tables(
+def render_paper_tables_stage(
     metrics_csv: str | Path,
     tables: Mapping[str, Mapping[str, Any]],
     outputs: Mapping[str, Mapping[str, str | Path]],

@@ -2,9 +2,9 @@
 through the real models and the rules' own entry points, with a cost estimate for the full run.
 
 Each experiment runs :func:`diffguard.reconstruction.reconstruct_shard` (the reconstruct rule's
-entry point) and the classifier pass :func:`diffguard.pipeline.cache_predictions`, first on one
-warm-up image (model loading, CUDA initialisation: reported separately) and then, timed, on the
-first ``images`` images of each evaluation set.
+entry point) and the classifier pass :func:`diffguard.predictions.cache_predictions_stage`,
+first on one warm-up image (model loading, CUDA initialisation: reported separately) and then,
+timed, on the first ``images`` images of each evaluation set.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def run_preflight(
     in the full run: its ``n`` or the whole list); ``other_lists``: lists the classifier pass
     also covers (the training set).
     """
-    from diffguard.pipeline import cache_predictions
+    from diffguard.predictions import cache_predictions_stage
     from diffguard.reconstruction import reconstruct_shard
     from diffguard.runtime import resolve_device
 
@@ -130,7 +130,7 @@ def run_preflight(
             out = tmp / "pred" / f"{base.name}-{min(n, k)}-{size}.npz"
             if out.is_file():  # reconstruction timings exclude the classifier pass
                 return out
-            cache_predictions(
+            cache_predictions_stage(
                 sub(base, n),
                 benchmark_json,
                 classifier_weights,

@@ -3,7 +3,7 @@
 :func:`prepare_diffusion_model` reads an original diffusion checkpoint (guided-diffusion ADM,
 DiffNB, CompVis LDM) with ``weights_only=True`` and writes the converted weights as safetensors
 under ``<out_dir>/weights`` beside ``<out_dir>/backend.json`` (the layout is described in
-:mod:`diffguard.backends`, which loads them at run time); :func:`prepare_classifier` writes a
+:mod:`diffguard.backends`, which loads them at run time); :func:`prepare_classifier_stage` writes a
 downloaded classifier checkpoint in the format of a trained one (:mod:`diffguard.model_io`).
 """
 
@@ -194,6 +194,33 @@ def prepare_diffusion_model(
     log.info("prepared %s diffusion model in %s", source, out_dir)
 
 
+def prepare_diffusion_model_stage(
+    source: str,
+    checkpoint_paths: Mapping[str, Path],
+    options: Mapping[str, Any],
+    out_dir: Path,
+    done: str | Path,
+) -> None:
+    """Rule ``prepare_diffusion_model``: :func:`prepare_diffusion_model`, then the ``done``
+    marker naming the source and each converted weight file with its sha256.
+
+    Raises:
+        RuntimeError: The conversion wrote no ``weights/**/*.safetensors`` or no backend.json.
+    """
+    from diffguard.io import sha256sum, write_text
+
+    out_dir = Path(out_dir)
+    prepare_diffusion_model(source, checkpoint_paths, options, out_dir)
+    # the LDM keeps its UNet and VQ in subfolders of weights/
+    weights = sorted((out_dir / WEIGHTS_DIR).rglob("*.safetensors"))
+    if not weights or not (out_dir / BACKEND_FILE).is_file():
+        raise RuntimeError(
+            f"{out_dir}: conversion wrote no weights/**/*.safetensors or backend.json"
+        )
+    lines = [f"{sha256sum(p)}  {p.relative_to(out_dir)}" for p in weights]
+    write_text(done, f"converted from {source}\n" + "\n".join(lines) + "\n")
+
+
 def _prepare_adm(paths: Mapping[str, Path], options: Mapping[str, Any], weights: Path) -> dict:
     from diffguard.convert.adm import adm_unet_kwargs, load_adm_unet
 
@@ -316,11 +343,14 @@ def _prepare_ldm(paths: Mapping[str, Path], options: Mapping[str, Any], weights:
 # ------------------------------------------------------------------------------ classifiers
 
 
-def prepare_classifier(spec: Mapping[str, Any], checkpoint: Path | None, out_dir: Path) -> None:
-    """Write ``out_dir/weights/model.safetensors`` + ``spec.json`` from a downloaded checkpoint.
+def prepare_classifier_stage(
+    spec: Mapping[str, Any], checkpoint: Path | None, out_dir: Path
+) -> None:
+    """Rule ``prepare_classifier``: write ``out_dir/weights/model.safetensors`` + ``spec.json``
+    from a downloaded checkpoint.
 
-    The same files as training writes (:func:`diffguard.model_io.save_model`), so prediction caching
-    and reconstruction load a downloaded classifier exactly like a trained one.
+    The same files as training writes (:func:`diffguard.model_io.save_model`), so prediction
+    caching and reconstruction load a downloaded classifier exactly like a trained one.
 
     Args:
         spec: classifier spec (``arch`` resnet50_tv / resnet18_32x32 / small_cnn, ``num_classes``,

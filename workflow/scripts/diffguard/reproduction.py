@@ -219,18 +219,20 @@ def check_latex(check: pd.DataFrame, run: str, settings: str) -> str:
     )
 
 
-def run_check(
+def reproduction_check_stage(
     comparisons: Mapping[str, str | Path],
     check_config: Mapping[str, Any],
     outputs: Mapping[str, str | Path],
     *,
     run: str,
 ) -> str:
-    """Check every paper table's comparison CSV; write CSV, Markdown and LaTeX reports.
+    """Rule ``reproduction_check``: check every paper table's comparison CSV; write CSV,
+    Markdown and LaTeX reports.
 
     Args:
-        comparisons: Table name -> its comparison CSV (from :func:`render_paper_tables`);
-            empty: the run has no published counterpart (``not applicable``).
+        comparisons: Table name -> its comparison CSV (from
+            :func:`diffguard.paper_tables.render_paper_tables_stage`); empty: the run has no
+            published counterpart (``not applicable``).
         check_config: ``report.check``: ``tolerance`` ({auroc, fpr95}), ``sd_factor`` and
             per-table overrides under ``tables.<name>``.
         outputs: ``{"csv", "md", "tex"}`` paths.
@@ -296,8 +298,9 @@ def run_check(
     return status
 
 
-def gate(check_csv: str | Path, out: str | Path, *, allow: Sequence[str]) -> str:
-    """Write ``out`` when the check's overall status is allowed; raise otherwise.
+def reproduction_gate_stage(check_csv: str | Path, out: str | Path, *, allow: Sequence[str]) -> str:
+    """Rule ``reproduction_gate``: write ``out`` when the check's overall status is allowed;
+    raise (logged) otherwise.
 
     The paper depends on this file, so a failed reproduction stops the paper build (with
     ``--keep-going`` everything else is still built) while the check report itself exists.
@@ -310,10 +313,13 @@ def gate(check_csv: str | Path, out: str | Path, *, allow: Sequence[str]) -> str
             f"{r.table}/{r.published_row}/{r.dataset}/{r.metric}: {r.status}"
             for r in bad.head(10).itertuples()
         )
-        raise RuntimeError(
+        message = (
             f"reproduction check {check_csv}: status {status!r} (allowed: {list(allow)}); "
             f"{len(bad)} cell(s) not within their band, e.g. {listing}. The report is "
             f"{Path(check_csv).with_suffix('.md')}."
         )
+        log.error("reproduction check not passed: %s", message)
+        raise RuntimeError(message)
     write_text(out, f"{status}\n")
+    log.info("reproduction check status: %s", status)
     return status

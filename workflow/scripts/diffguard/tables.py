@@ -371,7 +371,7 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
-def render_tables(
+def render_tables_stage(
     metrics_csv: str | Path,
     out_dir_csv: str | Path,
     out_dir_tex: str | Path,
