@@ -106,12 +106,18 @@ def _checked_labels(
 ) -> torch.Tensor:
     """Images in [0, 1] and ``N`` long labels in ``[0, num_classes)``; else a ValueError."""
     _check_images(train_images, 0.0, 1.0, "train_images")
+    return _long_labels(labels, train_images.shape[0], num_classes, "spec num_classes")
+
+
+def _long_labels(labels: torch.Tensor, n: int, num_classes: int, bound: str) -> torch.Tensor:
+    """``n`` labels as long, each in ``[0, num_classes)`` (``bound`` says where that comes
+    from, for the error)."""
     labels = torch.as_tensor(labels, dtype=torch.long)
-    if labels.shape != (train_images.shape[0],):
-        raise ValueError(f"labels must have shape ({train_images.shape[0]},), got {labels.shape}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(
-            f"labels must lie in [0, {num_classes}) (spec num_classes), "
+            f"labels must lie in [0, {num_classes}) ({bound}), "
             f"got [{int(labels.min())}, {int(labels.max())}]"
         )
     return labels
@@ -293,18 +299,11 @@ def _diffusion_labels(
         if num_class_embeds is not None:
             raise ValueError("unet_kwargs sets 'num_class_embeds' but no labels were given")
         return None, 0
-    labels = torch.as_tensor(labels, dtype=torch.long)
     if num_class_embeds is None:
         raise ValueError("labels given but unet_kwargs has no 'num_class_embeds'")
     num_classes = int(num_class_embeds) - 1
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}) (num_class_embeds - 1 = null label), "
-            f"got [{int(labels.min())}, {int(labels.max())}]"
-        )
-    return labels, num_classes
+    bound = "num_class_embeds - 1 = null label"
+    return _long_labels(labels, images.shape[0], num_classes, bound), num_classes
 
 
 def _warmup_cosine(step: int, *, warmup_steps: int, steps: int) -> float:
