@@ -19,16 +19,12 @@ from PIL import Image
 from standins import write_adm, write_diffnb, write_ldm
 
 from diffguard import cfg, gdm, io
-from diffguard.backends import (
-    load_backend,
-    prepare_classifier,
-    prepare_diffusion_model,
-    resize_images,
-)
+from diffguard.backends import load_backend, resize_images
 from diffguard.classifiers import SmallCNN
 from diffguard.convert.adm import load_adm_unet, use_released_attention
 from diffguard.convert.diffnb import load_diffnb_unet
 from diffguard.convert.ldm import ldm_decode, ldm_encode, ldm_eps, load_ldm
+from diffguard.preparation import prepare_classifier_stage, prepare_diffusion_model
 
 GDM_SETTINGS = gdm.GdmSettings(
     respacing="ddim10",
@@ -105,7 +101,7 @@ def test_gdm_with_adm_backend_equals_direct_converter(
 def test_cfg_with_diffnb_backend_equals_direct_converter(
     models: dict[str, tuple[dict[str, Any], Path]],
 ) -> None:
-    from diffguard.backends import _read_yaml, diffnb_config_from_yaml
+    from diffguard.preparation import _read_yaml, diffnb_config_from_yaml
 
     standin, model_dir = models["diffnb"]
     backend = load_backend(model_dir, "cpu")
@@ -134,7 +130,7 @@ def test_cfg_with_diffnb_backend_equals_direct_converter(
 def test_cfg_with_ldm_backend_equals_direct_converter(
     models: dict[str, tuple[dict[str, Any], Path]],
 ) -> None:
-    from diffguard.backends import _read_yaml, ldm_config_from_yaml
+    from diffguard.preparation import _read_yaml, ldm_config_from_yaml
 
     standin, model_dir = models["ldm"]
     backend = load_backend(model_dir, "cpu")
@@ -221,7 +217,7 @@ def _run_job(
     num_classes = 1000 if source != "diffnb" else 10
     imglist, bench, preds = _mini_benchmark(tmp_path, input_size)
     spec = {"arch": "small_cnn", "num_classes": num_classes, "in_channels": 3, "width": 8}
-    prepare_classifier({**spec, "input_size": input_size}, None, tmp_path / "clf")
+    prepare_classifier_stage({**spec, "input_size": input_size}, None, tmp_path / "clf")
     experiment = {"name": f"{source}_test", "method": method, method: method_cfg}
     out = tmp_path / "shard.npz"
     reconstruct_shard(
@@ -325,7 +321,7 @@ def test_reconstruct_shard_refuses_a_schedule_the_model_was_not_trained_with(
 
     imglist, bench, preds = _mini_benchmark(tmp_path, 32)
     spec = {"arch": "small_cnn", "num_classes": 10, "in_channels": 3, "width": 8}
-    prepare_classifier(spec, None, tmp_path / "clf")
+    prepare_classifier_stage(spec, None, tmp_path / "clf")
     # CfgSettings defaults are the LDM's schedule; DiffNB was trained on DDPM's linear one.
     experiment = {"name": "nb", "method": "cfg", "cfg": {"ddim_steps": 2}}
     with pytest.raises(BackendError, match=r"experiments\.nb\.cfg\.beta_schedule"):
@@ -399,7 +395,7 @@ def test_inversion_trace_job_writes_full_per_image_traces(
     from diffguard.runtime import load_records_images
 
     imglist, bench, _ = _mini_benchmark(tmp_path, 28)
-    prepare_classifier(
+    prepare_classifier_stage(
         {"arch": "small_cnn", "num_classes": 1000, "in_channels": 3, "width": 8, "input_size": 28},
         None,
         tmp_path / "clf",

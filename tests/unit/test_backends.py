@@ -24,22 +24,21 @@ from standins import (
     write_resnet50_tv,
 )
 
-from diffguard import backends
+from diffguard import backends, preparation
 from diffguard.backends import (
     BackendError,
     LatentBackend,
     PixelBackend,
     load_backend,
-    prepare_classifier,
-    prepare_diffusion_model,
     resize_images,
-    resolve_dtype,
 )
 from diffguard.checkpoints import load_checkpoint, state_dict_of
 from diffguard.convert.adm import load_adm_unet, use_released_attention
 from diffguard.convert.diffnb import load_diffnb_unet
 from diffguard.convert.ldm import ldm_decode, ldm_encode, ldm_eps, load_ldm
 from diffguard.convert.manifest import read_manifest
+from diffguard.precision import FULL_CAST
+from diffguard.preparation import prepare_classifier_stage, prepare_diffusion_model
 
 EXACT = 1e-6
 
@@ -186,8 +185,8 @@ def test_diffnb_backend_equals_converter(
 ) -> None:
     backend = load_backend(prepared["diffnb"], "cpu")
     assert backend.conditional and backend.null_label == 10
-    config = backends.diffnb_config_from_yaml(
-        backends._read_yaml(standins["diffnb"]["paths"]["config"])
+    config = preparation.diffnb_config_from_yaml(
+        preparation._read_yaml(standins["diffnb"]["paths"]["config"])
     )
     direct = load_diffnb_unet(standins["diffnb"]["path"], config)
     ema = load_checkpoint(standins["diffnb"]["path"])  # the flat EMA dict
@@ -207,8 +206,8 @@ def test_diffnb_backend_equals_converter(
 def test_diffnb_config_from_options(
     standins: dict[str, dict[str, Any]], checkpoints_dir: Path, tmp_path: Path
 ) -> None:
-    config = backends.diffnb_config_from_yaml(
-        backends._read_yaml(standins["diffnb"]["paths"]["config"])
+    config = preparation.diffnb_config_from_yaml(
+        preparation._read_yaml(standins["diffnb"]["paths"]["config"])
     )
     prepare_diffusion_model(
         "diffnb", {"model": standins["diffnb"]["path"]}, {"config": config}, tmp_path / "m"
@@ -224,7 +223,9 @@ def test_ldm_backend_equals_converter(
     backend = load_backend(prepared["ldm"], "cpu")
     assert isinstance(backend, LatentBackend)
     assert backend.latent and backend.conditional and backend.null_label == 1000
-    cfg = backends.ldm_config_from_yaml(backends._read_yaml(standins["ldm"]["paths"]["config"]))
+    cfg = preparation.ldm_config_from_yaml(
+        preparation._read_yaml(standins["ldm"]["paths"]["config"])
+    )
     parts = load_ldm(
         standins["ldm"]["path"],
         cfg["unet_config"],
@@ -261,7 +262,8 @@ def test_ldm_backend_equals_converter(
 def test_trained_model_directory_loads_as_backend(tmp_path: Path) -> None:
     from diffusers import UNet2DModel
 
-    from diffguard.training import save_model, small_unet_kwargs
+    from diffguard.model_io import save_model
+    from diffguard.training import small_unet_kwargs
 
     torch.manual_seed(0)
     unet = UNet2DModel(**small_unet_kwargs(1, 16, True, 6))
@@ -340,16 +342,6 @@ def test_prepare_replaces_a_previous_model(
 
 
 # ------------------------------------------------------------------------------ dtype, resize
-
-
-def test_dtype_resolution() -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_dtype("float16", cpu) == torch.float32
-    assert resolve_dtype("float16", cpu, force=True) == torch.float16
-    assert resolve_dtype("bfloat16", cuda) == torch.bfloat16
-    assert resolve_dtype(torch.float32, cuda) == torch.float32
-    with pytest.raises(BackendError, match="float64"):
-        resolve_dtype("float64", cpu)
 
 
 def test_forced_low_precision_runs_and_returns_input_dtype(prepared: dict[str, Path]) -> None:
@@ -443,7 +435,7 @@ def test_prepare_resnet18_32x32(prefix: str, tmp_path: Path) -> None:
     from diffguard.runtime import load_trained_classifier
 
     standin = write_resnet18_32x32(tmp_path / "ckpt", prefix=prefix)
-    prepare_classifier(standin["options"], standin["path"], tmp_path / "clf")
+    prepare_classifier_stage(standin["options"], standin["path"], tmp_path / "clf")
     weights = tmp_path / "clf" / "weights" / "model.safetensors"
     spec = json.loads((weights.parent / "spec.json").read_text())
     assert spec["input_size"] == 32 and spec["source_sha256"] == standin["sha256"]["model"]
@@ -463,7 +455,7 @@ def test_prepare_resnet50_tv(tmp_path: Path) -> None:
     from diffguard.runtime import load_trained_classifier
 
     standin = write_resnet50_tv(tmp_path / "ckpt")
-    prepare_classifier(standin["options"], standin["path"], tmp_path / "clf")
+    prepare_classifier_stage(standin["options"], standin["path"], tmp_path / "clf")
     model = load_trained_classifier(
         tmp_path / "clf" / "weights" / "model.safetensors", torch.device("cpu")
     )
@@ -476,7 +468,7 @@ def test_prepare_resnet50_tv(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(x), direct((x - mean) / std), atol=1e-5, rtol=1e-5)
     with pytest.raises(BackendError, match="needs a checkpoint"):
-        prepare_classifier(standin["options"], None, tmp_path / "none")
+        prepare_classifier_stage(standin["options"], None, tmp_path / "none")
 
 
 # ------------------------------------------------------------------------------ GPU
@@ -494,7 +486,7 @@ def test_backends_on_cuda_follow_the_cpu(prepared: dict[str, Path], dtype: str) 
     for source, model_dir in prepared.items():
         cpu_backend = load_backend(model_dir, "cpu")
         gpu_backend = load_backend(model_dir, cuda, dtype)
-        assert gpu_backend.dtype == backends.DTYPES[dtype]
+        assert gpu_backend.dtype == FULL_CAST[dtype]
         assert gpu_backend.device.type == "cuda"
         size = cpu_backend.sample_size
         x = torch.rand(2, 3, size, size, generator=gen) * 2 - 1

@@ -27,9 +27,11 @@ from diffguard import io
 from diffguard.classifiers import build_classifier
 from diffguard.config import resolve_experiment
 from diffguard.data import ImageListError, ImageLoadError, load_image
-from diffguard.pipeline import cache_predictions, select_images
+from diffguard.model_io import WEIGHTS_FILE, save_model
+from diffguard.pipeline import select_images_stage
+from diffguard.predictions import cache_predictions_stage
 from diffguard.reconstruction import reconstruct_shard
-from diffguard.training import WEIGHTS_FILE, save_model, small_unet_kwargs
+from diffguard.training import small_unet_kwargs
 
 SIZE = 16
 NUM_CLASSES = 6
@@ -97,7 +99,9 @@ STRICT = {**BENCHMARK, "load_truncated_images": False}
 
 
 def _cache(bench: Bench, imglist: Path, out: Path, benchmark: dict | None = None) -> None:
-    cache_predictions(imglist, bench.benchmark_json, bench.classifier, benchmark or BENCHMARK, out)
+    cache_predictions_stage(
+        imglist, bench.benchmark_json, bench.classifier, benchmark or BENCHMARK, out
+    )
 
 
 # ------------------------------------------------------------------------- truncated image
@@ -247,7 +251,7 @@ def test_empty_image_list_fails_every_stage_naming_it(bench: Bench) -> None:
     with pytest.raises(ImageListError, match=r"empty\.txt.*empty"):
         _cache(bench, empty, bench.out("empty.npz"))
     with pytest.raises(ImageListError, match=r"empty\.txt.*empty"):
-        select_images(empty, bench.out("empty.txt"), {"role": "id"}, 0, NUM_CLASSES)
+        select_images_stage(empty, bench.out("empty.txt"), {"role": "id"}, 0, NUM_CLASSES)
     assert _files_under(bench.root / "out") == []
 
 
@@ -255,11 +259,11 @@ def test_empty_image_list_fails_every_stage_naming_it(bench: Bench) -> None:
 def test_label_out_of_range_fails_select_images_naming_line(bench: Bench, role: str) -> None:
     lines = [f"ds/img_{i}.png {i % NUM_CLASSES}" for i in range(N_IMAGES)]
     good = _write_list(bench.root / "lists" / "good.txt", lines)
-    select_images(good, bench.out("good.txt"), {"role": role}, 0, NUM_CLASSES)
+    select_images_stage(good, bench.out("good.txt"), {"role": role}, 0, NUM_CLASSES)
     lines[4] = f"ds/img_4.png {NUM_CLASSES}"
     bad = _write_list(bench.root / "lists" / "bad.txt", lines)
     with pytest.raises(ImageListError) as info:
-        select_images(bad, bench.out("bad.txt"), {"role": role}, 0, NUM_CLASSES)
+        select_images_stage(bad, bench.out("bad.txt"), {"role": role}, 0, NUM_CLASSES)
     message = str(info.value)
     assert "bad.txt" in message and "line 5" in message and "img_4.png" in message
     assert f"[0, {NUM_CLASSES})" in message
@@ -268,10 +272,10 @@ def test_label_out_of_range_fails_select_images_naming_line(bench: Bench, role: 
 
 def test_ood_list_keeps_ood_label_but_rejects_invalid_label(bench: Bench) -> None:
     ood = _write_list(bench.root / "lists" / "ood.txt", [f"ds/img_{i}.png -1" for i in range(3)])
-    select_images(ood, bench.out("ood.txt"), {"role": "near"}, 0, NUM_CLASSES)
+    select_images_stage(ood, bench.out("ood.txt"), {"role": "near"}, 0, NUM_CLASSES)
     bad = _write_list(bench.root / "lists" / "bad.txt", ["ds/img_0.png -1", "ds/img_1.png -7"])
     with pytest.raises(ImageListError, match=r"bad\.txt:2: label -7"):
-        select_images(bad, bench.out("bad.txt"), {"role": "near"}, 0, NUM_CLASSES)
+        select_images_stage(bad, bench.out("bad.txt"), {"role": "near"}, 0, NUM_CLASSES)
     assert _files_under(bench.root / "out") == [bench.out("ood.txt")]
 
 

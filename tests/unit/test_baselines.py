@@ -22,7 +22,7 @@ from diffguard.baselines import (
     ReAct,
     ViM,
     make_baseline,
-    mc_dropout_scores,
+    mean_softmax_scores,
     odin_scores,
 )
 from diffguard.metrics import ood_metrics
@@ -146,9 +146,9 @@ def test_deep_ensemble_averages_logits_as_openood() -> None:
 def test_mc_dropout_averages() -> None:
     passes = [np.array([[2.0, 0.0]]), np.array([[0.0, 0.0]])]
     p = np.exp(2) / (np.exp(2) + 1)
-    assert mc_dropout_scores(passes) == pytest.approx([(p + 0.5) / 2])
+    assert mean_softmax_scores(passes) == pytest.approx([(p + 0.5) / 2])
     # OpenOOD's variant averages logits first: softmax([1, 0])
-    assert mc_dropout_scores(passes, "logits") == pytest.approx([np.e / (np.e + 1)])
+    assert mean_softmax_scores(passes, "logits") == pytest.approx([np.e / (np.e + 1)])
     data = CachedOutputs(mc_logits=np.stack(passes))
     # the baseline's default is OpenOOD's DropoutPostProcessor
     assert MCDropout().fit(data).score(data) == pytest.approx([np.e / (np.e + 1)])

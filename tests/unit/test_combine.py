@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from diffguard.combine import COMBINATION_RULES, align_by_image, cascade, combine, id_cdf
-from diffguard.metrics import ood_metrics
-from diffguard.pipeline import METRIC_COLUMNS, evaluate_stage
+from diffguard.evaluation import evaluate_stage
+from diffguard.metrics import METRIC_KEYS, ood_metrics
 
 RULE_PARAMS = [
     ("cascade", {}),
@@ -190,7 +190,7 @@ def _combined_metrics(
     )
     frame = pd.read_csv(out)
     row = frame[(frame["kind"] == "combined") & (frame["dataset"] == "ood")]
-    return row[list(METRIC_COLUMNS)].iloc[0].to_dict()
+    return row[list(METRIC_KEYS)].iloc[0].to_dict()
 
 
 def test_combination_joins_on_image_id_not_row_position(tmp_path: Path) -> None:

@@ -152,7 +152,7 @@ def test_data_parallel_list_checkpoint_loads_ema(fixture: dict[str, Any], tmp_pa
 
 
 def _standin_config(written: dict[str, Any]) -> dict[str, Any]:
-    from diffguard.backends import diffnb_config_from_yaml
+    from diffguard.preparation import diffnb_config_from_yaml
 
     return diffnb_config_from_yaml(yaml.safe_load(written["paths"]["config"].read_text()))
 

@@ -28,7 +28,8 @@ from diffguard.config import method_settings, resolve_experiment
 from diffguard.gdm import CallCounter
 from diffguard.method_api import MethodBatch, MethodJob, MethodOutput
 from diffguard.methods import METHODS, Method, get_method, method_names, register
-from diffguard.training import save_model, small_unet_kwargs
+from diffguard.model_io import save_model
+from diffguard.training import small_unet_kwargs
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
 NUM_CLASSES = 4

@@ -21,7 +21,6 @@ import yaml
 from PIL import Image
 
 from diffguard import io
-from diffguard.backends import prepare_classifier
 from diffguard.classifiers import (
     OPENOOD_DROPOUT_P,
     build_classifier,
@@ -30,18 +29,16 @@ from diffguard.classifiers import (
 )
 from diffguard.config import ConfigError, ensemble_members, guidance_input_size, resolve_all
 from diffguard.data import read_imglist
-from diffguard.pipeline import (
-    _cached,
-    baseline_scores_stage,
-    cache_predictions,
-    prepare_ensemble_member,
-)
+from diffguard.evaluation import _cached, baseline_scores_stage
+from diffguard.model_io import WEIGHTS_FILE, save_model
+from diffguard.pipeline import prepare_ensemble_member_stage
+from diffguard.predictions import cache_predictions_stage
+from diffguard.preparation import prepare_classifier_stage
 from diffguard.runtime import (
     experiment_image_sizes,
     load_records_images,
     load_trained_classifier,
 )
-from diffguard.training import WEIGHTS_FILE, save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import standins  # noqa: E402
@@ -83,7 +80,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _cache(bench: dict[str, Path], out: Path, weights: str = "resnet", **kwargs: Any) -> dict:
-    cache_predictions(
+    cache_predictions_stage(
         bench["imglist"], bench["benchmark"], bench[weights], BENCHMARK, out, **kwargs
     )
     return io.read_npz(out)
@@ -193,18 +190,18 @@ def test_prepare_ensemble_member_from_the_openood_v15_zip(tmp_path: Path) -> Non
     x = torch.rand(2, 3, 32, 32)
     for i, member in enumerate(served["members"]):
         out = tmp_path / f"member-{i}"
-        prepare_ensemble_member(spec, extracted, member, out)
+        prepare_ensemble_member_stage(spec, extracted, member, out)
         model = load_trained_classifier(out / "weights" / WEIGHTS_FILE, torch.device("cpu"))
         with torch.no_grad():
             logits.append(model(x))
     assert not torch.allclose(logits[0], logits[1])  # three different training runs
     # the same file as a plain checkpoint (no archive) converts identically
-    prepare_classifier(spec, extracted / served["members"][0], tmp_path / "direct")
+    prepare_classifier_stage(spec, extracted / served["members"][0], tmp_path / "direct")
     direct = load_trained_classifier(tmp_path / "direct" / "weights" / WEIGHTS_FILE, "cpu")
     with torch.no_grad():
         torch.testing.assert_close(direct(x), logits[0])
     with pytest.raises(FileNotFoundError, match=r"s7/best\.ckpt.*s0/best\.ckpt"):
-        prepare_ensemble_member(
+        prepare_ensemble_member_stage(
             spec, extracted, served["members"][0].replace("s0", "s7"), tmp_path / "m"
         )
 

@@ -3,23 +3,24 @@ the exact columns the evaluate rule writes."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from latex_doc import assert_compiles
 
-from diffguard.reproduction import (
+from diffguard.paper_tables import (
     best_over_distances,
-    check_table,
-    gate,
-    overall_status,
     paper_table,
-    render_paper_tables,
-    run_check,
+    render_paper_tables_stage,
     select_rows,
+)
+from diffguard.reproduction import (
+    check_table,
+    overall_status,
+    reproduction_check_stage,
+    reproduction_gate_stage,
 )
 from diffguard.tables import metrics_table
 
@@ -203,7 +204,7 @@ def test_render_check_and_gate(metrics: pd.DataFrame, published: Path, tmp_path:
     metrics_csv = tmp_path / "metrics.csv"
     metrics.to_csv(metrics_csv, index=False)
     out = {k: tmp_path / f"t2.{k}" for k in ("csv", "md", "tex")}
-    render_paper_tables(
+    render_paper_tables_stage(
         metrics_csv,
         {"t2": {"published": published.stem, "rows": ROWS, "title": "Table 2"}},
         {"t2": out},
@@ -216,25 +217,29 @@ def test_render_check_and_gate(metrics: pd.DataFrame, published: Path, tmp_path:
     tex = out["tex"].read_text()
     assert r"\label{tab:t2}" in tex and r"$\pm$" in tex
     check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
-    status = run_check({"t2": out["csv"]}, {"tolerance": {"auroc": 1.0}}, check_out, run="unit")
+    status = reproduction_check_stage(
+        {"t2": out["csv"]}, {"tolerance": {"auroc": 1.0}}, check_out, run="unit"
+    )
     assert status == "fail"  # the GDM FPR cells are 3.68 and 1.23 off; fpr95 band is 3.0
     metrics_seen = set(pd.read_csv(check_out["csv"])["metric"])
     assert metrics_seen == {"AUROC", "FPR@95 (a)"}  # CSV round trip: no "AUROC (nan)"
     assert "FAIL" in check_out["md"].read_text().splitlines()[0]
     with pytest.raises(RuntimeError, match=r"Ours\(GDM\)/species/FPR@95 \(a\): fail"):
-        gate(check_out["csv"], tmp_path / "gate.txt", allow=["pass"])
+        reproduction_gate_stage(check_out["csv"], tmp_path / "gate.txt", allow=["pass"])
     assert not (tmp_path / "gate.txt").exists()
     # a wider per-table FPR band passes every reproduced cell
-    status = run_check(
+    status = reproduction_check_stage(
         {"t2": out["csv"]},
         {"tables": {"t2": {"tolerance": {"fpr95": 5.0}}}},
         check_out,
         run="unit",
     )
     assert status == "pass"
-    assert gate(check_out["csv"], tmp_path / "gate.txt", allow=["pass"]) == "pass"
+    assert (
+        reproduction_gate_stage(check_out["csv"], tmp_path / "gate.txt", allow=["pass"]) == "pass"
+    )
     with pytest.raises(ValueError, match="not paper tables"):
-        run_check({"t2": out["csv"]}, {"tables": {"t9": {}}}, check_out, run="unit")
+        reproduction_check_stage({"t2": out["csv"]}, {"tables": {"t9": {}}}, check_out, run="unit")
 
 
 def _with_far_sets(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -267,7 +272,7 @@ def test_reproduced_only_table_near_far_averages_and_no_check(
     frame.to_csv(metrics_csv, index=False)
     out = {k: tmp_path / f"v15.{k}" for k in ("csv", "md", "tex")}
     spec = {"published": None, "rows": ROWS, "metrics": ["auroc", "fpr95_ood_recall"]}
-    render_paper_tables(
+    render_paper_tables_stage(
         metrics_csv,
         {"v15": spec},
         {"v15": out},
@@ -301,19 +306,21 @@ def test_reproduced_only_table_near_far_averages_and_no_check(
     grouped = metrics_table(frame, group_averages=True)
     assert "average_far_auroc" in grouped and "average_near_fpr95_id_recall" in grouped
     check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
-    assert run_check({"v15": out["csv"]}, {}, check_out, run="unit") == "not applicable"
+    assert (
+        reproduction_check_stage({"v15": out["csv"]}, {}, check_out, run="unit") == "not applicable"
+    )
     assert "v15" in pd.read_csv(check_out["csv"])["published_row"].iloc[0]
 
 
 def test_no_published_tables_is_not_applicable(tmp_path: Path) -> None:
     out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
-    assert run_check({}, {}, out, run="embedded") == "not applicable"
+    assert reproduction_check_stage({}, {}, out, run="embedded") == "not applicable"
     assert "NOT APPLICABLE" in out["md"].read_text()
     with pytest.raises(RuntimeError, match="not applicable"):
-        gate(out["csv"], tmp_path / "gate.txt", allow=["pass"])
-    assert gate(out["csv"], tmp_path / "gate.txt", allow=["pass", "not applicable"]) == (
-        "not applicable"
-    )
+        reproduction_gate_stage(out["csv"], tmp_path / "gate.txt", allow=["pass"])
+    assert reproduction_gate_stage(
+        out["csv"], tmp_path / "gate.txt", allow=["pass", "not applicable"]
+    ) == ("not applicable")
     assert (tmp_path / "gate.txt").read_text() == "not applicable\n"
 
 
@@ -322,7 +329,6 @@ def test_paper_table_and_check_latex_compile(
 ) -> None:
     """pdfLaTeX accepts the paper-shaped table (a row name with an accent, ± cells) and the
     check table, as ms.tex inputs them."""
-    assert shutil.which("pdflatex"), "pdflatex not found: run `make setup` (texlive)"
     metrics_csv = tmp_path / "metrics.csv"
     metrics.to_csv(metrics_csv, index=False)
     frame = pd.read_csv(published)
@@ -330,7 +336,7 @@ def test_paper_table_and_check_latex_compile(
     frame.to_csv(published, index=False)
     rows = {"w/o x̂0, w/o aug": {"baseline": "ebo"}, "Ours(GDM)": {"experiment": "gdm_main"}}
     out = {k: tmp_path / f"t2.{k}" for k in ("csv", "md", "tex")}
-    render_paper_tables(
+    render_paper_tables_stage(
         metrics_csv,
         {"t2": {"published": published.stem, "rows": rows, "note": "50% & more_notes"}},
         {"t2": out},
@@ -339,23 +345,8 @@ def test_paper_table_and_check_latex_compile(
         run="unit_run",
     )
     check_out = {k: tmp_path / f"check.{k}" for k in ("csv", "md", "tex")}
-    run_check({"t2": out["csv"]}, {}, check_out, run="unit_run")
-    doc = (
-        "\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
-        "\\usepackage{graphicx}\\begin{document}\n"
-        + out["tex"].read_text()
-        + check_out["tex"].read_text()
-        + "\\end{document}\n"
-    )
-    (tmp_path / "t.tex").write_text(doc)
-    result = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout[-2000:]
+    reproduction_check_stage({"t2": out["csv"]}, {}, check_out, run="unit_run")
+    assert_compiles(out["tex"].read_text() + check_out["tex"].read_text(), tmp_path)
 
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "report.schema.yaml"
@@ -363,7 +354,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
 
 def test_load_report_section_sources_and_defaults(tmp_path: Path) -> None:
-    from diffguard.reproduction import load_report_section
+    from diffguard.report_config import load_report_section
 
     experiments = {"gdm_main": {}, "ldm_main": {}}
     none = load_report_section(
@@ -409,8 +400,8 @@ def test_shipped_report_configs_match_published_rows(name: str) -> None:
     import yaml
 
     from diffguard.config import resolve_all
-    from diffguard.reproduction import load_report_section
-    from diffguard.tables import _published_key_columns, _row_keys
+    from diffguard.paper_tables import _published_key_columns, _row_keys
+    from diffguard.report_config import load_report_section
 
     configfile = CONFIG_DIR / f"{'config' if name == 'embedded' else name}.yaml"
     config = yaml.safe_load(configfile.read_text())

@@ -26,7 +26,7 @@ from diffguard.classifiers import build_classifier
 from diffguard.convert.adm import load_adm_unet
 from diffguard.convert.diffnb import load_diffnb_unet
 from diffguard.convert.ldm import load_ldm
-from diffguard.training import SPEC_FILE, WEIGHTS_FILE, load_classifier, load_small_unet
+from diffguard.model_io import SPEC_FILE, WEIGHTS_FILE, load_classifier, load_small_unet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import standins  # noqa: E402

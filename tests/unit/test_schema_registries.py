@@ -28,7 +28,7 @@ def _enum(path: str) -> set[Any]:
 
 # name -> (dotted path of the schema enum, "module:registry" of the code)
 PAIRS: dict[str, tuple[str, str]] = {
-    "methods": (f"{EXPERIMENT}.method", "diffguard.config:METHOD_SETTINGS"),
+    "methods": (f"{EXPERIMENT}.method", "diffguard.methods:METHODS"),
     "early-stop metrics": (
         f"{EXPERIMENT}.gdm.properties.early_stop_metrics.items",
         "diffguard.settings:EARLY_STOP_METRICS",

@@ -20,9 +20,10 @@ from diffguard import io
 from diffguard.classifiers import build_classifier
 from diffguard.config import resolve_experiment
 from diffguard.data import num_shards
-from diffguard.pipeline import cache_predictions
+from diffguard.model_io import WEIGHTS_FILE, save_model
+from diffguard.predictions import cache_predictions_stage
 from diffguard.reconstruction import aligned_chunks, reconstruct_shard
-from diffguard.training import WEIGHTS_FILE, save_model, small_unet_kwargs
+from diffguard.training import small_unet_kwargs
 
 SIZE = 16
 NUM_CLASSES = 3
@@ -89,7 +90,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     save_model(cond, root / "cond" / "weights")
     weights = root / "classifier" / WEIGHTS_FILE
     predictions = root / "predictions.npz"
-    cache_predictions(imglist, benchmark_json, weights, BENCHMARK, predictions)
+    cache_predictions_stage(imglist, benchmark_json, weights, BENCHMARK, predictions)
     return {
         "root": root,
         "common": {

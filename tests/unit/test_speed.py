@@ -22,7 +22,9 @@ from diffguard import cfg, gdm, speed
 from diffguard import released_port as rp
 from diffguard.classifiers import build_classifier
 from diffguard.distances import SimilarityScorer
-from diffguard.training import save_model, small_unet_kwargs
+from diffguard.model_io import save_model
+from diffguard.speed_tables import speed_markdown
+from diffguard.training import small_unet_kwargs
 
 NUM_CLASSES = 6
 N_IMAGES = 6
@@ -425,7 +427,7 @@ def test_channels_last_variant_computes_the_same() -> None:
     # NHWC convolutions round differently: measured 1.1e-5 on this random model, vs ~1e-2 for
     # any algorithmic difference
     assert frame.loc["ours+channels_last", "max_abs_score_diff"] <= 1e-4
-    assert "ours + channels last" in speed.speed_markdown(frame.reset_index(), "t")
+    assert "ours + channels last" in speed_markdown(frame.reset_index(), "t")
     with pytest.raises(ValueError, match="variants"):
         speed.run_speed_benchmark(
             images, clf, {"GDM": (unet, settings)}, NUM_CLASSES, variants=["turbo"]

@@ -1,29 +1,28 @@
 """Result tables: layout and order, bold best, LaTeX escaping, both FPR@95 conventions named,
-published-vs-reproduced arithmetic, files written by render_tables, paper macros."""
+published-vs-reproduced arithmetic, files written by render_tables_stage, paper macros."""
 
 from __future__ import annotations
 
 import math
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from latex_doc import assert_compiles
 
 from diffguard.metrics import METRIC_DEFINITIONS
 from diffguard.paper import macro_name, paper_numbers
+from diffguard.paper_tables import published_vs_reproduced
 from diffguard.tables import (
     FPR_CONVENTIONS,
     NO_PUBLISHED_NOTE,
-    latex_escape,
     metrics_table,
-    published_vs_reproduced,
-    render_tables,
+    render_tables_stage,
     to_latex,
     to_markdown,
 )
+from diffguard.tabular import latex_escape
 
 SETS = (("near_a", "near"), ("far_b", "far"))
 
@@ -68,22 +67,11 @@ def _rows(
 def metrics() -> pd.DataFrame:
     """Hand-made long metrics; rows deliberately out of kind order."""
     rows = []
-    rows += _rows(
-        "DiffGuard (GDM: g, ssim)",
-        "diffguard",
-        {"near_a": (80.0, 40.0, 50.0), "far_b": (90.0, 20.0, 30.0)},
-        "0",
-        "g",
-        "ssim",
-    )
-    rows += _rows(
-        "DiffGuard (GDM: g, ssim)",
-        "diffguard",
-        {"near_a": (82.0, 38.0, 48.0), "far_b": (92.0, 22.0, 32.0)},
-        "1",
-        "g",
-        "ssim",
-    )
+    for seed, values in (
+        ("0", {"near_a": (80.0, 40.0, 50.0), "far_b": (90.0, 20.0, 30.0)}),
+        ("1", {"near_a": (82.0, 38.0, 48.0), "far_b": (92.0, 22.0, 32.0)}),
+    ):
+        rows += _rows("DiffGuard (GDM: g, ssim)", "diffguard", values, seed, "g", "ssim")
     rows += _rows("MSP", "baseline", {"near_a": (85.0, 30.0, 60.0), "far_b": (88.0, 25.0, 35.0)})
     rows += _rows(
         "DiffGuard (GDM: g)+KNN [cascade]",
@@ -200,21 +188,8 @@ def test_latex_escape() -> None:
 
 def test_latex_compiles(metrics: pd.DataFrame, tmp_path: Path) -> None:
     """pdfLaTeX (a project requirement, see the Makefile) accepts the table as written."""
-    assert shutil.which("pdflatex"), "pdflatex not found: run `make setup` (texlive)"
     tex = to_latex(metrics_table(metrics), caption="Main", label="tab:x")
-    doc = (
-        "\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
-        "\\usepackage{graphicx}\\begin{document}\n" + tex + "\\end{document}\n"
-    )
-    (tmp_path / "t.tex").write_text(doc)
-    result = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout[-2000:]
+    assert_compiles(tex, tmp_path)
 
 
 def test_published_vs_reproduced_arithmetic(metrics: pd.DataFrame, tmp_path: Path) -> None:
@@ -280,46 +255,26 @@ def test_published_multi_key_rows(metrics: pd.DataFrame, tmp_path: Path) -> None
 
 
 def test_render_tables_writes_every_format(metrics: pd.DataFrame, tmp_path: Path) -> None:
+    """The main table in every format; without a note it says there is no published analogue
+    (published-vs-reproduced numbers are the paper tables: test_reproduction.py)."""
     metrics_csv = tmp_path / "metrics.csv"
     metrics.to_csv(metrics_csv, index=False)
-    published = tmp_path / "published"
-    published.mkdir()
-    (published / "table2_toy.csv").write_text("method,near_a_auroc,avg_auroc\nMSP,84.0,85.0\n")
-    written = render_tables(
-        metrics_csv,
-        tmp_path / "csv",
-        tmp_path / "tex",
-        tmp_path / "md",
-        published,
-        {"table2_toy": {"MSP": "MSP"}},
-        run="toy_run",
+    written = render_tables_stage(
+        metrics_csv, tmp_path / "csv", tmp_path / "tex", tmp_path / "md", run="toy_run"
     )
     names = sorted(p.relative_to(tmp_path).as_posix() for p in written)
-    assert names == [
-        "csv/main_results.csv",
-        "csv/table2_published_vs_reproduced.csv",
-        "md/main_results.md",
-        "md/table2_published_vs_reproduced.md",
-        "tex/main_results.tex",
-        "tex/table2_published_vs_reproduced.tex",
-    ]
+    assert names == ["csv/main_results.csv", "md/main_results.md", "tex/main_results.tex"]
     main = pd.read_csv(tmp_path / "csv/main_results.csv")
     assert main.loc[main["method"] == "MSP", "average_auroc"].item() == pytest.approx(86.5)
-    comparison = pd.read_csv(tmp_path / "csv/table2_published_vs_reproduced.csv")
-    assert comparison["delta"].tolist() == pytest.approx([1.0, 1.5])
     assert r"toy\_run" in (tmp_path / "tex/main_results.tex").read_text()
     assert not list(tmp_path.rglob(".*.tmp")) and not list(tmp_path.rglob(".main*"))
+    assert NO_PUBLISHED_NOTE in (tmp_path / "md/main_results.md").read_text()
+    assert "no published counterpart" in (tmp_path / "tex/main_results.tex").read_text()
 
-    # no mapping: no comparison table, and the main table says there is no published analogue
-    out = tmp_path / "plain"
-    written = render_tables(metrics_csv, out, out, out)
-    assert sorted(p.name for p in written) == [
-        "main_results.csv",
-        "main_results.md",
-        "main_results.tex",
-    ]
-    assert NO_PUBLISHED_NOTE in (out / "main_results.md").read_text()
-    assert "no published counterpart" in (out / "main_results.tex").read_text()
+    out = tmp_path / "noted"
+    render_tables_stage(metrics_csv, out, out, out, note="See Table 2 of the paper.")
+    assert "- See Table 2 of the paper." in (out / "main_results.md").read_text()
+    assert NO_PUBLISHED_NOTE not in (out / "main_results.md").read_text()
 
 
 def test_paper_numbers_macros(metrics: pd.DataFrame) -> None:

@@ -16,12 +16,10 @@ from diffguard.classifiers import (
     TorchvisionResNet50,
     build_classifier,
 )
+from diffguard.model_io import load_classifier, load_small_unet, save_model
 from diffguard.training import (
     evaluate_classifier,
-    load_classifier,
-    load_small_unet,
     sample_ddim,
-    save_model,
     small_unet_kwargs,
     train_classifier,
     train_diffusion,

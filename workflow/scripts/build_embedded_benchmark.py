@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from diffguard.pipeline import build_embedded_benchmark, setup_logging
+from diffguard.pipeline import build_embedded_benchmark_stage
+from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
-build_embedded_benchmark(sm.params.benchmark, Path(sm.output.summary).parent)
+build_embedded_benchmark_stage(sm.params.benchmark, Path(sm.output.summary).parent)

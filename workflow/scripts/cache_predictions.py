@@ -2,12 +2,13 @@
 
 import torch
 
-from diffguard.pipeline import cache_predictions, setup_logging
+from diffguard.predictions import cache_predictions_stage
+from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
 torch.set_num_threads(sm.threads)
-cache_predictions(
+cache_predictions_stage(
     sm.input.imglist,
     sm.input.benchmark,
     sm.input.weights,

@@ -4,13 +4,13 @@ Input ``comparisons`` (one CSV per ``params.tables``, same order; none: not appl
 params ``check`` (``report.check``) and ``run``; outputs ``csv``, ``md``, ``tex``.
 """
 
-from diffguard.reproduction import run_check
+from diffguard.reproduction import reproduction_check_stage
 from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
 comparisons = list(sm.input.comparisons)
-run_check(
+reproduction_check_stage(
     dict(zip(sm.params.tables, comparisons, strict=True)),
     dict(sm.params.check),
     {"csv": sm.output.csv, "md": sm.output.md, "tex": sm.output.tex},

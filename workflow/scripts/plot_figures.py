@@ -8,7 +8,7 @@ Inputs ``scores``, ``baselines`` (one per dataset, in ``params.datasets`` order)
 
 from pathlib import Path
 
-from diffguard.pipeline import BASELINE_LABELS
+from diffguard.baselines import BASELINE_LABELS
 from diffguard.plotting import plot_all
 from diffguard.runtime import setup_logging
 

@@ -1,9 +1,10 @@
 """Rule prepare_ensemble_member: a deep-ensemble member's checkpoint -> safetensors + spec.json."""
 
-from diffguard.pipeline import prepare_ensemble_member, setup_logging
+from diffguard.pipeline import prepare_ensemble_member_stage
+from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
-prepare_ensemble_member(
+prepare_ensemble_member_stage(
     dict(sm.params.spec), sm.input.checkpoint, sm.params.path, sm.params.out_dir
 )

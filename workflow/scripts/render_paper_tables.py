@@ -4,12 +4,12 @@ Input ``metrics``; params ``tables`` (``report.tables``), ``outputs`` (table -> 
 ``published_dir``, ``headline_distance``, ``run``.
 """
 
-from diffguard.reproduction import render_paper_tables
+from diffguard.paper_tables import render_paper_tables_stage
 from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
-render_paper_tables(
+render_paper_tables_stage(
     sm.input.metrics,
     dict(sm.params.tables),
     {name: dict(paths) for name, paths in dict(sm.params.outputs).items()},

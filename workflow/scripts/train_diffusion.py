@@ -2,7 +2,8 @@
 
 import torch
 
-from diffguard.pipeline import setup_logging, train_diffusion_stage
+from diffguard.pipeline import train_diffusion_stage
+from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -178,20 +178,6 @@ def mean_softmax_scores(
     raise ValueError(f"average must be 'softmax' or 'logits', got {average!r}")
 
 
-def mc_dropout_scores(
-    mc_logits: ArrayLike | list[ArrayLike], average: str = "softmax"
-) -> np.ndarray:
-    """MC-Dropout score from ``T`` stochastic passes (``(T, N, K)`` or a list of ``(N, K)``)."""
-    return mean_softmax_scores(mc_logits, average)
-
-
-def deep_ensemble_scores(
-    ensemble_logits: ArrayLike | list[ArrayLike], average: str = "softmax"
-) -> np.ndarray:
-    """Deep Ensemble score of ``M`` members' ``(N, K)`` logits (see :func:`mean_softmax_scores`)."""
-    return mean_softmax_scores(ensemble_logits, average)
-
-
 def odin_scores(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -562,7 +548,18 @@ def _check_average(name: str, average: str) -> str:
     return average
 
 
-class DeepEnsemble(Baseline):
+class _AveragedPasses(Baseline):
+    """MSP of the averaged prediction over the ``(S, N, K)`` logits in ``score_fields[0]``
+    (:func:`mean_softmax_scores`)."""
+
+    def __init__(self, average: str = "logits") -> None:
+        self.average = _check_average(self.name, average)
+
+    def _score(self, test: CachedOutputs) -> np.ndarray:
+        return mean_softmax_scores(getattr(test, self.score_fields[0]), self.average)
+
+
+class DeepEnsemble(_AveragedPasses):
     """MSP of the members' averaged prediction over ``ensemble_logits`` (M, N, K).
 
     ``average="logits"`` (default) is OpenOOD v1's EnsemblePostprocessor, which produced the
@@ -574,14 +571,8 @@ class DeepEnsemble(Baseline):
     label = "Deep Ensemble"
     score_fields = ("ensemble_logits",)
 
-    def __init__(self, average: str = "logits") -> None:
-        self.average = _check_average(self.name, average)
 
-    def _score(self, test: CachedOutputs) -> np.ndarray:
-        return mean_softmax_scores(test.ensemble_logits, self.average)
-
-
-class MCDropout(Baseline):
+class MCDropout(_AveragedPasses):
     """MSP of the averaged prediction over ``mc_logits`` (T, N, K) from dropout-on passes.
 
     ``average="logits"`` (default) is OpenOOD v1's DropoutPostProcessor (softmax of the mean
@@ -591,12 +582,6 @@ class MCDropout(Baseline):
     name = "mc_dropout"
     label = "MC-Dropout"
     score_fields = ("mc_logits",)
-
-    def __init__(self, average: str = "logits") -> None:
-        self.average = _check_average(self.name, average)
-
-    def _score(self, test: CachedOutputs) -> np.ndarray:
-        return mc_dropout_scores(test.mc_logits, self.average)
 
 
 BASELINES: dict[str, type[Baseline]] = {

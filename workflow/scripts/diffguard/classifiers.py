@@ -290,8 +290,6 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
 
 OPENOOD_DROPOUT_P = 0.5
 """OpenOOD v1 ``configs/networks/dropout_net.yml`` ``dropout_p`` (its DropoutNet's test-time p)."""
-OPENOOD_DROPOUT_PASSES = 5
-"""OpenOOD v1 ``configs/postprocessors/dropout.yml`` ``dropout_times``."""
 
 
 def mc_dropout_rate(model: nn.Module, p: float | None = None) -> float:

@@ -29,6 +29,7 @@ and report the FPR of the next kept point instead. Without ties both give the sa
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -180,6 +181,35 @@ def _best(values: pd.Series, metric: str) -> float:
     return float(values.max() if HIGHER_IS_BETTER[metric] else values.min())
 
 
+def _rows_where(frame: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
+    """The rows of ``frame`` whose columns equal every value of ``where``."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in where.items():
+        if column not in frame.columns:
+            raise KeyError(f"take_best_over: `where` column {column!r} not in frame")
+        mask &= frame[column] == value
+    return frame[mask]
+
+
+def _relabel(
+    row: dict[str, Any],
+    values: Mapping[str, float],
+    *,
+    over: str,
+    label: str,
+    ignore: Sequence[str],
+) -> dict[str, Any]:
+    """``row`` with the metric ``values``, ``label`` in column ``over`` and, in the ``ignore``
+    columns' strings (the method name), the old ``over`` value replaced by ``label``."""
+    old = str(row[over])
+    row[over] = label
+    row.update(values)
+    for column in ignore:
+        if column in row and isinstance(row[column], str) and old:
+            row[column] = row[column].replace(old, label)
+    return row
+
+
 def take_best_over(
     frame: pd.DataFrame,
     over: str = "distance",
@@ -224,12 +254,7 @@ def take_best_over(
         )
     if where is None:
         where = {"kind": "diffguard"} if "kind" in frame.columns else {}
-    mask = pd.Series(True, index=frame.index)
-    for column, value in where.items():
-        if column not in frame.columns:
-            raise KeyError(f"take_best_over: `where` column {column!r} not in frame")
-        mask &= frame[column] == value
-    selected = frame[mask]
+    selected = _rows_where(frame, where)
     if selected.empty:
         log.warning("take_best_over: no rows match %s; nothing added", dict(where))
         return frame.copy()
@@ -238,23 +263,17 @@ def take_best_over(
     per_row = {over, *metrics, *ignore, dataset_column, role_column}
     keys = [c for c in frame.columns if c not in per_row]
     is_average = selected[dataset_column].astype(str).str.startswith("average")
+    relabel = functools.partial(_relabel, over=over, label=label, ignore=ignore)
     new_rows: list[dict[str, Any]] = []
     group_iter = selected.groupby(keys, dropna=False, sort=False) if keys else [((), selected)]
     for _, group in group_iter:
         per_set = group[~is_average.loc[group.index]]
         best_rows: list[dict[str, Any]] = []
-        average_rows: list[dict[str, Any]] = []
         for _, rows in per_set.groupby(dataset_column, dropna=False, sort=False):
-            row = rows.iloc[0].to_dict()
-            old = str(row[over])
-            row[over] = label
-            for metric in metrics:
-                row[metric] = _best(rows[metric], metric)
-            for column in ignore:
-                if column in row and isinstance(row[column], str) and old:
-                    row[column] = row[column].replace(old, label)
-            best_rows.append(row)
+            best = {metric: _best(rows[metric], metric) for metric in metrics}
+            best_rows.append(relabel(rows.iloc[0].to_dict(), best))
         averages = group[is_average.loc[group.index]]
+        average_rows: list[dict[str, Any]] = []
         for name in dict.fromkeys(averages[dataset_column]):
             template = averages[averages[dataset_column] == name].iloc[0].to_dict()
             role = template.get(role_column, "all")
@@ -263,16 +282,9 @@ def take_best_over(
                 for r in best_rows
                 if role == "all" or role_column not in r or r[role_column] == role
             ]
-            if not members:
-                continue
-            old = str(template[over])
-            template[over] = label
-            for metric in metrics:
-                template[metric] = float(np.mean([r[metric] for r in members]))
-            for column in ignore:
-                if column in template and isinstance(template[column], str) and old:
-                    template[column] = template[column].replace(old, label)
-            average_rows.append(template)
+            if members:
+                means = {m: float(np.mean([r[m] for r in members])) for m in metrics}
+                average_rows.append(relabel(template, means))
         new_rows += best_rows + average_rows
     log.info("take_best_over(%r): added %d optimistic best-of rows", over, len(new_rows))
     return pd.concat([frame, pd.DataFrame(new_rows, columns=frame.columns)], ignore_index=True)

@@ -2,7 +2,8 @@
 through the real models and the rules' own entry points, with a cost estimate for the full run.
 
 Each experiment runs :func:`diffguard.reconstruction.reconstruct_shard` (the reconstruct rule's
-entry point) and the classifier pass :func:`diffguard.pipeline.cache_predictions`, first on one
+entry point) and the classifier pass :func:`diffguard.predictions.cache_predictions_stage`, first
+on one
 warm-up image (model loading, CUDA initialisation: reported separately) and then, timed, on the
 first ``images`` images of each evaluation set.
 """
@@ -99,12 +100,12 @@ class _Runner:
 
     def predictions(self, base: Path, n: int, size: int | None = None) -> Path:
         """Classifier outputs of ``sub(base, n)``, cached: reconstruction timings exclude them."""
-        from diffguard.pipeline import cache_predictions
+        from diffguard.predictions import cache_predictions_stage
 
         out = self.tmp / "pred" / f"{base.name}-{min(n, self.k)}-{size}.npz"
         if out.is_file():
             return out
-        cache_predictions(
+        cache_predictions_stage(
             self.sub(base, n),
             self.benchmark_json,
             self.classifier_weights,

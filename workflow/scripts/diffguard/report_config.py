@@ -1,8 +1,8 @@
 """The ``report:`` section of a workflow config (paper tables and figures), checked at parse time.
 
 Only the standard library, yaml and (when called) the jsonschema-based :mod:`diffguard.schema`
-are imported: the workflow loads this section while it is parsed. What the tables mean and how
-the check uses them: :mod:`diffguard.reproduction`.
+are imported: the workflow loads this section while it is parsed. What the tables mean:
+:mod:`diffguard.paper_tables`; how the check uses them: :mod:`diffguard.reproduction`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def load_report_section(
         ValueError: A named file that does not exist or has another top-level key than
             ``report``; schema errors name the key.
     """
-    # jsonschema only when called: diffguard.reproduction (job scripts) re-exports this
+    # jsonschema only when called: the parse imports this module for every run
     from diffguard.schema import validate_config
 
     if "report" in config:

@@ -114,7 +114,7 @@ def load_experiment_images(
 
 def load_trained_classifier(weights: str | Path, device: torch.device) -> torch.nn.Module:
     """A classifier directory's ``model.safetensors`` + ``spec.json`` (trained or prepared)."""
-    from diffguard.training import load_classifier
+    from diffguard.model_io import load_classifier
 
     return load_classifier(Path(weights).parent).to(device).eval()
 

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import ctypes
 import logging
-import os
 import re
 import resource
 import time
@@ -32,7 +31,7 @@ from diffguard import cfg, gdm, io
 from diffguard import released_port as rp
 from diffguard.method_api import MethodBatch, MethodJob, MethodOutput
 from diffguard.methods import get_method, method_by_label, start_job
-from diffguard.tables import latex_escape
+from diffguard.speed_tables import speed_latex, speed_markdown
 
 log = logging.getLogger("diffguard")
 
@@ -632,118 +631,6 @@ def _measure(
             }
         )
     return rows
-
-
-# ----------------------------------------------------------------------------------- rendering
-_SHOWN = (
-    # column, Markdown header, LaTeX header, number format
-    ("method", "Method", "Method", None),
-    ("implementation", "Implementation", "Implementation", None),
-    ("batch_size", "Batch", "Batch", "{:d}"),
-    ("images_per_s", "img/s", "img/s", "{:.3f}"),
-    ("speedup_vs_port", "Speed-up", "Speed-up", "{:.2f}x"),
-    ("cpu_speedup_vs_port", "CPU-time speed-up", "CPU-time speed-up", "{:.2f}x"),
-    ("nfe_per_image", "NFE/img", "NFE/img", "{:.1f}"),
-    ("classifier_fwd_per_image", "Clf fwd/img", "Clf fwd/img", "{:.1f}"),
-    ("classifier_bwd_per_image", "Clf bwd/img", "Clf bwd/img", "{:.1f}"),
-    ("peak_mem_mb", "Peak MiB", "Peak MiB", "{:.1f}"),
-    ("max_abs_score_diff", "max \\|Δscore\\|", r"max $|\Delta\mathrm{score}|$", "{:.1e}"),
-)
-_IMPL_LABELS = {"released_port": "released (port)", "ours": "ours"} | {
-    f"ours+{v}": f"ours + {v.replace('_', ' ')}" for v in VARIANTS
-}
-
-
-def _cells(frame: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str]]]:
-    """Header and body cells; a dtype column when the frame holds more than one dtype."""
-    with_dtype = frame["dtype"].nunique() > 1
-    # CPU seconds say little about a GPU run (the host mostly waits)
-    shown = [c for c in _SHOWN if c[0] != "cpu_speedup_vs_port" or set(frame["device"]) == {"cpu"}]
-    header = [tex if latex else md for _, md, tex, _ in shown]
-    if with_dtype:
-        header.insert(2, "dtype")
-    body = []
-    for _, row in frame.iterrows():
-        cells = []
-        for col, _, _, fmt in shown:
-            value = row[col]
-            if col == "implementation":
-                text = _IMPL_LABELS.get(value, str(value))
-            elif fmt is None:
-                text = str(value)
-            elif col == "max_abs_score_diff" and row["implementation"] == "released_port":
-                text = "--"
-            else:
-                text = fmt.format(int(value) if fmt == "{:d}" else float(value))
-            cells.append(latex_escape(text) if latex else text)
-        if with_dtype:
-            cells.insert(2, str(row["dtype"]))
-        body.append(cells)
-    return header, body
-
-
-def _summary(frame: pd.DataFrame, run: str) -> str:
-    first = frame.iloc[0]
-    device = first["device"]
-    where = f"{device}, {int(first['threads'])} threads" if device == "cpu" else device
-    dtypes = ", ".join(sorted(frame["dtype"].unique()))
-    return (
-        f"Run {run}: {int(first['images'])} images on {where} ({dtypes}). A port of the released "
-        "code's execution (batch 1 under adaptive early stop, a second UNet forward inside the "
-        "guidance function, the graph through the UNet kept) against this implementation, in "
-        "the same run on the same inputs, weights and guidance labels, alternating per loader "
-        f"batch; times are the fastest of {int(first['repeats'])} pass(es) over all images. "
-        "CPU-time speed-up: the ratio of process CPU seconds, which a busy machine distorts "
-        "less than wall time. NFE: UNet rows evaluated per image; classifier passes count "
-        "every crop. Timed: inversion, CAM mask (CFG) and guided regeneration. Peak memory: "
-        f"{first['mem_method']}. max |dscore|: the largest difference of any score from the "
-        "port's on the same images. The paper reports 0.05 (GDM) and 0.53 (LDM) images/s per "
-        "V100 with its full-size models; these models are the run's own, so only the ratios "
-        "carry over."
-    )
-
-
-def speed_markdown(frame: pd.DataFrame, run: str) -> str:
-    """GitHub Markdown of the benchmark table with its explanatory note."""
-    header, body = _cells(frame, latex=False)
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        "\n".join(lines)
-        + "\n\n"
-        + _summary(frame, run)
-        + f" Load average (1 min) when the table was written: {load:.2f}.\n"
-    )
-
-
-def speed_latex(frame: pd.DataFrame, run: str) -> str:
-    """booktabs LaTeX of the benchmark table (the paper's speed table)."""
-    header, body = _cells(frame, latex=True)
-    numeric = len(header) - (3 if frame["dtype"].nunique() > 1 else 2)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering\scriptsize",
-        rf"\caption{{{latex_escape(_summary(frame, run))}}}",
-        r"\label{tab:speed}",
-        r"\resizebox{\linewidth}{!}{%",
-        r"\begin{tabular}{l" + ("l" * (len(header) - numeric - 1)) + "r" * numeric + "}",
-        r"\toprule",
-        " & ".join(header) + r" \\",
-        r"\midrule",
-    ]
-    previous = None
-    for (_, row), cells in zip(frame.iterrows(), body, strict=True):
-        key = (row["method"], row["dtype"])
-        if previous is not None and key != previous:
-            lines.append(r"\midrule")
-        previous = key
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------- stage
