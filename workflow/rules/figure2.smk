@@ -53,7 +53,7 @@ if FIG2:
         output:
             FIG2_TABLES,
             [
-                report(path, caption=f"../report/{figure.report_caption}", category="Figures")
+                report(path, caption=figure.caption_file, category="Figures")
                 for figure in P.figure_registry("plot_fig2")
                 for path in figure.files(P.run)
             ],

@@ -2,31 +2,9 @@
 
 from pathlib import Path
 
-from diffguard.config import shard_count
 from diffguard.plan import run_plan
 
 P = run_plan(config, workflow)
-
-
-def list_size(dataset):
-    """Images of a dataset: None with `n` set, else the length of its selected list (a
-    checkpoint: known once select_images ran)."""
-    if config["datasets"][dataset].get("n") is not None:
-        return None
-    path = checkpoints.select_images.get(dataset=dataset).output[0]
-    with open(path) as handle:
-        return sum(1 for line in handle if line.strip() and not line.startswith("#"))
-
-
-def recon_shards(wildcards):
-    return expand(
-        "data/interim/{run}/recon/{exp}/{dataset}/seed-{seed}/shard-{shard:03d}.npz",
-        run=P.run,
-        exp=wildcards.exp,
-        dataset=wildcards.dataset,
-        seed=wildcards.seed,
-        shard=range(shard_count(config, wildcards.dataset, list_size(wildcards.dataset))),
-    )
 
 
 rule reconstruct:
@@ -71,7 +49,7 @@ rule reconstruct:
 
 rule gather_scores:
     input:
-        shards=recon_shards,
+        shards=lambda wildcards: P.recon_shards(wildcards, checkpoints.select_images),
         imglist=f"data/interim/{P.run}/lists/{{dataset}}.txt",
         code=P.script_code("gather_scores.py"),
     output:

@@ -20,19 +20,6 @@ HEADLINE_SCORES = expand(
 )
 
 
-def caption(name):
-    """A report caption file of the registry, relative to this rule file."""
-    return f"../report/{name}"
-
-
-def figure_output(stem, fmt):
-    """A figure file of the registry, the PDF marked for the report with its caption."""
-    path = f"figures/{P.run}/{stem}.{fmt}"
-    if fmt != "pdf":
-        return path
-    return report(path, caption=caption(FIGURE[stem].report_caption), category="Figures")
-
-
 rule render_tables:
     input:
         metrics=f"data/processed/{P.run}/metrics.csv",
@@ -40,7 +27,7 @@ rule render_tables:
     output:
         csv=report(
             MAIN_TABLE["csv"],
-            caption=caption(TABLE["main_results"].report_caption),
+            caption=TABLE["main_results"].caption_file,
             category="Tables",
         ),
         md=MAIN_TABLE["md"],
@@ -74,7 +61,7 @@ rule plot_figures:
         code=P.script_code("plot_figures.py"),
     output:
         [
-            report(path, caption=caption(figure.report_caption), category="Figures")
+            report(path, caption=figure.caption_file, category="Figures")
             for figure in P.figure_registry("plot_figures")
             for path in figure.files(P.run)
         ],
@@ -108,7 +95,7 @@ if P.paper_tables:
                 (
                     report(
                         path,
-                        caption=caption(TABLE["paper_table"].report_caption),
+                        caption=TABLE["paper_table"].caption_file,
                         category="Tables",
                     )
                     if path.endswith(".csv")
@@ -146,7 +133,7 @@ rule reproduction_check:
     output:
         csv=report(
             CHECK_OUTPUTS["csv"],
-            caption=caption(TABLE["reproduction_check"].report_caption),
+            caption=TABLE["reproduction_check"].caption_file,
             category="Reproduction check",
         ),
         md=CHECK_OUTPUTS["md"],
@@ -191,8 +178,12 @@ if P.sweeps:
             metrics=f"data/processed/{P.run}/metrics.csv",
             code=P.script_code("plot_report_figures.py"),
         output:
-            pdf=figure_output("sweeps", "pdf"),
-            png=figure_output("sweeps", "png"),
+            pdf=report(
+                FIGURE["sweeps"].files(P.run)[0],
+                caption=FIGURE["sweeps"].caption_file,
+                category="Figures",
+            ),
+            png=FIGURE["sweeps"].files(P.run)[1],
             csv=f"data/processed/{P.run}/tables/sweeps.csv",
         log:
             f"data/logs/plot_sweeps/{P.run}.log",
@@ -214,8 +205,12 @@ if P.ablation:
             shards=P.ablation_shards(),
             code=P.script_code("plot_report_figures.py"),
         output:
-            pdf=figure_output("ablation_grid", "pdf"),
-            png=figure_output("ablation_grid", "png"),
+            pdf=report(
+                FIGURE["ablation_grid"].files(P.run)[0],
+                caption=FIGURE["ablation_grid"].caption_file,
+                category="Figures",
+            ),
+            png=FIGURE["ablation_grid"].files(P.run)[1],
         log:
             f"data/logs/plot_ablation_grid/{P.run}.log",
         localrule: True
@@ -243,8 +238,12 @@ if "psnr_inversion" in P.figures():
             ),
             code=P.script_code("plot_report_figures.py"),
         output:
-            pdf=figure_output("psnr_inversion", "pdf"),
-            png=figure_output("psnr_inversion", "png"),
+            pdf=report(
+                FIGURE["psnr_inversion"].files(P.run)[0],
+                caption=FIGURE["psnr_inversion"].caption_file,
+                category="Figures",
+            ),
+            png=FIGURE["psnr_inversion"].files(P.run)[1],
             csv=f"data/processed/{P.run}/tables/psnr_inversion.csv",
         log:
             f"data/logs/plot_psnr_inversion/{P.run}.log",

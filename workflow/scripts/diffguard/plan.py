@@ -27,6 +27,7 @@ from diffguard.config import (
     guidance_input_size,
     method_settings,
     resolve_all,
+    shard_count,
     sweep_spec,
 )
 
@@ -380,6 +381,22 @@ class RunPlan:
         """The cache a reconstruction job takes its guidance labels (``preds``) from."""
         size = guidance_input_size(self.config, self.experiments[wildcards.exp])
         return self.prediction_cache(wildcards.dataset, size)
+
+    def list_size(self, dataset: str, select_images: Any) -> int | None:
+        """Images of a dataset: None with ``n`` set, else the length of its selected list
+        (``select_images``: the checkpoint; known once it ran)."""
+        if self.config["datasets"][dataset].get("n") is not None:  # no schema default
+            return None
+        path = select_images.get(dataset=dataset).output[0]
+        with open(path) as handle:
+            return sum(1 for line in handle if line.strip() and not line.startswith("#"))
+
+    def recon_shards(self, wildcards: Any, select_images: Any) -> list[str]:
+        """The shards of one experiment, dataset and seed (count from the selected list)."""
+        available = self.list_size(wildcards.dataset, select_images)
+        count = shard_count(self.config, wildcards.dataset, available)
+        folder = f"data/interim/{self.run}/recon/{wildcards.exp}/{wildcards.dataset}"
+        return [f"{folder}/seed-{wildcards.seed}/shard-{i:03d}.npz" for i in range(count)]
 
     def score_tables(self) -> list[str]:
         return [

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 FORMATS = ("pdf", "png")
 """Every figure is written in both formats (the paper includes the PDF)."""
+CAPTIONS_FROM_RULES = "../report"
+"""``workflow/report/`` relative to the rule files (Snakemake resolves captions from there)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class Figure:
     """LaTeX caption of the paper's float."""
     width: str = r"\linewidth"
     """LaTeX width of the figure in the paper."""
+
+    @property
+    def caption_file(self) -> str:
+        """The report caption as a rule file names it."""
+        return f"{CAPTIONS_FROM_RULES}/{self.report_caption}"
 
     def files(self, run: str) -> list[str]:
         """``figures/<run>/<stem>.pdf`` and ``.png``."""
@@ -145,6 +152,13 @@ class Table:
     folder: str
     """Folder of the CSV and Markdown under ``data/processed/<run>/`` ("" = the run's own)."""
     report_caption: str | None
+
+    @property
+    def caption_file(self) -> str | None:
+        """The report caption as a rule file names it (None: not in the report)."""
+        return (
+            None if self.report_caption is None else f"{CAPTIONS_FROM_RULES}/{self.report_caption}"
+        )
 
     def files(self, run: str, name: str | None = None) -> dict[str, str]:
         """``{"csv", "md", "tex"}`` paths of the table ``name`` (default the kind)."""
