@@ -1,5 +1,8 @@
 """DiffGuard, reproduced: from images and checkpoints to tables, figures and the paper PDF."""
 
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -11,6 +14,17 @@ min_version("9.0")
 if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
+
+
+# The rule files import the package from this checkout; each reads what it needs from
+# diffguard.plan.run_plan(config) (validated once), never another file's names: any order works.
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+from diffguard.config import child_processes_import  # noqa: E402
+from diffguard.plan import run_plan  # noqa: E402
+
+# Rule scripts run in child processes: they must import this checkout's package, not a copy
+# an editable install (or a stale site-packages) would put first on their path.
+child_processes_import(run_plan(config, workflow).package_root)
 
 
 include: "workflow/rules/common.smk"
@@ -31,4 +45,4 @@ report: "workflow/report/workflow.rst"
 rule all:
     default_target: True
     input:
-        final_targets(),
+        run_plan(config, workflow).final_targets(),

@@ -1,20 +1,24 @@
 """Image sets: build (embedded) or assemble (OpenOOD, external.smk) them, then fix the seeded
 subsamples."""
 
-if BENCHMARK_KIND == "embedded":
+from diffguard.plan import run_plan
+
+P = run_plan(config, workflow)
+
+if config["benchmark"]["kind"] == "embedded":
 
     rule build_embedded_benchmark:
         input:
-            code=script_code("build_embedded_benchmark.py"),
+            code=P.script_code("build_embedded_benchmark.py"),
         output:
-            summary=f"data/external/{RUN}/benchmark/benchmark.json",
+            summary=f"data/external/{P.run}/benchmark/benchmark.json",
             lists=expand(
                 "data/external/{run}/benchmark/imglists/{name}.txt",
-                run=RUN,
+                run=P.run,
                 name=sorted({v["list"] for v in config["datasets"].values()}),
             ),
         log:
-            f"data/logs/build_embedded_benchmark/{RUN}.log",
+            f"data/logs/build_embedded_benchmark/{P.run}.log",
         conda:
             "../../envs/diffguard.yaml"
         params:
@@ -27,17 +31,20 @@ if BENCHMARK_KIND == "embedded":
 # once the list exists; with `n` set it is known up front and the DAG is static.
 checkpoint select_images:
     input:
-        imglist=benchmark_list,
-        code=script_code("select_images.py"),
+        imglist=lambda wildcards: (
+            f"data/external/{P.run}/benchmark/imglists/"
+            f"{config['datasets'][wildcards.dataset]['list']}.txt"
+        ),
+        code=P.script_code("select_images.py"),
     output:
-        f"data/interim/{RUN}/lists/{{dataset}}.txt",
+        f"data/interim/{P.run}/lists/{{dataset}}.txt",
     log:
-        f"data/logs/select_images/{RUN}/{{dataset}}.log",
+        f"data/logs/select_images/{P.run}/{{dataset}}.log",
     conda:
         "../../envs/diffguard.yaml"
     params:
-        spec=dataset_spec,
-        seed=config["benchmark"].get("seed", 0),
+        spec=lambda wildcards: config["datasets"][wildcards.dataset],
+        seed=config["benchmark"]["seed"],
         num_classes=config["benchmark"]["num_classes"],
     script:
         "../scripts/select_images.py"

@@ -1,47 +1,51 @@
 """Baselines on cached classifier outputs, combinations and OOD metrics."""
 
+from diffguard.plan import run_plan
+
+P = run_plan(config, workflow)
+
 
 rule baseline_scores:
     input:
-        train=f"data/interim/{RUN}/predictions/train.npz",
-        test=expand("data/interim/{run}/predictions/{dataset}.npz", run=RUN, dataset=EVAL_SETS),
-        classifier=CLASSIFIER_WEIGHTS,
-        classifier_spec=CLASSIFIER_SPEC,
-        code=script_code("baseline_scores.py"),
+        train=f"data/interim/{P.run}/predictions/train.npz",
+        test=expand("data/interim/{run}/predictions/{dataset}.npz", run=P.run, dataset=P.eval_sets),
+        classifier=P.classifier_weights,
+        classifier_spec=P.classifier_spec,
+        code=P.script_code("baseline_scores.py"),
     output:
-        expand("data/processed/{run}/baselines/{dataset}.csv", run=RUN, dataset=EVAL_SETS),
+        expand("data/processed/{run}/baselines/{dataset}.csv", run=P.run, dataset=P.eval_sets),
     log:
-        f"data/logs/baseline_scores/{RUN}.log",
+        f"data/logs/baseline_scores/{P.run}.log",
     conda:
         "../../envs/diffguard.yaml"
     params:
-        baselines=config.get("baselines", ["msp"]),
-        datasets=EVAL_SETS,
+        baselines=config["baselines"],
+        datasets=P.eval_sets,
     script:
         "../scripts/baseline_scores.py"
 
 
 rule evaluate:
     input:
-        scores=score_tables(),
+        scores=P.score_tables(),
         baselines=rules.baseline_scores.output,
-        code=script_code("evaluate.py"),
+        code=P.script_code("evaluate.py"),
     output:
-        f"data/processed/{RUN}/metrics.csv",
+        f"data/processed/{P.run}/metrics.csv",
     log:
-        f"data/logs/evaluate/{RUN}.log",
+        f"data/logs/evaluate/{P.run}.log",
     conda:
         "../../envs/diffguard.yaml"
     params:
-        id_set=ID_SET,
-        ood_sets={name: config["datasets"][name]["role"] for name in OOD_SETS},
-        experiments={name: exp["method"] for name, exp in EVAL_EXPERIMENTS.items()},
-        seeds=EXP_SEEDS,
-        distances=config.get("distances", ["l2"]),
-        baselines=config.get("baselines", ["msp"]),
-        combinations=config.get("combinations", []),
-        headline_distance=config.get("headline_distance", "l2"),
-        take_best=config.get("take_best_over_distances", False),
-        run=RUN,
+        id_set=P.id_set,
+        ood_sets={name: config["datasets"][name]["role"] for name in P.ood_sets},
+        experiments={name: exp["method"] for name, exp in P.eval_experiments.items()},
+        seeds=P.exp_seeds,
+        distances=config["distances"],
+        baselines=config["baselines"],
+        combinations=config["combinations"],
+        headline_distance=config["headline_distance"],
+        take_best=config["take_best_over_distances"],
+        run=P.run,
     script:
         "../scripts/evaluate.py"

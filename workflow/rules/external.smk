@@ -1,6 +1,12 @@
 """Downloads (checkpoints, OpenOOD lists and images), manual steps, verification, extraction,
 the torch-hub folder of the perceptual metrics and the OpenOOD benchmark layout."""
 
+from pathlib import Path
+
+from diffguard.plan import run_plan
+
+P = run_plan(config, workflow)
+
 
 rule download:
     output:
@@ -8,14 +14,14 @@ rule download:
     log:
         "data/logs/download/{key}/{filename}.log",
     wildcard_constraints:
-        key=FETCH_KEYS_RE,
+        key=P.download_keys_re("fetch"),
     retries: 2
     localrule: True  # compute nodes often have no internet access
     conda:
         "../../envs/diffguard.yaml"
     params:
         spec=lambda wildcards: config["downloads"][wildcards.key],
-        checksum_dir=CHECKSUM_DIR,
+        checksum_dir=config["checksum_dir"],
     script:
         "../scripts/download.py"
 
@@ -26,13 +32,13 @@ rule link_manual_file:
     log:
         "data/logs/download/{key}/{filename}.log",
     wildcard_constraints:
-        key=MANUAL_FILE_KEYS_RE,
+        key=P.download_keys_re("manual_file"),
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
         spec=lambda wildcards: config["downloads"][wildcards.key],
-        checksum_dir=CHECKSUM_DIR,
+        checksum_dir=config["checksum_dir"],
     script:
         "../scripts/download.py"
 
@@ -43,13 +49,13 @@ rule link_manual_folder:
     log:
         "data/logs/download/{key}/{filename}.log",
     wildcard_constraints:
-        key=MANUAL_FOLDER_KEYS_RE,
+        key=P.download_keys_re("manual_folder"),
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
         spec=lambda wildcards: config["downloads"][wildcards.key],
-        checksum_dir=CHECKSUM_DIR,
+        checksum_dir=config["checksum_dir"],
     script:
         "../scripts/download.py"
 
@@ -57,33 +63,33 @@ rule link_manual_folder:
 # Re-hash a file before anything uses it: a file changed after its download stops the run.
 rule verify_download:
     input:
-        lambda wildcards: download_file(wildcards.key),
+        lambda wildcards: P.download_file(wildcards.key),
     output:
         "data/external/verified/{key}.sha256",
     log:
         "data/logs/verify_download/{key}.log",
     wildcard_constraints:
-        key=HASHED_KEYS_RE,
+        key=P.download_keys_re("hashed"),
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
         spec=lambda wildcards: config["downloads"][wildcards.key],
-        checksum_dir=CHECKSUM_DIR,
+        checksum_dir=config["checksum_dir"],
     script:
         "../scripts/verify_download.py"
 
 
 rule extract_download:
     input:
-        archive=lambda wildcards: download_file(wildcards.key),
-        verified=lambda wildcards: verified_stamp(wildcards.key),
+        archive=lambda wildcards: P.download_file(wildcards.key),
+        verified=lambda wildcards: P.verified_stamp(wildcards.key),
     output:
         directory("data/external/extracted/{key}"),
     log:
         "data/logs/extract_download/{key}.log",
     wildcard_constraints:
-        key=ARCHIVE_KEYS_RE,
+        key=P.download_keys_re("archive"),
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
@@ -94,44 +100,44 @@ rule extract_download:
 # The torch.hub folder piq reads DISTS/LPIPS weights from (no download at run time).
 rule torch_hub:
     input:
-        files=[download_file(key) for key in HUB_FILES.values()],
-        verified=[verified_stamp(key) for key in HUB_KEYS],
+        files=[P.download_file(key) for key in P.hub_files.values()],
+        verified=[P.verified_stamp(key) for key in P.hub_files.values()],
     output:
-        [f"{TORCH_HUB_DIR}/checkpoints/{name}" for name in HUB_FILES],
+        P.hub_weights(),
     log:
         "data/logs/torch_hub.log",
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
-        names=list(HUB_FILES),
+        names=list(P.hub_files),
         hub_dir=lambda wildcards, output: str(Path(output[0]).parent.parent),
     script:
         "../scripts/link_torch_hub.py"
 
 
-if BENCHMARK_KIND == "openood":
+if config["benchmark"]["kind"] == "openood":
 
     # OpenOOD lists + mounted image folders -> the run's benchmark folder (one image root).
     rule assemble_openood_benchmark:
         input:
-            imglists=extracted_dir(OPENOOD["imglists"]),
-            mounts=[mount_source(spec) for spec in OPENOOD["mounts"].values()],
-            code=script_code("assemble_openood.py"),
+            imglists=P.extracted_dir(P.openood["imglists"]),
+            mounts=[P.downloaded(P.mount_key(spec)) for spec in P.openood["mounts"].values()],
+            code=P.script_code("assemble_openood.py"),
         output:
-            summary=f"data/external/{RUN}/benchmark/benchmark.json",
+            summary=f"data/external/{P.run}/benchmark/benchmark.json",
             lists=expand(
                 "data/external/{run}/benchmark/imglists/{name}.txt",
-                run=RUN,
+                run=P.run,
                 name=sorted({v["list"] for v in config["datasets"].values()}),
             ),
         log:
-            f"data/logs/assemble_openood_benchmark/{RUN}.log",
+            f"data/logs/assemble_openood_benchmark/{P.run}.log",
         localrule: True
         conda:
             "../../envs/diffguard.yaml"
         params:
-            lists={v["list"]: OPENOOD["lists"][v["list"]] for v in config["datasets"].values()},
-            mounts={mount: mount_path(spec) for mount, spec in OPENOOD["mounts"].items()},
+            lists={v["list"]: P.openood["lists"][v["list"]] for v in config["datasets"].values()},
+            mounts={mount: P.mount_path(spec) for mount, spec in P.openood["mounts"].items()},
         script:
             "../scripts/assemble_openood.py"

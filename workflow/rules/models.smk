@@ -1,21 +1,28 @@
 """The classifier under protection and the diffusion models (trained here or converted)."""
 
-if CLASSIFIER_SOURCE == "train":
+from pathlib import Path
+
+from diffguard.plan import alternatives, run_plan
+
+P = run_plan(config, workflow)
+
+
+if P.classifier_source == "train":
 
     rule train_classifier:
         input:
-            imglist=f"data/interim/{RUN}/lists/train.txt",
-            benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
-            code=script_code("train_classifier.py"),
+            imglist=f"data/interim/{P.run}/lists/train.txt",
+            benchmark=f"data/external/{P.run}/benchmark/benchmark.json",
+            code=P.script_code("train_classifier.py"),
         output:
-            weights=f"data/interim/{RUN}/models/classifier/weights/model.safetensors",
-            spec=f"data/interim/{RUN}/models/classifier/weights/spec.json",
-            train_log=f"data/interim/{RUN}/models/classifier/train_log.csv",
+            weights=f"data/interim/{P.run}/models/classifier/weights/model.safetensors",
+            spec=f"data/interim/{P.run}/models/classifier/weights/spec.json",
+            train_log=f"data/interim/{P.run}/models/classifier/train_log.csv",
         log:
-            f"data/logs/train_classifier/{RUN}.log",
+            f"data/logs/train_classifier/{P.run}.log",
         conda:
             "../../envs/diffguard.yaml"
-        threads: CPUS_PER_JOB
+        threads: config["cpus_per_job"]
         params:
             classifier=config["classifier"],
             benchmark=config["benchmark"],
@@ -25,21 +32,15 @@ if CLASSIFIER_SOURCE == "train":
     # A deep-ensemble member of a trained classifier: the same training with another seed.
     use rule train_classifier as train_ensemble_member with:
         output:
-            weights=f"{member_dir('{member}')}/weights/model.safetensors",
-            spec=f"{member_dir('{member}')}/weights/spec.json",
-            train_log=f"{member_dir('{member}')}/train_log.csv",
+            weights=f"{P.member_dir('{member}')}/weights/model.safetensors",
+            spec=f"{P.member_dir('{member}')}/weights/spec.json",
+            train_log=f"{P.member_dir('{member}')}/train_log.csv",
         log:
-            f"data/logs/train_ensemble_member/{RUN}/{{member}}.log",
+            f"data/logs/train_ensemble_member/{P.run}/{{member}}.log",
         wildcard_constraints:
             member=r"\d+",
         params:
-            classifier=lambda wildcards: {
-                **config["classifier"],
-                "train": {
-                    **config["classifier"].get("train", {}),
-                    "seed": ENSEMBLE_MEMBERS[int(wildcards.member)]["seed"],
-                },
-            },
+            classifier=P.member_classifier,
             benchmark=config["benchmark"],
 
 else:
@@ -47,20 +48,20 @@ else:
     # The released classifier checkpoint -> the files train_classifier would write.
     rule prepare_classifier:
         input:
-            checkpoint=download_file(config["classifier"]["checkpoint"]),
-            verified=verified_stamp(config["classifier"]["checkpoint"]),
-            code=script_code("prepare_classifier.py"),
+            checkpoint=P.download_file(config["classifier"]["checkpoint"]),
+            verified=P.verified_stamp(config["classifier"]["checkpoint"]),
+            code=P.script_code("prepare_classifier.py"),
         output:
-            weights=CLASSIFIER_WEIGHTS,
-            spec=CLASSIFIER_SPEC,
+            weights=P.classifier_weights,
+            spec=P.classifier_spec,
         log:
-            f"data/logs/prepare_classifier/{RUN}.log",
+            f"data/logs/prepare_classifier/{P.run}.log",
         conda:
             "../../envs/diffguard.yaml"
         resources:
-            mem_mb=job_mem_mb,
+            mem_mb=P.job_mem_mb,
         params:
-            spec=CLASSIFIER_SPEC_PARAMS,
+            spec=P.classifier_spec_params,
             out_dir=lambda wildcards, output: str(Path(output.weights).parent.parent),
         script:
             "../scripts/prepare_classifier.py"
@@ -68,25 +69,25 @@ else:
     # A deep-ensemble member's released checkpoint (a file, or a file of an extracted archive).
     rule prepare_ensemble_member:
         input:
-            checkpoint=member_checkpoint,
-            verified=lambda wildcards: verified_stamp(
-                ENSEMBLE_MEMBERS[int(wildcards.member)]["checkpoint"]
+            checkpoint=P.member_checkpoint,
+            verified=lambda wildcards: P.verified_stamp(
+                P.ensemble_members[int(wildcards.member)]["checkpoint"]
             ),
-            code=script_code("prepare_ensemble_member.py"),
+            code=P.script_code("prepare_ensemble_member.py"),
         output:
-            weights=f"{member_dir('{member}')}/weights/model.safetensors",
-            spec=f"{member_dir('{member}')}/weights/spec.json",
+            weights=f"{P.member_dir('{member}')}/weights/model.safetensors",
+            spec=f"{P.member_dir('{member}')}/weights/spec.json",
         log:
-            f"data/logs/prepare_ensemble_member/{RUN}/{{member}}.log",
+            f"data/logs/prepare_ensemble_member/{P.run}/{{member}}.log",
         wildcard_constraints:
             member=r"\d+",
         conda:
             "../../envs/diffguard.yaml"
         resources:
-            mem_mb=job_mem_mb,
+            mem_mb=P.job_mem_mb,
         params:
-            spec=CLASSIFIER_SPEC_PARAMS,
-            path=lambda wildcards: ENSEMBLE_MEMBERS[int(wildcards.member)].get("path"),
+            spec=P.classifier_spec_params,
+            path=lambda wildcards: P.ensemble_members[int(wildcards.member)].get("path"),
             out_dir=lambda wildcards, output: str(Path(output.weights).parent.parent),
         script:
             "../scripts/prepare_ensemble_member.py"
@@ -94,25 +95,25 @@ else:
 
 rule train_diffusion:
     input:
-        imglist=f"data/interim/{RUN}/lists/train.txt",
-        benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
-        code=script_code("train_diffusion.py"),
+        imglist=f"data/interim/{P.run}/lists/train.txt",
+        benchmark=f"data/external/{P.run}/benchmark/benchmark.json",
+        code=P.script_code("train_diffusion.py"),
     output:
-        done=f"data/interim/{RUN}/models/{{model}}/model.done",
-        train_log=f"data/interim/{RUN}/models/{{model}}/train_log.csv",
+        done=f"data/interim/{P.run}/models/{{model}}/model.done",
+        train_log=f"data/interim/{P.run}/models/{{model}}/train_log.csv",
     log:
-        f"data/logs/train_diffusion/{RUN}/{{model}}.log",
+        f"data/logs/train_diffusion/{P.run}/{{model}}.log",
     wildcard_constraints:
-        model=alternatives(TRAINED_MODELS),
+        model=alternatives(P.trained_models),
     conda:
         "../../envs/diffguard.yaml"
-    threads: CPUS_PER_JOB
+    threads: config["cpus_per_job"]
     resources:
-        gpu=config.get("gpus_per_job", 0),
+        gpu=config["gpus_per_job"],
     params:
-        spec=diffusion_model_spec,
+        spec=lambda wildcards: P.diffusion_models[wildcards.model],
         benchmark=config["benchmark"],
-        out_dir=f"data/interim/{RUN}/models/{{model}}",
+        out_dir=f"data/interim/{P.run}/models/{{model}}",
     script:
         "../scripts/train_diffusion.py"
 
@@ -122,27 +123,28 @@ rule prepare_diffusion_model:
     """Convert a released diffusion checkpoint once (safetensors + backend.json)."""
     input:
         checkpoints=lambda wildcards: [
-            download_file(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()
+            P.download_file(k) for k in P.diffusion_models[wildcards.model]["checkpoints"].values()
         ],
         verified=lambda wildcards: [
-            verified_stamp(k) for k in DIFFUSION_MODELS[wildcards.model]["checkpoints"].values()
+            P.verified_stamp(k)
+            for k in P.diffusion_models[wildcards.model]["checkpoints"].values()
         ],
-        code=script_code("prepare_diffusion_model.py"),
+        code=P.script_code("prepare_diffusion_model.py"),
     output:
-        done=f"data/interim/{RUN}/models/{{model}}/model.done",
+        done=f"data/interim/{P.run}/models/{{model}}/model.done",
     log:
-        f"data/logs/prepare_diffusion_model/{RUN}/{{model}}.log",
+        f"data/logs/prepare_diffusion_model/{P.run}/{{model}}.log",
     wildcard_constraints:
-        model=alternatives(CONVERTED_MODELS),
-    retries: RETRIES
+        model=alternatives(P.converted_models),
+    retries: config["retries"]
     conda:
         "../../envs/diffguard.yaml"
     resources:
-        mem_mb=job_mem_mb,
+        mem_mb=P.job_mem_mb,
     params:
-        source=lambda wildcards: DIFFUSION_MODELS[wildcards.model]["source"],
-        roles=lambda wildcards: list(DIFFUSION_MODELS[wildcards.model]["checkpoints"]),
-        options=lambda wildcards: DIFFUSION_MODELS[wildcards.model].get("options", {}),
+        source=lambda wildcards: P.diffusion_models[wildcards.model]["source"],
+        roles=lambda wildcards: list(P.diffusion_models[wildcards.model]["checkpoints"]),
+        options=lambda wildcards: P.diffusion_models[wildcards.model]["options"],
         out_dir=lambda wildcards, output: str(Path(output.done).parent),
     script:
         "../scripts/prepare_diffusion_model.py"
@@ -152,33 +154,29 @@ rule prepare_diffusion_model:
 # ensemble members' logits on the evaluation sets) and the default guidance labels.
 rule cache_predictions:
     input:
-        imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
-        benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
-        weights=CLASSIFIER_WEIGHTS,
-        spec=CLASSIFIER_SPEC,
-        ensemble=ensemble_inputs,
-        code=script_code("cache_predictions.py"),
+        imglist=f"data/interim/{P.run}/lists/{{dataset}}.txt",
+        benchmark=f"data/external/{P.run}/benchmark/benchmark.json",
+        weights=P.classifier_weights,
+        spec=P.classifier_spec,
+        ensemble=P.ensemble_inputs,
+        code=P.script_code("cache_predictions.py"),
     output:
-        prediction_cache("{dataset}"),
+        P.prediction_cache("{dataset}"),
     log:
-        f"data/logs/cache_predictions/{RUN}/{{dataset}}.log",
-    retries: RETRIES
+        f"data/logs/cache_predictions/{P.run}/{{dataset}}.log",
+    retries: config["retries"]
     conda:
         "../../envs/diffguard.yaml"
-    threads: CPUS_PER_JOB
+    threads: config["cpus_per_job"]
     resources:
-        gpu=config.get("gpus_per_job", 0),
-        mem_mb=job_mem_mb,
+        gpu=config["gpus_per_job"],
+        mem_mb=P.job_mem_mb,
     params:
         benchmark=config["benchmark"],
         input_size=None,
-        mc_passes=lambda wildcards: (
-            int(MC_DROPOUT.get("passes", 5))
-            if "mc_dropout" in BASELINES and eval_set(wildcards.dataset)
-            else 0
-        ),
-        mc_dropout_p=MC_DROPOUT.get("p"),
-        batch_size=config.get("batch_size", 64),
+        mc_passes=P.mc_passes,
+        mc_dropout_p=P.mc_dropout["p"],
+        batch_size=config["batch_size"],
     script:
         "../scripts/cache_predictions.py"
 
@@ -186,15 +184,15 @@ rule cache_predictions:
 # Predictions at an experiment's own input size (the LDM's 256 crop): its guidance labels.
 use rule cache_predictions as cache_guidance_predictions with:
     input:
-        imglist=f"data/interim/{RUN}/lists/{{dataset}}.txt",
-        benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
-        weights=CLASSIFIER_WEIGHTS,
-        spec=CLASSIFIER_SPEC,
-        code=script_code("cache_predictions.py"),
+        imglist=f"data/interim/{P.run}/lists/{{dataset}}.txt",
+        benchmark=f"data/external/{P.run}/benchmark/benchmark.json",
+        weights=P.classifier_weights,
+        spec=P.classifier_spec,
+        code=P.script_code("cache_predictions.py"),
     output:
-        prediction_cache("{dataset}", "{size}"),
+        P.prediction_cache("{dataset}", "{size}"),
     log:
-        f"data/logs/cache_guidance_predictions/{RUN}/{{size}}/{{dataset}}.log",
+        f"data/logs/cache_guidance_predictions/{P.run}/{{size}}/{{dataset}}.log",
     wildcard_constraints:
         size=r"\d+",
     params:
@@ -202,4 +200,4 @@ use rule cache_predictions as cache_guidance_predictions with:
         input_size=lambda wildcards: int(wildcards.size),
         mc_passes=0,
         mc_dropout_p=None,
-        batch_size=config.get("batch_size", 64),
+        batch_size=config["batch_size"],

@@ -1,162 +1,103 @@
-"""Tables, figures, the reproduction check, the paper PDF and the exploration notebook (CPU)."""
+"""Tables, figures, the reproduction check, the paper PDF and the exploration notebook (CPU).
 
-from diffguard.config import sweep_spec
-from diffguard.report_config import load_report_section
+Which figures and tables exist, their files and captions: diffguard.targets (the registry)."""
 
-REPORT = load_report_section(
-    config,
-    default=Path(workflow.basedir) / "config" / "report" / f"{RUN}.yaml",
-    schema=Path(workflow.basedir) / "workflow" / "schemas" / "report.schema.yaml",
-    experiments=EXPERIMENTS,
+from pathlib import Path
+
+from diffguard.plan import run_plan
+from diffguard.targets import FIGURE, TABLE
+
+P = run_plan(config, workflow)
+MAIN_TABLE = TABLE["main_results"].files(P.run)
+PAPER_TABLE_OUTPUTS = P.paper_table_outputs()
+CHECK_OUTPUTS = P.check_outputs()
+HEADLINE_SCORES = expand(
+    "data/processed/{run}/scores/{exp}/{dataset}/seed-{seed}.csv",
+    run=P.run,
+    exp=P.headline_experiment,
+    dataset=P.eval_sets,
+    seed=P.headline_seed,
 )
-PAPER_TABLES = REPORT["tables"]
-PUBLISHED_DIR = REPORT["published_dir"]
-REPORT_FIGURES = REPORT["figures"]
-HEADLINE_EXPERIMENT = config.get("headline_experiment", next(iter(EVAL_EXPERIMENTS)))
-HEADLINE_SEED = SEEDS[0]
-HEADLINE_DISTANCE = config.get("headline_distance", "l2")
-SWEEPS = {
-    name: {
-        "label": spec.get("label", spec["setting"]),
-        "points": sweep_spec(EXPERIMENTS, spec["experiment"], spec["setting"]),
-        "reference": spec["experiment"],
-    }
-    for name, spec in REPORT_FIGURES.get("sweeps", {}).items()
-}
-ABLATION = REPORT_FIGURES.get("ablation_grid")
-PSNR_FIGURE = REPORT_FIGURES.get("psnr_inversion")
-
-FIGURES = ["score_histograms", "roc_curves", "recon_grid"]
-if train_log_names():
-    FIGURES.append("training_curves")
-EXTRA_FIGURES = (
-    (["sweeps"] if SWEEPS else [])
-    + (["ablation_grid"] if ABLATION else [])
-    + (["psnr_inversion"] if PSNR_FIGURE else [])
-)
-EXTRA_FIGURES += FIG2_FIGURES  # rule plot_fig2 (workflow/rules/figure2.smk)
-FIGURES += EXTRA_FIGURES
-TABLE_FILES = [
-    f"data/processed/{RUN}/tables/main_results.csv",
-    f"data/processed/{RUN}/tables/main_results.md",
-    "paper/tables/main_results.tex",
-]
-PAPER_TABLE_OUTPUTS = {
-    name: {
-        "csv": f"data/processed/{RUN}/tables/{name}.csv",
-        "md": f"data/processed/{RUN}/tables/{name}.md",
-        "tex": f"paper/tables/{name}.tex",
-    }
-    for name in PAPER_TABLES
-}
-CHECK_OUTPUTS = {
-    "csv": f"data/processed/{RUN}/check/reproduction_check.csv",
-    "md": f"data/processed/{RUN}/check/reproduction_check.md",
-    "tex": "paper/tables/reproduction_check.tex",
-}
-CHECK_GATE = f"data/processed/{RUN}/check/gate.txt"
-TABLE_FILES += [f for outs in PAPER_TABLE_OUTPUTS.values() for f in outs.values()]
-TABLE_FILES += [*CHECK_OUTPUTS.values()]
-
-
-# Fig. 6: first shard of each row's experiment on the shown dataset (its first seed)
-ABLATION_SHARDS = [
-    f"data/interim/{RUN}/recon/{exp}/{ABLATION.get('dataset', ID_SET)}/"
-    f"seed-{EXP_SEEDS[exp][0]}/shard-000.npz"
-    for exp in (ABLATION or {}).get("rows", {}).values()
-]
 
 
 rule render_tables:
     input:
-        metrics=f"data/processed/{RUN}/metrics.csv",
-        code=script_code("render_tables.py"),
+        metrics=f"data/processed/{P.run}/metrics.csv",
+        code=P.script_code("render_tables.py"),
     output:
         csv=report(
-            f"data/processed/{RUN}/tables/main_results.csv",
-            caption="../report/main_results.rst",
+            MAIN_TABLE["csv"],
+            caption=TABLE["main_results"].caption_file,
             category="Tables",
         ),
-        md=f"data/processed/{RUN}/tables/main_results.md",
-        tex="paper/tables/main_results.tex",
+        md=MAIN_TABLE["md"],
+        tex=MAIN_TABLE["tex"],
     log:
-        f"data/logs/render_tables/{RUN}.log",
+        f"data/logs/render_tables/{P.run}.log",
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
-        run=RUN,
-        note=config.get(
-            "published_note",
-            "This benchmark has no published counterpart; compare methods within the table.",
-        ),
+        run=P.run,
+        note=config["published_note"],
     script:
         "../scripts/render_tables.py"
 
 
 rule plot_figures:
     input:
-        scores=expand(
-            "data/processed/{run}/scores/{exp}/{dataset}/seed-{seed}.csv",
-            run=RUN,
-            exp=HEADLINE_EXPERIMENT,
-            dataset=EVAL_SETS,
-            seed=HEADLINE_SEED,
+        scores=HEADLINE_SCORES,
+        baselines=expand(
+            "data/processed/{run}/baselines/{dataset}.csv", run=P.run, dataset=P.eval_sets
         ),
-        baselines=expand("data/processed/{run}/baselines/{dataset}.csv", run=RUN, dataset=EVAL_SETS),
         shards=expand(
             "data/interim/{run}/recon/{exp}/{dataset}/seed-{seed}/shard-000.npz",
-            run=RUN,
-            exp=HEADLINE_EXPERIMENT,
-            dataset=EVAL_SETS,
-            seed=HEADLINE_SEED,
+            run=P.run,
+            exp=P.headline_experiment,
+            dataset=P.eval_sets,
+            seed=P.headline_seed,
         ),
-        train_logs=train_logs(),
-        code=script_code("plot_figures.py"),
+        train_logs=P.train_logs(),
+        code=P.script_code("plot_figures.py"),
     output:
         [
-            report(
-                f"figures/{RUN}/{name}.{ext}",
-                caption=f"../report/{name}.rst",
-                category="Figures",
-            )
-            for name in FIGURES
-            if name not in EXTRA_FIGURES
-            for ext in ("pdf", "png")
+            report(path, caption=figure.caption_file, category="Figures")
+            for figure in P.figure_registry("plot_figures")
+            for path in figure.files(P.run)
         ],
     log:
-        f"data/logs/plot_figures/{RUN}.log",
+        f"data/logs/plot_figures/{P.run}.log",
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
-        id_set=ID_SET,
-        ood_sets=OOD_SETS,
-        datasets=EVAL_SETS,
-        experiment=HEADLINE_EXPERIMENT,
-        distance=HEADLINE_DISTANCE,
-        baselines=config.get("baselines", ["msp"]),
-        models=train_log_names(),
+        id_set=P.id_set,
+        ood_sets=P.ood_sets,
+        datasets=P.eval_sets,
+        experiment=P.headline_experiment,
+        distance=config["headline_distance"],
+        baselines=config["baselines"],
+        models=P.train_log_names(),
     script:
         "../scripts/plot_figures.py"
 
 
-if PAPER_TABLES:
+if P.paper_tables:
 
     rule render_paper_tables:
         """Each configured paper table: published vs reproduced, cell by cell."""
         input:
-            metrics=f"data/processed/{RUN}/metrics.csv",
-            published=[
-                f"{PUBLISHED_DIR}/{spec.get('published', name)}.csv"
-                for name, spec in PAPER_TABLES.items()
-                if spec.get("published", name) is not None
-            ],
-            code=script_code("render_paper_tables.py"),
+            metrics=f"data/processed/{P.run}/metrics.csv",
+            published=P.published_files(),
+            code=P.script_code("render_paper_tables.py"),
         output:
             [
                 (
-                    report(path, caption="../report/paper_table.rst", category="Tables")
+                    report(
+                        path,
+                        caption=TABLE["paper_table"].caption_file,
+                        category="Tables",
+                    )
                     if path.endswith(".csv")
                     else path
                 )
@@ -164,20 +105,22 @@ if PAPER_TABLES:
                 for path in outs.values()
             ],
         log:
-            f"data/logs/render_paper_tables/{RUN}.log",
+            f"data/logs/render_paper_tables/{P.run}.log",
         localrule: True
         conda:
             "../../envs/diffguard.yaml"
         params:
-            tables=PAPER_TABLES,
+            tables=P.paper_tables,
             outputs=PAPER_TABLE_OUTPUTS,
             # from the inputs, not a hardcoded prefix (no shared filesystem needed); a run whose
             # tables have no published numbers (OpenOOD v1.5) reads none
             published_dir=lambda wildcards, input: (
-                str(Path(input.published[0]).parent) if input.published else PUBLISHED_DIR
+                str(Path(input.published[0]).parent)
+                if input.published
+                else P.report["published_dir"]
             ),
-            headline_distance=HEADLINE_DISTANCE,
-            run=RUN,
+            headline_distance=config["headline_distance"],
+            run=P.run,
         script:
             "../scripts/render_paper_tables.py"
 
@@ -186,24 +129,24 @@ rule reproduction_check:
     """Pass/fail of every published cell within its band (or an explicit 'not applicable')."""
     input:
         comparisons=[outs["csv"] for outs in PAPER_TABLE_OUTPUTS.values()],
-        code=script_code("check_reproduction.py"),
+        code=P.script_code("check_reproduction.py"),
     output:
         csv=report(
             CHECK_OUTPUTS["csv"],
-            caption="../report/reproduction_check.rst",
+            caption=TABLE["reproduction_check"].caption_file,
             category="Reproduction check",
         ),
         md=CHECK_OUTPUTS["md"],
         tex=CHECK_OUTPUTS["tex"],
     log:
-        f"data/logs/reproduction_check/{RUN}.log",
+        f"data/logs/reproduction_check/{P.run}.log",
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
-        tables=list(PAPER_TABLES),
-        check=REPORT["check"],
-        run=RUN,
+        tables=list(P.paper_tables),
+        check=P.report["check"],
+        run=P.run,
     script:
         "../scripts/check_reproduction.py"
 
@@ -213,124 +156,126 @@ rule reproduction_gate:
     the paper is not built from a failed reproduction; --keep-going builds everything else."""
     input:
         CHECK_OUTPUTS["csv"],
-        code=script_code("reproduction_gate.py"),
+        code=P.script_code("reproduction_gate.py"),
     output:
-        CHECK_GATE,
+        P.check_gate,
     log:
-        f"data/logs/reproduction_gate/{RUN}.log",
+        f"data/logs/reproduction_gate/{P.run}.log",
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
-        allow=REPORT["check"]["allow"],
+        allow=P.report["check"]["allow"],
     script:
         "../scripts/reproduction_gate.py"
 
 
-if SWEEPS:
+if P.sweeps:
 
     rule plot_sweeps:
         """Fig. 7: average AUROC along each configured sweep."""
         input:
-            metrics=f"data/processed/{RUN}/metrics.csv",
-            code=script_code("plot_report_figures.py"),
+            metrics=f"data/processed/{P.run}/metrics.csv",
+            code=P.script_code("plot_report_figures.py"),
         output:
             pdf=report(
-                f"figures/{RUN}/sweeps.pdf", caption="../report/sweeps.rst", category="Figures"
+                FIGURE["sweeps"].files(P.run)[0],
+                caption=FIGURE["sweeps"].caption_file,
+                category="Figures",
             ),
-            png=f"figures/{RUN}/sweeps.png",
-            csv=f"data/processed/{RUN}/tables/sweeps.csv",
+            png=FIGURE["sweeps"].files(P.run)[1],
+            csv=f"data/processed/{P.run}/tables/sweeps.csv",
         log:
-            f"data/logs/plot_sweeps/{RUN}.log",
+            f"data/logs/plot_sweeps/{P.run}.log",
         localrule: True
         conda:
             "../../envs/diffguard.yaml"
         params:
-            sweeps=SWEEPS,
-            distance=HEADLINE_DISTANCE,
+            sweeps=P.sweeps,
+            distance=config["headline_distance"],
         script:
             "../scripts/plot_report_figures.py"
 
 
-if ABLATION:
+if P.ablation:
 
     rule plot_ablation_grid:
         """Fig. 6: the same images regenerated by each configured experiment."""
         input:
-            shards=ABLATION_SHARDS,
-            code=script_code("plot_report_figures.py"),
+            shards=P.ablation_shards(),
+            code=P.script_code("plot_report_figures.py"),
         output:
             pdf=report(
-                f"figures/{RUN}/ablation_grid.pdf",
-                caption="../report/ablation_grid.rst",
+                FIGURE["ablation_grid"].files(P.run)[0],
+                caption=FIGURE["ablation_grid"].caption_file,
                 category="Figures",
             ),
-            png=f"figures/{RUN}/ablation_grid.png",
+            png=FIGURE["ablation_grid"].files(P.run)[1],
         log:
-            f"data/logs/plot_ablation_grid/{RUN}.log",
+            f"data/logs/plot_ablation_grid/{P.run}.log",
         localrule: True
         conda:
             "../../envs/diffguard.yaml"
         params:
-            rows=list((ABLATION or {}).get("rows", {})),
-            images=(ABLATION or {}).get("images", 6),
-            prefer_misclassified=(ABLATION or {}).get("prefer_misclassified", True),
-            dataset=(ABLATION or {}).get("dataset", ID_SET),
+            rows=list(P.ablation["rows"]),
+            images=P.ablation["images"],
+            prefer_misclassified=P.ablation["prefer_misclassified"],
+            dataset=P.ablation["dataset"],
         script:
             "../scripts/plot_report_figures.py"
 
 
-if PSNR_FIGURE:
+if "psnr_inversion" in P.figures():
 
     rule plot_psnr_inversion:
         """Fig. 4: PSNR(x_t, x_0) along the full inversion, from the inversion traces."""
         input:
             traces=expand(
                 "data/processed/{run}/inversion_trace/{exp}/{dataset}.csv",
-                run=RUN,
-                exp=PSNR_FIGURE["experiment"],
-                dataset=EVAL_SETS,
+                run=P.run,
+                exp=P.report["figures"]["psnr_inversion"]["experiment"],
+                dataset=P.eval_sets,
             ),
-            code=script_code("plot_report_figures.py"),
+            code=P.script_code("plot_report_figures.py"),
         output:
             pdf=report(
-                f"figures/{RUN}/psnr_inversion.pdf",
-                caption="../report/psnr_inversion.rst",
+                FIGURE["psnr_inversion"].files(P.run)[0],
+                caption=FIGURE["psnr_inversion"].caption_file,
                 category="Figures",
             ),
-            png=f"figures/{RUN}/psnr_inversion.png",
-            csv=f"data/processed/{RUN}/tables/psnr_inversion.csv",
+            png=FIGURE["psnr_inversion"].files(P.run)[1],
+            csv=f"data/processed/{P.run}/tables/psnr_inversion.csv",
         log:
-            f"data/logs/plot_psnr_inversion/{RUN}.log",
+            f"data/logs/plot_psnr_inversion/{P.run}.log",
         localrule: True
         conda:
             "../../envs/diffguard.yaml"
         params:
-            datasets=EVAL_SETS,
-            experiment=EXPERIMENTS[PSNR_FIGURE["experiment"]],
+            datasets=P.eval_sets,
+            experiment=P.experiments[P.report["figures"]["psnr_inversion"]["experiment"]],
         script:
             "../scripts/plot_report_figures.py"
 
 
 rule write_paper_numbers:
     input:
-        metrics=f"data/processed/{RUN}/metrics.csv",
-        lists=expand("data/interim/{run}/lists/{dataset}.txt", run=RUN, dataset=EVAL_SETS),
+        metrics=f"data/processed/{P.run}/metrics.csv",
+        lists=expand("data/interim/{run}/lists/{dataset}.txt", run=P.run, dataset=P.eval_sets),
         check=CHECK_OUTPUTS["csv"],
-        code=script_code("write_paper_numbers.py"),
+        code=P.script_code("write_paper_numbers.py"),
     output:
         "paper/numbers.tex",
     log:
-        f"data/logs/write_paper_numbers/{RUN}.log",
+        f"data/logs/write_paper_numbers/{P.run}.log",
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
-        run=RUN,
-        figure_dir=f"../figures/{RUN}",
-        datasets=EVAL_SETS,
-        figures=FIGURES,
-        published_tables=[f"tables/{name}.tex" for name in PAPER_TABLES],
+        run=P.run,
+        figure_dir=f"../figures/{P.run}",
+        datasets=P.eval_sets,
+        figures=P.figures(),
+        published_tables=[f"tables/{name}.tex" for name in P.paper_tables],
     script:
         "../scripts/write_paper_numbers.py"
 
@@ -339,15 +284,15 @@ rule build_paper:
     input:
         tex="paper/ms.tex",
         numbers="paper/numbers.tex",
-        tables=paper_tables(),
+        tables=P.paper_inputs(),
         paper_tables=[outs["tex"] for outs in PAPER_TABLE_OUTPUTS.values()],
         check=CHECK_OUTPUTS["tex"],
-        gate=CHECK_GATE,
-        figures=figure_files(),
+        gate=P.check_gate,
+        figures=P.figure_files(),
     output:
         report("paper/ms.pdf", caption="../report/paper.rst", category="Paper"),
     log:
-        f"data/logs/build_paper/{RUN}.log",
+        f"data/logs/build_paper/{P.run}.log",
     localrule: True
     conda:
         "../../envs/tex.yaml"
@@ -357,24 +302,18 @@ rule build_paper:
 
 rule explore_notebook:
     input:
-        metrics=f"data/processed/{RUN}/metrics.csv",
-        scores=expand(
-            "data/processed/{run}/scores/{exp}/{dataset}/seed-{seed}.csv",
-            run=RUN,
-            exp=HEADLINE_EXPERIMENT,
-            dataset=EVAL_SETS,
-            seed=HEADLINE_SEED,
-        ),
+        metrics=f"data/processed/{P.run}/metrics.csv",
+        scores=HEADLINE_SCORES,
     output:
-        f"data/processed/{RUN}/exploration_summary.csv",
+        f"data/processed/{P.run}/exploration_summary.csv",
     log:
-        notebook=f"data/processed/{RUN}/exploration.ipynb",
+        notebook=f"data/processed/{P.run}/exploration.ipynb",
     localrule: True
     conda:
         "../../envs/diffguard.yaml"
     params:
-        datasets=EVAL_SETS,
-        experiment=HEADLINE_EXPERIMENT,
-        distance=HEADLINE_DISTANCE,
+        datasets=P.eval_sets,
+        experiment=P.headline_experiment,
+        distance=config["headline_distance"],
     notebook:
         "../notebooks/explore.py.ipynb"

@@ -1,55 +1,56 @@
 """Speed benchmark (target `speed`): the released code's execution of GDM / CFG against ours.
 
-Settings come from an optional `speed:` config block (images, batch_sizes, dtypes, distances,
-experiments, denoise_batch_size, repeats, variants, threads); the defaults below apply without it.
+Settings come from the `speed:` config block (images, batch_sizes, dtypes, distances,
+experiments, denoise_batch_size, repeats, variants, threads); its defaults are the schema's.
 """
 
-SPEED_EXPERIMENTS = speed_experiments()
-SPEED_OUTPUTS = {
-    "csv": f"data/processed/{RUN}/speed.csv",
-    "md": f"data/processed/{RUN}/speed.md",
-    "tex": "paper/tables/speed.tex",
-}
-SPEED_TABLES["speed"] = SPEED_OUTPUTS["tex"]
+from diffguard.plan import run_plan
+
+P = run_plan(config, workflow)
+SPEED = config["speed"]
 
 
 rule speed:
     input:
-        list(SPEED_OUTPUTS.values()),
+        list(P.speed_tables().values()),
 
 
 rule speed_benchmark:
     input:
-        classifier=f"data/interim/{RUN}/models/classifier/weights/model.safetensors",
-        classifier_spec=f"data/interim/{RUN}/models/classifier/weights/spec.json",
-        models=[f"{model_dir(EXPERIMENTS[name]['model'])}/model.done" for name in SPEED_EXPERIMENTS],
-        imglist=f"data/interim/{RUN}/lists/{ID_SET}.txt",
-        benchmark=f"data/external/{RUN}/benchmark/benchmark.json",
-        code=script_code("benchmark_speed.py"),
+        classifier=P.classifier_weights,
+        classifier_spec=P.classifier_spec,
+        models=[
+            f"{P.model_dir(P.experiments[name]['model'])}/model.done"
+            for name in P.speed_experiments
+        ],
+        imglist=f"data/interim/{P.run}/lists/{P.id_set}.txt",
+        benchmark=f"data/external/{P.run}/benchmark/benchmark.json",
+        code=P.script_code("benchmark_speed.py"),
     output:
-        **SPEED_OUTPUTS,
+        **P.speed_tables(),
     log:
-        f"data/logs/speed/{RUN}.log",
+        f"data/logs/speed/{P.run}.log",
     conda:
         "../../envs/diffguard.yaml"
-    threads: int(SPEED.get("threads", CPUS_PER_JOB))
+    threads: P.speed_threads
     resources:
-        gpu=config.get("gpus_per_job", 0),
-        runtime=int(config.get("shard_runtime_minutes", 60)),
+        gpu=config["gpus_per_job"],
+        runtime=config["shard_runtime_minutes"],
     params:
-        experiments=[EXPERIMENTS[name] for name in SPEED_EXPERIMENTS],
-        model_dirs=[model_dir(EXPERIMENTS[name]["model"]) for name in SPEED_EXPERIMENTS],
+        experiments=[P.experiments[name] for name in P.speed_experiments],
+        model_dirs=[P.model_dir(P.experiments[name]["model"]) for name in P.speed_experiments],
         benchmark=config["benchmark"],
-        images=SPEED.get("images", 32),
-        batch_sizes=SPEED.get("batch_sizes", [1, 8, 32]),
-        dtypes=SPEED.get("dtypes", "auto"),
-        distances=SPEED.get("distances", ["ssim", "l2", "logits"]),
-        denoise_batch_size=SPEED.get("denoise_batch_size", 5),
-        repeats=SPEED.get("repeats", 1),
-        variants=SPEED.get("variants", []),
-        device=config.get("device", "auto"),
-        run=RUN,
-        seed=SEEDS[0],
-        torch_hub_dir=config.get("weights", {}).get("torch_hub_dir"),
+        images=SPEED["images"],
+        batch_sizes=SPEED["batch_sizes"],
+        dtypes=SPEED["dtypes"],
+        distances=SPEED["distances"],
+        denoise_batch_size=SPEED["denoise_batch_size"],
+        repeats=SPEED["repeats"],
+        variants=SPEED["variants"],
+        device=config["device"],
+        run=P.run,
+        seed=P.seeds[0],
+        # the configured folder, or None where no perceptual weights are configured
+        torch_hub_dir=P.torch_hub_dir if P.hub_files else None,
     script:
         "../scripts/benchmark_speed.py"

@@ -35,7 +35,7 @@ def load_report_section(
             ``report``; schema errors name the key.
     """
     # jsonschema only when called: the parse imports this module for every run
-    from diffguard.schema import validate_config
+    from diffguard.schema import SAFE_LOADER, validate_config
 
     if "report" in config:
         section, where = dict(config["report"] or {}), "config key report"
@@ -46,7 +46,7 @@ def load_report_section(
                 raise ValueError(f"report_config: {path} does not exist")
             section, where = {}, "defaults"
         else:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=SAFE_LOADER) or {}
             if not isinstance(data, dict) or set(data) != {"report"}:
                 keys = sorted(data) if isinstance(data, dict) else type(data).__name__
                 raise ValueError(f"{path}: expected one top-level key `report`, got {keys}")

@@ -46,6 +46,10 @@ with _unimportable("rfc3987_syntax"):
     from jsonschema import Draft202012Validator, validators
     from jsonschema.exceptions import ValidationError, best_match
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML has it (same constructors and resolver as
+``yaml.safe_load``, ~10x faster: the schemas are read on every workflow parse)."""
+
 MAX_ERRORS = 3
 """Problems reported in full; the rest are counted (one typo often causes only one)."""
 _WIDTH = 96
@@ -58,7 +62,7 @@ _EXPLAINED |= {"pattern", "minItems", "minProperties"}
 def load_schema(path: str | Path) -> dict[str, Any]:
     """The schema in ``path`` (YAML or JSON)."""
     with open(path) as handle:
-        schema = yaml.safe_load(handle)
+        schema = yaml.load(handle, Loader=SAFE_LOADER)
     if not isinstance(schema, dict):
         raise ConfigError(f"{path}: expected a JSON schema object, got {type(schema).__name__}")
     return schema
