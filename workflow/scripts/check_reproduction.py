@@ -4,8 +4,8 @@ Input ``comparisons`` (one CSV per ``params.tables``, same order; none: not appl
 params ``check`` (``report.check``) and ``run``; outputs ``csv``, ``md``, ``tex``.
 """
 
+from diffguard.logs import setup_logging
 from diffguard.reproduction import reproduction_check_stage
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

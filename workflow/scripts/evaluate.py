@@ -1,7 +1,7 @@
 """Rule evaluate: OOD metrics of baselines, DiffGuard experiments and combinations."""
 
 from diffguard.evaluation import evaluate_stage
-from diffguard.runtime import setup_logging
+from diffguard.logs import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from diffguard.figure2 import Fig2Settings, compute_predictions, plot_figure2
-from diffguard.runtime import setup_logging
+from diffguard.logs import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -1,7 +1,7 @@
 """Rule gather_scores: per-image scores of one dataset from its shards."""
 
 from diffguard.evaluation import gather_scores_stage
-from diffguard.runtime import setup_logging
+from diffguard.logs import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -2,8 +2,8 @@
 
 import torch
 
+from diffguard.logs import setup_logging
 from diffguard.reconstruction import inversion_trace_job
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -9,8 +9,8 @@ Inputs ``scores``, ``baselines`` (one per dataset, in ``params.datasets`` order)
 from pathlib import Path
 
 from diffguard.baselines import BASELINE_LABELS
+from diffguard.logs import setup_logging
 from diffguard.plotting import plot_all
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

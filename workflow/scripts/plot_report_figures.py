@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 from diffguard.io import read_npz, write_csv
+from diffguard.logs import setup_logging
 from diffguard.plot_curves import plot_psnr_inversion, plot_sweeps, sweep_points, trace_summary
 from diffguard.plot_images import ablation_rows, plot_ablation_grid
-from diffguard.runtime import setup_logging
 from diffguard.tables import read_metrics
 
 sm = snakemake  # noqa: F821

@@ -5,8 +5,8 @@ import sys
 import torch
 
 from diffguard import io
+from diffguard.logs import setup_logging
 from diffguard.preflight import run_preflight
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from diffguard.logs import setup_logging
 from diffguard.preparation import prepare_classifier_stage
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

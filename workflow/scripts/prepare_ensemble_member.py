@@ -1,7 +1,7 @@
 """Rule prepare_ensemble_member: a deep-ensemble member's checkpoint -> safetensors + spec.json."""
 
+from diffguard.logs import setup_logging
 from diffguard.pipeline import prepare_ensemble_member_stage
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

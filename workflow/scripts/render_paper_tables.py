@@ -4,8 +4,8 @@ Input ``metrics``; params ``tables`` (``report.tables``), ``outputs`` (table -> 
 ``published_dir``, ``headline_distance``, ``run``.
 """
 
+from diffguard.logs import setup_logging
 from diffguard.paper_tables import render_paper_tables_stage
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

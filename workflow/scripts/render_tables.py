@@ -5,7 +5,7 @@ Input ``metrics``; outputs ``csv``, ``md`` and ``tex``; optional params ``run`` 
 
 from pathlib import Path
 
-from diffguard.runtime import setup_logging
+from diffguard.logs import setup_logging
 from diffguard.tables import render_tables_stage
 
 sm = snakemake  # noqa: F821

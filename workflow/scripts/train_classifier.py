@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
+from diffguard.logs import setup_logging
 from diffguard.pipeline import train_classifier_stage
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -7,8 +7,8 @@ to ``paper/``), ``figures`` (figure stems in ``figure_dir``), ``runtime_s`` and 
 ``check`` (the reproduction check CSV). Experiments and switches come from the workflow config.
 """
 
+from diffguard.logs import setup_logging
 from diffguard.paper import write_paper_numbers
-from diffguard.runtime import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

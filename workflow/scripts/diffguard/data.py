@@ -12,6 +12,7 @@ shorter side with PIL bilinear resampling, then ``CenterCrop(size)``, then ``ToT
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -367,3 +368,37 @@ def load_images_tensor(
     images = torch.stack([load_image(Path(root) / r.path, size, channels) for r in records])
     labels = torch.tensor([r.label for r in records], dtype=torch.long)
     return images, labels
+
+
+def image_root(benchmark_json: str | Path) -> Path:
+    """Folder the image-list paths are relative to (recorded in ``benchmark.json``)."""
+    summary = json.loads(Path(benchmark_json).read_text())
+    return (Path(benchmark_json).parent / summary.get("image_root", "images")).resolve()
+
+
+def load_records_images(
+    records: Sequence[ImageRecord],
+    root: Path,
+    size: int,
+    channels: int,
+    pre_size: int | None = None,
+    *,
+    load_truncated: bool = False,
+    truncated: list[str] | None = None,
+) -> torch.Tensor:
+    """Images of ``records`` as N x C x H x W in [0, 1] (errors name the failing file).
+
+    ``Resize(pre_size)`` (shorter side) then ``CenterCrop(size)``; ``pre_size`` None means
+    ``size`` (e.g. ImageNet: 256 then a 224 crop for GDM, a 256 crop for the LDM).
+    ``load_truncated`` decodes truncated files as far as they go (OpenOOD); their list paths
+    are appended to ``truncated``.
+    """
+    images = []
+    for r in records:
+        image, cut = load_image_checked(
+            root / r.path, size, channels, pre_size, load_truncated=load_truncated
+        )
+        images.append(image)
+        if cut and truncated is not None:
+            truncated.append(r.path)
+    return torch.stack(images)

@@ -27,8 +27,14 @@ from typing import Any
 import torch
 
 from diffguard import io
-from diffguard.data import read_imglist, subsample, validate_labels, write_imglist
-from diffguard.runtime import image_root, load_records_images
+from diffguard.data import (
+    image_root,
+    load_records_images,
+    read_imglist,
+    subsample,
+    validate_labels,
+    write_imglist,
+)
 
 log = logging.getLogger("diffguard")
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,12 @@ from diffguard.config import (  # noqa: F401  (crop_sizes re-exported; torch-fre
     crop_sizes,
     experiment_image_sizes,
 )
-from diffguard.data import ImageRecord, load_image_checked
+from diffguard.data import (  # noqa: F401  (image loading re-exported for the stages)
+    ImageRecord,
+    image_root,
+    load_records_images,
+)
+from diffguard.logs import setup_logging  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from diffguard.backends import DiffusionBackend
@@ -25,62 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("diffguard")
 
 
-def setup_logging(log_file: str | Path | None) -> None:
-    """Log to the rule's log file (and stderr), with timestamps and the software versions."""
-    from diffguard.io import setup_file_logging
-
-    setup_file_logging(log_file)
-    log.info(
-        "diffguard %s, torch %s, python %s", _version(), torch.__version__, sys.version.split()[0]
-    )
-
-
-def _version() -> str:
-    from diffguard import __version__
-
-    return __version__
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("config device is 'cuda' but no CUDA device is available")
     return torch.device(name)
-
-
-def image_root(benchmark_json: str | Path) -> Path:
-    """Folder the image-list paths are relative to (recorded in ``benchmark.json``)."""
-    summary = json.loads(Path(benchmark_json).read_text())
-    return (Path(benchmark_json).parent / summary.get("image_root", "images")).resolve()
-
-
-def load_records_images(
-    records: Sequence[ImageRecord],
-    root: Path,
-    size: int,
-    channels: int,
-    pre_size: int | None = None,
-    *,
-    load_truncated: bool = False,
-    truncated: list[str] | None = None,
-) -> torch.Tensor:
-    """Images of ``records`` as N x C x H x W in [0, 1] (errors name the failing file).
-
-    ``Resize(pre_size)`` (shorter side) then ``CenterCrop(size)``; ``pre_size`` None means
-    ``size`` (e.g. ImageNet: 256 then a 224 crop for GDM, a 256 crop for the LDM).
-    ``load_truncated`` decodes truncated files as far as they go (OpenOOD); their list paths
-    are appended to ``truncated``.
-    """
-    images = []
-    for r in records:
-        image, cut = load_image_checked(
-            root / r.path, size, channels, pre_size, load_truncated=load_truncated
-        )
-        images.append(image)
-        if cut and truncated is not None:
-            truncated.append(r.path)
-    return torch.stack(images)
 
 
 def load_truncated_images(benchmark: Mapping[str, Any]) -> bool:
