@@ -45,6 +45,7 @@ PAIRS: dict[str, tuple[str, str]] = {
         "properties.diffusion_models.additionalProperties.properties.source",
         "diffguard.backends:SOURCES",
     ),
+    "score references": (f"{EXPERIMENT}.score_reference", "diffguard.method_api:SCORE_REFERENCES"),
     "guidance predictions": (
         f"{EXPERIMENT}.guidance_predictions",
         "diffguard.config:GUIDANCE_PREDICTIONS",

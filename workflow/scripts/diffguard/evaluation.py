@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from diffguard import io
-from diffguard.baselines import BASELINE_LABELS
+from diffguard.baselines import BASELINES
 from diffguard.data import read_imglist
 from diffguard.methods import METHODS
 from diffguard.metrics import METRIC_KEYS, ood_metrics
@@ -158,7 +158,7 @@ def _baseline_rows(
     rows: list[dict[str, Any]] = []
     for name in baselines:
         meta = {
-            "method": BASELINE_LABELS.get(name, name),
+            "method": BASELINES[name].label if name in BASELINES else name,
             "kind": "baseline",
             "experiment": "",
             "distance": "",
@@ -250,7 +250,7 @@ def _combination_rows(
         meta = {
             "method": (
                 f"DiffGuard ({METHODS[method].label}: {exp})"
-                f"+{BASELINE_LABELS.get(bl, bl)} [{combo['rule']}]"
+                f"+{BASELINES[bl].label if bl in BASELINES else bl} [{combo['rule']}]"
             ),
             "kind": "combined",
             "experiment": exp,

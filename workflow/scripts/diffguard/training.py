@@ -366,7 +366,7 @@ def _clipped_step(
         ema.update(model)
 
 
-# Over 80 lines: 17 parameters, each documented (45 lines of signature and docstring); the
+# long: 17 parameters, each documented (45 lines of signature and docstring); the
 # body (validation, set-up, the step loop and the saved schedule) is 75.
 def train_diffusion(
     images: torch.Tensor,
