@@ -92,4 +92,4 @@ def test_top_level_fallback_is_the_schema_default() -> None:
     default = schema["take_best_over_distances"]["default"]
     assert paper.schema_default("take_best_over_distances") == default
     with pytest.raises(KeyError, match="config.schema.yaml"):
-        paper.schema_default("headline_distance")
+        paper.schema_default("headline_experiment")  # no schema default
