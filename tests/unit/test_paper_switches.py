@@ -69,21 +69,27 @@ def test_a_changed_default_changes_the_paper_text(monkeypatch: pytest.MonkeyPatc
     }
     monkeypatch.setattr(paper, "GdmSettings", functools.partial(GdmSettings, **changed))
     monkeypatch.setattr(
-        paper, "CfgSettings", functools.partial(CfgSettings, cam_cut=0.2, decode_quantize=False)
+        paper,
+        "CfgSettings",
+        functools.partial(
+            CfgSettings, cam_cut=0.2, decode_quantize=False, uncond_aux=True, inversion_steps=5
+        ),
     )
     after = _rows(paper.config_switch_table({}))
-    rows = {s.key: _name(s) for s in paper.SWITCHES}
-    assert after[rows["cutouts_num"]].startswith("4 random resized crops")
-    assert after[rows["psnr_peak"]] == r"2 on $[-1,1]$ images (+0.00\,dB)"
-    assert after[rows["early_stop_thresholds"]] == (
+    rows = {f"{s.section}.{s.key}".lstrip("."): _name(s) for s in paper.SWITCHES}
+    assert after[rows["gdm.cutouts_num"]].startswith("4 random resized crops")
+    assert after[rows["gdm.psnr_peak"]] == r"2 on $[-1,1]$ images (+0.00\,dB)"
+    assert after[rows["gdm.early_stop_thresholds"]] == (
         "PSNR 40 (code units) or $-$LPIPS -0.2, per image"
     )
-    assert after[rows["forback_skip_diff"]] == "4: sampling starts 2 levels above the latent"
-    assert after[rows["cam_cut"]] == "0.2"
-    for key in ("uncond_aux", "clip_first_inversion_step", "decode_quantize"):
+    assert after[rows["gdm.forback_skip_diff"]] == "4: sampling starts 2 levels above the latent"
+    assert after[rows["cfg.cam_cut"]] == "0.2"
+    assert after[rows["cfg.inversion_steps"]].startswith("5: invert and regenerate the first 5")
+    changed_keys = ("gdm.uncond_aux", "gdm.clip_first_inversion_step", "cfg.decode_quantize")
+    for key in (*changed_keys, "cfg.uncond_aux"):
         assert after[rows[key]] != before[rows[key]], key
     # the untouched switches read as before
-    for key in ("no_x0_hat", "inversion_variant", "take_best_over_distances"):
+    for key in ("gdm.no_x0_hat", "cfg.inversion_variant", "take_best_over_distances"):
         assert after[rows[key]] == before[rows[key]], key
 
 
@@ -93,3 +99,11 @@ def test_top_level_fallback_is_the_schema_default() -> None:
     assert paper.schema_default("take_best_over_distances") == default
     with pytest.raises(KeyError, match="config.schema.yaml"):
         paper.schema_default("headline_experiment")  # no schema default
+
+
+def test_our_additions_say_so() -> None:
+    rows = _rows(paper.config_switch_table({"c": ("cfg", {"inversion_steps": 5})}))
+    cell = rows[_name(next(s for s in paper.SWITCHES if s.key == "inversion_steps"))]
+    assert "our addition" in cell and cell.startswith("null: invert and regenerate the whole")
+    table = paper.config_switch_table({"c": ("cfg", {"inversion_steps": 5})})
+    assert "& 5 (all) \\\\" in table.split("inversion")[-1].splitlines()[0]

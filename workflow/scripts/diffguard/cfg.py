@@ -1,8 +1,9 @@
 """Classifier-free-guidance DiffGuard (LDM on ImageNet, DiffNB on CIFAR-10, our small model).
 
 Inversion runs with the null label (guidance scale 1, i.e. the unconditional epsilon) over the
-whole DDIM grid; regeneration applies ``eps_u + w (eps_c - eps_u)`` inside a binary Grad-CAM
-mask of the predicted class and plain ``eps_u`` elsewhere (mask off = global guidance).
+whole DDIM grid (or its first ``inversion_steps`` steps); regeneration runs the same steps back
+and applies ``eps_u + w (eps_c - eps_u)`` inside a binary Grad-CAM mask of the predicted class
+and plain ``eps_u`` elsewhere (mask off = global guidance).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def _coef(values: list[float] | float, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.float64).to(like.device).float()
 
 
+def depth(settings: CfgSettings, num_steps: int) -> int:
+    """Steps inverted and regenerated: ``inversion_steps`` (None: all ``num_steps`` of the grid)."""
+    return num_steps if settings.inversion_steps is None else settings.inversion_steps
+
+
 @torch.no_grad()
 def invert(
     eps_model: CondEpsModel,
@@ -37,7 +43,8 @@ def invert(
     settings: CfgSettings,
     counter: CallCounter | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM inversion with the null label over every step of the grid.
+    """Deterministic DDIM inversion with the null label over the first :func:`depth` steps of
+    the grid (every step by default); the latent sits at the level of the last step inverted.
 
     ``next_t`` (released code): at step i the model is evaluated at the target timestep tau_i on
     the sample at the previous level; ``standard`` evaluates it at the current level's timestep.
@@ -46,7 +53,7 @@ def invert(
     z = z0.clone()
     labels = torch.full((z.shape[0],), null_label, dtype=torch.long, device=z.device)
     prev_timesteps = [0, *sched.timesteps[:-1].tolist()]
-    for i in range(sched.num_steps):
+    for i in range(depth(settings, sched.num_steps)):
         t_eval = sched.timesteps[i] if settings.inversion_variant == "next_t" else prev_timesteps[i]
         t = torch.full((z.shape[0],), int(t_eval), dtype=torch.long, device=z.device)
         eps = eps_model(z, t, labels)
@@ -73,6 +80,7 @@ def guided_sample(
 
     ``mask`` is N x 1 x H x W (any resolution, nearest-resized to the latent grid) or None for
     global guidance. Rows whose label is the null label are plain unconditional reconstructions.
+    Sampling starts at the level :func:`invert` stops at (the top of the grid by default).
     """
     sched = settings.schedule()
     z = z_t.clone()
@@ -82,7 +90,7 @@ def guided_sample(
         mask = F.interpolate(mask.float().to(z.device), size=z.shape[-2:], mode="nearest") > 0.5
     guided = labels != null_label
     null = torch.full_like(labels, null_label)
-    for i in range(sched.num_steps - 1, -1, -1):
+    for i in range(depth(settings, sched.num_steps) - 1, -1, -1):
         t = torch.full((n,), int(sched.timesteps[i]), dtype=torch.long, device=z.device)
         if guided.any():
             rows = guided.nonzero().squeeze(1)
@@ -133,6 +141,8 @@ def reconstruct(
 
     ``encode``/``decode`` map pixels to the diffusion space and back (the VQ autoencoder for the
     LDM; identity for pixel-space models). ``mask`` is ignored unless ``settings.use_cam``.
+    With ``uncond_aux`` the same latent is also regenerated with the null label, i.e. plain
+    ``eps_u`` with no guidance and no mask, in the same batch: the twin ``recon_uncond``.
     """
     encode = encode or (lambda x: x)
     decode = decode or (lambda z: z)
@@ -230,7 +240,8 @@ def run_with(
         counter,
     )
     n = batch.x.shape[0]
-    rev_t = torch.full((n,), s.ddim_steps - 1)  # no early stop: the whole grid
+    # no early stop: the whole grid, or the fixed partial depth inversion_steps
+    rev_t = torch.full((n,), (s.inversion_steps or s.ddim_steps) - 1)
     return finish(
         job, batch, res.recon, res.recon_uncond, rev_t, rev_t.clone(), torch.zeros((n, 0))
     )

@@ -70,6 +70,7 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
             f"experiments.{name}.{method}: unknown key(s) {', '.join(hints)}; valid keys "
             f"(fields of {settings_cls.__module__}.{settings_cls.__name__}): {sorted(known)}"
         )
+    _check_reference(resolved, settings_cls, name)
     if resolved.get("inversion_trace_only") and method != "gdm":
         raise ConfigError(
             f"experiments.{name}.inversion_trace_only: the inversion trace (Fig. 4) is a GDM "
@@ -81,6 +82,19 @@ def resolve_experiment(experiments: dict[str, dict[str, Any]], name: str) -> dic
     if resolved["inversion_trace_only"]:
         resolved.setdefault("trace_images", TRACE_IMAGES)
     return resolved
+
+
+def _check_reference(resolved: dict[str, Any], settings_cls: type, name: str) -> None:
+    """``score_reference: uncond_recon`` needs the method's unguided twin (``uncond_aux``)."""
+    if resolved.get("score_reference") != "uncond_recon":
+        return
+    method = resolved["method"]
+    defaults = {f.name: f.default for f in dataclasses.fields(settings_cls)}
+    if not resolved.get(method, {}).get("uncond_aux", defaults.get("uncond_aux", False)):
+        raise ConfigError(
+            f"experiments.{name}.score_reference: uncond_recon needs the unguided twin, "
+            f"set {method}.uncond_aux: true (or score_reference auto/input)"
+        )
 
 
 GRID_SEPARATOR = "__"

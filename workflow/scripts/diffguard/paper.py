@@ -63,19 +63,22 @@ def _start_level(gdm: GdmSettings) -> str:
     return f"{d}: sampling starts {where}"
 
 
+def _score_reference(uncond_aux: bool) -> str:
+    twin = "guided vs. unguided regeneration" if uncond_aux else "guided regeneration vs. input"
+    return f"score: {twin} ({_value(uncond_aux)})"
+
+
+def _cfg_depth(cfg: CfgSettings) -> str:
+    k = cfg.inversion_steps
+    steps = "the whole DDIM grid" if k is None else f"the first {k} DDIM steps"
+    return f"{_value(k)}: invert and regenerate {steps} (the option is our addition)"
+
+
 SWITCHES: tuple[Switch, ...] = (
     Switch(
         "gdm",
         "uncond_aux",
-        lambda g: (
-            "score: "
-            + (
-                "guided vs. unguided regeneration"
-                if g.uncond_aux
-                else "guided regeneration vs. input"
-            )
-            + f" ({_value(g.uncond_aux)})"
-        ),
+        lambda g: _score_reference(g.uncond_aux),
         "guided regeneration vs. the input",
     ),
     Switch(
@@ -144,6 +147,13 @@ SWITCHES: tuple[Switch, ...] = (
         "not described",
     ),
     Switch(
+        "cfg",
+        "uncond_aux",
+        lambda c: _score_reference(c.uncond_aux),
+        "guided regeneration vs. the input",
+    ),
+    Switch("cfg", "inversion_steps", _cfg_depth, "the whole grid"),
+    Switch(
         "",
         "take_best_over_distances",
         lambda top: (
@@ -154,7 +164,8 @@ SWITCHES: tuple[Switch, ...] = (
         "Table 4 only",
     ),
 )
-"""Released-code versus paper-text differences that are configuration switches."""
+"""Released-code versus paper-text differences that are configuration switches, and our own
+additions to the method (``cfg.inversion_steps``), whose cells say so."""
 
 
 def released_settings() -> dict[str, Any]:
@@ -313,6 +324,8 @@ def _switch_value(key: str, spec: Mapping[str, Any]) -> str:
 
 
 def _value(value: Any) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):

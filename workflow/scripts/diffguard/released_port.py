@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffguard.cfg import CfgResult, CfgSettings, CondEpsModel, _coef
+from diffguard.cfg import CfgResult, CfgSettings, CondEpsModel, _coef, depth
 from diffguard.gdm import (
     CallCounter,
     CropSampler,
@@ -376,13 +376,17 @@ def cfg_invert_released(
     settings: CfgSettings,
     counter: CallCounter | None = None,
 ) -> torch.Tensor:
-    """``DDIMForward.sample`` with the null label and guidance scale 1: one call per step."""
+    """``DDIMForward.sample`` with the null label and guidance scale 1: one call per step.
+
+    Our ``inversion_steps`` (not released) cuts this loop and the denoising one at the same
+    depth as :mod:`diffguard.cfg`, so the speed benchmark compares like with like.
+    """
     sched = settings.schedule()
     z = z0
     n = z.shape[0]
     c = torch.full((n,), null_label, dtype=torch.long, device=z.device)
     prev_timesteps = [0, *sched.timesteps[:-1].tolist()]
-    for i in range(sched.num_steps):
+    for i in range(depth(settings, sched.num_steps)):
         t_eval = sched.timesteps[i] if settings.inversion_variant == "next_t" else prev_timesteps[i]
         t = torch.full((n,), int(t_eval), dtype=torch.long, device=z.device)
         eps = eps_model(z, t, c)
@@ -416,7 +420,7 @@ def cfg_denoise_released(
     null = torch.full((n,), null_label, dtype=torch.long, device=z.device)
     guided = labels is not None and settings.guidance_scale != 1.0
     c = null if labels is None else labels.to(torch.long).to(z.device)
-    for i in range(sched.num_steps - 1, -1, -1):
+    for i in range(depth(settings, sched.num_steps) - 1, -1, -1):
         t = torch.full((n,), int(sched.timesteps[i]), dtype=torch.long, device=z.device)
         if not guided:
             e_t = eps_model(z, t, c)

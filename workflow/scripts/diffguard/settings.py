@@ -83,7 +83,14 @@ class CfgSettings:
     inversion_variant: str = "next_t"
     use_cam: bool = True
     cam_cut: float = 0.3
+    # Also regenerate the inverted latent with the null label and no guidance (the unguided
+    # twin, as gdm.uncond_aux); score_reference auto then compares with it. Off in the
+    # released LDM runner, which scores against the input.
     uncond_aux: bool = False
+    # Our addition (neither the paper nor the released code): invert only the first k DDIM
+    # steps of the grid and regenerate the k steps back from there (partial depth, as GDM's
+    # early stop at a fixed level), 1..grid_steps(). None: the whole grid (released).
+    inversion_steps: int | None = None
     # Latent (LDM) models only: the released code's encode_first_stage returns the unquantised
     # latent, and decode_first_stage snaps to the VQ codebook before decoding.
     encode_quantize: bool = False
@@ -94,6 +101,21 @@ class CfgSettings:
             raise ValueError(
                 f"inversion_variant {self.inversion_variant!r} not in {INVERSION_VARIANTS}"
             )
+        k = self.inversion_steps
+        if k is not None and (
+            isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.grid_steps()
+        ):
+            raise ValueError(
+                f"inversion_steps: expected null or an integer in 1..{self.grid_steps()} (the "
+                f"steps of the DDIM grid of ddim_steps={self.ddim_steps}), got {k!r}"
+            )
+
+    def grid_steps(self) -> int:
+        """Steps of the DDIM grid, ``schedule().num_steps`` without numpy: ``ddim_steps``, or
+        one more where it does not divide ``num_train_steps`` (CompVis's uniform grid)."""
+        stride = max(1, self.num_train_steps // self.ddim_steps)
+        grid = range(self.timestep_offset, self.num_train_steps + self.timestep_offset, stride)
+        return sum(1 for t in grid if t < self.num_train_steps)
 
     def schedule(self) -> CfgSchedule:
         from diffguard.schedules import cfg_schedule  # torch: only where a job runs the method
