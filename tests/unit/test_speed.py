@@ -221,8 +221,12 @@ def cam_like_mask(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (x.mean(dim=1, keepdim=True) > 0).float()
 
 
-@pytest.mark.parametrize("uncond_aux", [False, True])
-def test_cfg_port_matches_ours_and_costs_the_same(uncond_aux: bool) -> None:
+@pytest.mark.parametrize(
+    ("uncond_aux", "inversion_steps"), [(False, None), (True, None), (False, 3), (True, 3)]
+)
+def test_cfg_port_matches_ours_and_costs_the_same(
+    uncond_aux: bool, inversion_steps: int | None
+) -> None:
     unet, x = tiny_unet(True), tiny_images()
     labels = torch.arange(N_IMAGES) % NUM_CLASSES
     settings = cfg.CfgSettings(
@@ -234,6 +238,7 @@ def test_cfg_port_matches_ours_and_costs_the_same(uncond_aux: bool) -> None:
         guidance_scale=3.0,
         use_cam=True,
         uncond_aux=uncond_aux,
+        inversion_steps=inversion_steps,  # partial depth (ours): the port cuts its loops too
     )
 
     def eps(a: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -256,7 +261,7 @@ def test_cfg_port_matches_ours_and_costs_the_same(uncond_aux: bool) -> None:
     if uncond_aux:
         assert (ours.recon_uncond - port.recon_uncond).abs().max() <= tol
         assert (ours.recon - ours.recon_uncond).abs().max() > 100 * tol
-    n, s = N_IMAGES, settings.ddim_steps
+    n, s = N_IMAGES, inversion_steps or settings.ddim_steps
     expected = n * s + 2 * n * s + (n * s if uncond_aux else 0)
     assert c_ours.unet_rows == c_port.unet_rows == expected
     assert c_port.unet_calls == s * (3 if uncond_aux else 2)
