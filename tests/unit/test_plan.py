@@ -87,3 +87,12 @@ def test_plan_paths_and_targets() -> None:
     targets = plan.final_targets()
     assert "paper/ms.pdf" in targets and "figures/tiny/roc_curves.pdf" in targets
     assert plan.paper_inputs()[-1] == "paper/tables/speed.tex"
+
+
+def test_training_threads_default_to_cpus_per_job_and_can_be_set_per_model() -> None:
+    config = tiny()
+    config["cpus_per_job"] = 3
+    config["diffusion_models"]["unet_cond"]["train"]["threads"] = 2
+    plan = run_plan(config, WORKFLOW)
+    assert plan.train_threads(SimpleNamespace(model="unet_uncond")) == 3
+    assert plan.train_threads(SimpleNamespace(model="unet_cond")) == 2

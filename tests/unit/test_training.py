@@ -321,3 +321,32 @@ def test_training_logs_hold_no_wall_clock_and_appear_only_when_done(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.csv", "unet.csv"], (
         "a failed training run left a (partial or temporary) log"
     )
+
+
+def test_max_timestep_bounds_the_training_timesteps_and_is_recorded() -> None:
+    from diffusers import DDPMScheduler
+
+    from diffguard.training import _noised_batch
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    x0 = torch.zeros(512, 1, 4, 4)
+
+    def draw(max_timestep: int | None) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return _noised_batch(x0, None, scheduler, generator, (0.0, 0), max_timestep)[2]
+
+    # Default: the same draws as before the option existed (randint over all of T).
+    generator = torch.Generator().manual_seed(0)
+    torch.randn(x0.shape, generator=generator)
+    expected = torch.randint(0, 1000, (512,), generator=generator)
+    assert torch.equal(draw(None), expected)
+    bounded = draw(600)
+    assert int(bounded.max()) < 600 and int(draw(None).max()) >= 600
+
+    x, _ = _digits_like(16)
+    model = train_diffusion(x, None, TINY_UNET, steps=2, batch_size=8, max_timestep=600)
+    assert model.diffguard_info["max_timestep"] == 600
+    plain = train_diffusion(x, None, TINY_UNET, steps=2, batch_size=8)
+    assert "max_timestep" not in plain.diffguard_info  # models trained on all of T keep their bytes
+    with pytest.raises(ValueError, match="max_timestep must be in 1..1000"):
+        train_diffusion(x, None, TINY_UNET, steps=1, batch_size=4, max_timestep=1001)

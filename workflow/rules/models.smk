@@ -107,7 +107,7 @@ rule train_diffusion:
         model=alternatives(P.trained_models),
     conda:
         "../../envs/diffguard.yaml"
-    threads: config["cpus_per_job"]
+    threads: P.train_threads
     resources:
         gpu=config["gpus_per_job"],
     params:

@@ -161,6 +161,7 @@ def train_diffusion_stage(
         seed=int(train.get("seed", 0)),
         class_dropout=float(train.get("class_dropout", 0.1)),
         log_csv=train_log,
+        max_timestep=train.get("max_timestep"),
     )
     log.info("diffusion model trained in %.1f s", time.perf_counter() - start)
     weights = Path(out_dir) / "weights"

@@ -183,6 +183,11 @@ class RunPlan:
     def converted_models(self) -> list[str]:
         return [n for n in self.diffusion_models if n not in self.trained_models]
 
+    def train_threads(self, wildcards: Any) -> int:
+        """``diffusion_models.<model>.train.threads``; no schema default: ``cpus_per_job``."""
+        train = self.diffusion_models[wildcards.model].get("train", {})
+        return int(train.get("threads", self.config["cpus_per_job"]))
+
     def train_log_names(self) -> list[str]:
         """Models trained by this workflow (downloaded ones have no training log)."""
         classifier = ["classifier"] if self.classifier_source == "train" else []

@@ -335,14 +335,15 @@ def _noised_batch(
     noise_scheduler: Any,
     generator: torch.Generator,
     dropout: tuple[float, int],
+    max_timestep: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(x_t, the noise to predict, t, class labels) of one batch; ``dropout`` = (probability,
-    null label) of replacing a label. Draws noise, then t, then the dropout (this order)."""
+    null label) of replacing a label; t is uniform in [0, ``max_timestep``) (default T).
+    Draws noise, then t, then the dropout (this order)."""
     class_dropout, null_label = dropout
     noise = torch.randn(x0.shape, generator=generator)
-    t = torch.randint(
-        0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator
-    )
+    high = max_timestep or noise_scheduler.config.num_train_timesteps
+    t = torch.randint(0, high, (x0.shape[0],), generator=generator)
     x_t = noise_scheduler.add_noise(x0, noise, t)
     class_labels = None
     if labels is not None:
@@ -386,6 +387,7 @@ def train_diffusion(
     log_every: int = 50,
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
+    max_timestep: int | None = None,
 ) -> Any:
     """Train a DDPM ``UNet2DModel`` (epsilon prediction, MSE) on ``images`` in [-1, 1].
 
@@ -408,6 +410,9 @@ def train_diffusion(
         log_every: Logging interval in steps.
         beta_start: First beta of the schedule.
         beta_end: Last beta of the schedule.
+        max_timestep: Train only on timesteps t < max_timestep (None: all T). For a model that
+            is only ever inverted part of the way (the embedded default), capacity goes where
+            the detector uses it.
 
     Returns:
         The trained ``UNet2DModel`` in eval mode (EMA weights unless ``ema_decay`` is None), with
@@ -420,6 +425,8 @@ def train_diffusion(
         raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    if max_timestep is not None and not 1 <= max_timestep <= num_train_timesteps:
+        raise ValueError(f"max_timestep must be in 1..{num_train_timesteps}, got {max_timestep}")
 
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
@@ -450,6 +457,7 @@ def train_diffusion(
                     noise_scheduler,
                     generator,
                     (class_dropout, num_classes),
+                    max_timestep,
                 )
                 loss = F.mse_loss(model(noisy, t, class_labels=class_labels).sample, target)
                 _clipped_step(model, loss, (optimizer, lr_sched), ema)
@@ -487,6 +495,8 @@ def train_diffusion(
         "ema_decay": ema_decay,
         "seed": seed,
     }
+    if max_timestep is not None:  # only then: models trained on all of T keep their bytes
+        result.diffguard_info["max_timestep"] = max_timestep
     return result
 
 
