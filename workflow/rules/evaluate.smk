@@ -8,19 +8,23 @@ P = run_plan(config, workflow)
 rule baseline_scores:
     input:
         train=f"data/interim/{P.run}/predictions/train.npz",
-        test=expand("data/interim/{run}/predictions/{dataset}.npz", run=P.run, dataset=P.eval_sets),
+        test=expand(
+            "data/interim/{run}/predictions/{dataset}.npz", run=P.run, dataset=P.baseline_sets
+        ),
         classifier=P.classifier_weights,
         classifier_spec=P.classifier_spec,
         code=P.script_code("baseline_scores.py"),
     output:
-        expand("data/processed/{run}/baselines/{dataset}.csv", run=P.run, dataset=P.eval_sets),
+        expand(
+            "data/processed/{run}/baselines/{dataset}.csv", run=P.run, dataset=P.baseline_sets
+        ),
     log:
         f"data/logs/baseline_scores/{P.run}.log",
     conda:
         "../../envs/diffguard.yaml"
     params:
         baselines=config["baselines"],
-        datasets=P.eval_sets,
+        datasets=P.baseline_sets,
     script:
         "../scripts/baseline_scores.py"
 
@@ -28,7 +32,10 @@ rule baseline_scores:
 rule evaluate:
     input:
         scores=P.score_tables(),
-        baselines=rules.baseline_scores.output,
+        # the test sets' tables only (validation sets choose settings, rule tune)
+        baselines=expand(
+            "data/processed/{run}/baselines/{dataset}.csv", run=P.run, dataset=P.eval_sets
+        ),
         code=P.script_code("evaluate.py"),
     output:
         f"data/processed/{P.run}/metrics.csv",

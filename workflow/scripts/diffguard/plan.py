@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from diffguard import codedeps, targets
+from diffguard import codedeps, targets, tuning
 from diffguard.config import (
     ConfigError,
     ensemble_members,
@@ -27,8 +27,10 @@ from diffguard.config import (
     guidance_input_size,
     method_settings,
     resolve_all,
+    resolve_experiment,
     shard_count,
     sweep_spec,
+    validation_datasets,
 )
 
 SCHEMA = "workflow/schemas/config.schema.yaml"
@@ -76,8 +78,99 @@ class RunPlan:
 
     @cached_property
     def experiments(self) -> dict[str, dict[str, Any]]:
-        """Every experiment, grid-generated ones included, resolved through ``extends``."""
-        return resolve_all(self.config["experiments"])
+        """Every experiment, grid- and tune-generated ones included, resolved through
+        ``extends``."""
+        resolved = resolve_all(self.config["experiments"])
+        raw = {**self.config["experiments"], **self.tune_raw}
+        for tune in self.tunes.values():
+            for index, name in enumerate(tune.point_experiments):
+                try:
+                    resolved[name] = resolve_experiment(raw, name)
+                    method_settings(resolved[name])
+                except ConfigError as err:
+                    raise ConfigError(
+                        f"tune.{tune.name}.grid: point {tune.settings(index)}: {err}"
+                    ) from err
+        return resolved
+
+    # ------------------------------------------------------------------------------ tuning
+    @cached_property
+    def tunes(self) -> dict[str, tuning.Tune]:
+        """``tune:`` entries, checked against the experiments and the validation sets."""
+        tunes = tuning.parse_tunes(self.config)
+        if tunes:
+            roles = {d: self.config["datasets"][d]["role"] for d in self.val_sets[1]}
+            for tune in tunes.values():
+                tuning.check_objective(tune, roles)
+        return tunes
+
+    @cached_property
+    def tune_raw(self) -> dict[str, dict[str, Any]]:
+        """The generated (unresolved) grid experiments of every tune."""
+        return tuning.tune_experiments(self.config, self.tunes)
+
+    @cached_property
+    def val_sets(self) -> tuple[str, list[str]]:
+        """``(val ID set, val OOD sets)`` (``split: val``); raises without them."""
+        return validation_datasets(self.config)
+
+    @property
+    def has_val_sets(self) -> bool:
+        return any(v.get("split") == "val" for v in self.config["datasets"].values())
+
+    @property
+    def val_eval_sets(self) -> list[str]:
+        return [self.val_sets[0], *self.val_sets[1]] if self.has_val_sets else []
+
+    @property
+    def baseline_sets(self) -> list[str]:
+        """Sets the baselines score: the test sets, then the validation sets (combination
+        rules are chosen on those)."""
+        return [*self.eval_sets, *self.val_eval_sets]
+
+    def val_roles(self) -> dict[str, str]:
+        return {d: self.config["datasets"][d]["role"] for d in self.val_sets[1]}
+
+    def tune_dir(self, name: str) -> str:
+        return f"data/processed/{self.run}/tune/{name}"
+
+    def tune_outputs(self, name: str) -> dict[str, str]:
+        return {
+            "sweep": f"{self.tune_dir(name)}/sweep.csv",
+            "chosen": f"{self.tune_dir(name)}/chosen.json",
+        }
+
+    def tune_scores(self, wildcards: Any) -> list[str]:
+        """The tune job's score inputs: its grid experiments on the validation sets only."""
+        tune = self.tunes[wildcards.tune]
+        return [
+            f"data/processed/{self.run}/scores/{exp}/{dataset}/seed-{self.exp_seeds[exp][0]}.csv"
+            for exp in tune.point_experiments
+            for dataset in self.val_eval_sets
+        ]
+
+    def tune_baselines(self, wildcards: Any) -> list[str]:
+        """Validation baseline tables (a combination rule is chosen): validation sets only."""
+        if self.tunes[wildcards.tune].baseline is None:
+            return []
+        return [f"data/processed/{self.run}/baselines/{d}.csv" for d in self.val_eval_sets]
+
+    def tuned_by(self, exp: str) -> tuning.Tune | None:
+        """The tune whose choice ``exp`` runs with: the tuned experiment or one extending it
+        (its own grid points excepted)."""
+        raw = self.config["experiments"]
+        for tune in self.tunes.values():
+            if exp in raw and tuning.descends_from(raw, exp, tune.experiment):
+                return tune
+        return None
+
+    def chosen_input(self, wildcards: Any) -> list[str]:
+        """``chosen.json`` of the tune applied to a reconstruction job's experiment (or none)."""
+        tune = self.tuned_by(wildcards.exp)
+        return [] if tune is None else [self.tune_outputs(tune.name)["chosen"]]
+
+    def tune_files(self) -> list[str]:
+        return [f for name in self.tunes for f in self.tune_outputs(name).values()]
 
     @cached_property
     def sets(self) -> tuple[str, list[str]]:
@@ -118,7 +211,7 @@ class RunPlan:
         return {
             n: e
             for n, e in self.experiments.items()
-            if not e["speed_only"] and n not in self.trace_experiments
+            if not e["speed_only"] and n not in self.trace_experiments and n not in self.tune_raw
         }
 
     @property
@@ -153,7 +246,14 @@ class RunPlan:
         return str(Path(self.experiment_model_dir(wildcards), "model.done"))
 
     def experiment_spec(self, wildcards: Any) -> dict[str, Any]:
-        return self.experiments[wildcards.exp]
+        """The resolved experiment; a tuned one lists the keys its job takes from
+        ``chosen.json`` (``tuned_keys``, see :func:`diffguard.tuning.apply_chosen`)."""
+        spec = self.experiments[wildcards.exp]
+        tune = self.tuned_by(wildcards.exp)
+        if tune is None:
+            return spec
+        own = tuning.own_keys(self.config["experiments"], wildcards.exp, tune.experiment)
+        return {**spec, "tuned_keys": [k for k in tune.keys if k not in own]}
 
     @property
     def classifier_dir(self) -> str:
@@ -545,6 +645,7 @@ class RunPlan:
         """What ``snakemake`` builds by default."""
         return [
             f"data/processed/{self.run}/metrics.csv",
+            *self.tune_files(),
             *self.table_files(),
             *self.figure_files(),
             "paper/ms.pdf",
