@@ -53,6 +53,7 @@ def build_embedded_benchmark_stage(
         n_near=emb.get("n_near"),
         n_far=int(emb.get("n_far", 300)),
         id_classes=emb.get("id_classes", (0, 1, 2, 3, 4, 5)),
+        val_fraction=emb.get("val_fraction"),
     )
 
 
