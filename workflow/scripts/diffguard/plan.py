@@ -122,12 +122,6 @@ class RunPlan:
     def val_eval_sets(self) -> list[str]:
         return [self.val_sets[0], *self.val_sets[1]] if self.has_val_sets else []
 
-    @property
-    def baseline_sets(self) -> list[str]:
-        """Sets the baselines score: the test sets, then the validation sets (combination
-        rules are chosen on those)."""
-        return [*self.eval_sets, *self.val_eval_sets]
-
     def val_roles(self) -> dict[str, str]:
         return {d: self.config["datasets"][d]["role"] for d in self.val_sets[1]}
 
