@@ -617,6 +617,7 @@ class RunPlan:
             trains_models=bool(self.train_log_names()),
             report_figures=self.report["figures"],
             fig2_noisy=None if fig2 is None else bool(fig2.get("noisy_classifier")),
+            tunes=bool(self.tunes),
         )
 
     def figure_registry(self, rule: str) -> list[targets.Figure]:
