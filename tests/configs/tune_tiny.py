@@ -2,7 +2,7 @@
 
 config/tiny.yaml stays as it is (its outputs are pinned, tests/e2e/test_redesign_identity.py);
 this derives from it: the embedded builder carves val lists out of each evaluation list
-(``val_fraction``), three ``split: val`` datasets use them, the GDM experiments are dropped
+(``val_fraction``), three ``split: val`` datasets use them, the GDM experiments and the far test set are dropped
 (the tune path is the same for both methods; CFG is the cheaper one), and ``cfg_main`` is
 tuned over two guidance scales, with a ``cfg_oracle`` that extends it.
 """
@@ -24,11 +24,15 @@ def tune_tiny_config(repo: Path) -> dict[str, Any]:
     config: dict[str, Any] = yaml.safe_load((repo / "config" / "tiny.yaml").read_text())
     config["run"] = RUN
     config["benchmark"]["embedded"].update({"n_near": 64, "n_far": 40, "val_fraction": 0.5})
-    config["datasets"].update(
+    # few images and jobs (the e2e run stays short): one shard per set, no far test set
+    datasets = config["datasets"]
+    del datasets["far_photos"]
+    datasets["test_id"]["n"] = datasets["near_digits"]["n"] = 12
+    datasets.update(
         {
-            "val_id": {"role": "id", "list": "val_test_id", "n": 16, "split": "val"},
-            "val_near": {"role": "near", "list": "val_near_digits", "n": 16, "split": "val"},
-            "val_far": {"role": "far", "list": "val_far_photos", "n": 16, "split": "val"},
+            "val_id": {"role": "id", "list": "val_test_id", "n": 8, "split": "val"},
+            "val_near": {"role": "near", "list": "val_near_digits", "n": 8, "split": "val"},
+            "val_far": {"role": "far", "list": "val_far_photos", "n": 8, "split": "val"},
         }
     )
     del config["diffusion_models"]["unet_uncond"]

@@ -73,7 +73,7 @@ def test_choice_unchanged_without_test_scores(
     assert tests and len(tests) < len(scores)
     for i, path in enumerate(tests):
         path.unlink() if i % 2 else path.write_text("image_id,score_ssim\nx,not-a-number\n")
-    for name in ("test_id", "near_digits", "far_photos"):
+    for name in ("test_id", "near_digits"):
         (work / f"data/processed/{RUN}/baselines/{name}.csv").write_text("corrupted\n")
     rerun = e2e.snakemake(
         work, "--cores", "1", "--forcerun", "tune", CHOSEN, configfiles=[str(tune_run.config)]

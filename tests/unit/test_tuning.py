@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from diffguard.config import ConfigError, evaluation_datasets, validation_datasets
-from diffguard.embedded import split_validation
 from diffguard.data import ImageRecord
+from diffguard.embedded import split_validation
 from diffguard.plan import SCHEMA, RunPlan
 from diffguard.schema import config_errors, load_schema
 from diffguard.tuning import Tune, apply_chosen, parse_tunes, tune_stage
@@ -33,7 +33,7 @@ def _plan(config: dict[str, Any]) -> RunPlan:
 
 def test_test_and_validation_sets_are_separate() -> None:
     config = tune_tiny_config(REPO)
-    assert evaluation_datasets(config) == ("test_id", ["near_digits", "far_photos"])
+    assert evaluation_datasets(config) == ("test_id", ["near_digits"])
     assert validation_datasets(config) == ("val_id", ["val_near", "val_far"])
 
 
@@ -72,8 +72,14 @@ def test_an_experiment_keeps_what_it_sets_itself() -> None:
     ("edit", "message"),
     [
         (lambda c: c["tune"][TUNE].update(experiment="nope"), "tune.cfg_tune.experiment"),
-        (lambda c: c["tune"][TUNE].update(grid={"cfg.guidance_scal": [1.0]}), r"tune\.cfg_tune\.grid.*guidance_scal"),
-        (lambda c: c["tune"][TUNE].update(grid={"cfg.inversion_steps": [2, 99]}), r"tune\.cfg_tune\.grid.*inversion_steps"),
+        (
+            lambda c: c["tune"][TUNE].update(grid={"cfg.guidance_scal": [1.0]}),
+            r"tune\.cfg_tune\.grid.*guidance_scal",
+        ),
+        (
+            lambda c: c["tune"][TUNE].update(grid={"cfg.inversion_steps": [2, 99]}),
+            r"tune\.cfg_tune\.grid.*inversion_steps",
+        ),
         (lambda c: c["tune"][TUNE].update(grid={"cfg.ddim_steps": []}), "non-empty"),
         (lambda c: c["tune"][TUNE].update(distances=["lpips"]), "tune.cfg_tune.distances"),
         (lambda c: c["datasets"].pop("val_far"), "tune.cfg_tune.objective"),

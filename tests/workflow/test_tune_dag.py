@@ -56,7 +56,9 @@ def inputs_naming(jobs: dict[str, list[list[str]]], names: set[str]) -> list[str
 
 def test_tune_dag_reads_validation_data_only(repo_root: Path, tmp_path: Path) -> None:
     config = tune_tiny_config(repo_root)
-    counts, stdout, _ = dry_run(repo_root, write_config(config, tmp_path / "tune.yaml"), "--", CHOSEN)
+    counts, stdout, _ = dry_run(
+        repo_root, write_config(config, tmp_path / "tune.yaml"), "--", CHOSEN
+    )
     jobs = job_inputs(stdout)
     assert inputs_naming(jobs, names_of_test_sets(config)) == []
     assert counts["tune"] == 1 and counts["reconstruct"] == 2 * 3  # 2 points x 3 val sets
@@ -69,8 +71,9 @@ def test_the_check_finds_test_data(repo_root: Path, tmp_path: Path) -> None:
     """The check can fail: a test set turned into a validation set (the tune then scores
     it) is found in the tune DAG."""
     config = tune_tiny_config(repo_root)
+    config["datasets"]["far_photos"] = {"role": "far", "list": "far_photos", "n": 8}
     names = names_of_test_sets(config)
-    config["datasets"]["near_digits"]["split"] = "val"
+    config["datasets"]["near_digits"]["split"] = "val"  # far_photos stays the test OOD set
     _, stdout, _ = dry_run(repo_root, write_config(config, tmp_path / "leak.yaml"), "--", CHOSEN)
     leaks = inputs_naming(job_inputs(stdout), names)
     assert any(leak.startswith("tune: ") for leak in leaks), leaks

@@ -35,4 +35,5 @@ write_paper_numbers(
     published_tables=as_list(params.get("published_tables")),
     figures=as_list(params.get("figures")),
     check_csv=inputs.get("check"),
+    tune_chosen=as_list(inputs.get("tune_chosen")),
 )

@@ -30,7 +30,9 @@ def sweep_axes(sweep: pd.DataFrame, chosen: Mapping[str, Any]) -> list[str]:
 
 
 def plot_tune_sweeps(
-    sweeps: Mapping[str, pd.DataFrame], chosen: Mapping[str, Mapping[str, Any]], out_stem: str | Path
+    sweeps: Mapping[str, pd.DataFrame],
+    chosen: Mapping[str, Mapping[str, Any]],
+    out_stem: str | Path,
 ) -> list[Path]:
     """One panel per tune and grid axis: the validation objective against the axis value, one
     line per distance (the best over the other axes at each value); a star at the choice."""

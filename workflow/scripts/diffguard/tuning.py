@@ -204,8 +204,14 @@ def _auroc(id_scores: Any, ood_scores: Any) -> float:
 
 
 def _combined_auroc(
-    frames: Mapping[str, Any], base: Mapping[str, Any], files: tuple[Any, Any], col: str,
-    rule: str, baseline: str, id_set: str, oods: Sequence[str],
+    frames: Mapping[str, Any],
+    base: Mapping[str, Any],
+    files: tuple[Any, Any],
+    col: str,
+    rule: str,
+    baseline: str,
+    id_set: str,
+    oods: Sequence[str],
 ) -> dict[str, float]:
     """Val AUROC per OOD set of one combination, as the evaluate rule computes it (the same
     image alignment and :func:`diffguard.combine.combine`)."""
@@ -288,9 +294,7 @@ def choose_rule(
     values: dict[str, float] = {}
     for rule in tune.rules:
         col = f"score_{best['distance']}"
-        aurocs = _combined_auroc(
-            frames, base, files, col, rule, tune.baseline, id_set, list(roles)
-        )
+        aurocs = _combined_auroc(frames, base, files, col, rule, tune.baseline, id_set, list(roles))
         values[rule] = float(np.mean([aurocs[d] for d in objective_sets]))
     chosen = max(tune.rules, key=lambda r: (values[r], -tune.rules.index(r)))
     return chosen, values
