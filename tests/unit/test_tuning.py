@@ -203,3 +203,49 @@ def test_parse_without_tune_is_empty() -> None:
     config = tune_tiny_config(REPO)
     del config["tune"]
     assert parse_tunes(config) == {}
+
+
+def test_tune_sweep_figure_is_registered_for_runs_with_tunes() -> None:
+    from diffguard import targets
+
+    assert "tune_sweep" not in targets.run_figures(
+        trains_models=True, report_figures={}, fig2_noisy=None
+    )
+    assert "tune_sweep" in targets.run_figures(
+        trains_models=True, report_figures={}, fig2_noisy=None, tunes=True
+    )
+    assert "tune_sweep" in _plan(tune_tiny_config(REPO)).figures()
+
+
+def test_paper_sentence_names_the_choice() -> None:
+    from diffguard.paper import tune_sentence
+
+    chosen = {
+        "experiment": "cfg_main",
+        "settings": {"cfg.guidance_scale": 3.0},
+        "distance": "ssim",
+        "combination_rule": "rank_average",
+        "objective": 91.25,
+        "val_sets": ["val_id", "val_near"],
+    }
+    text = tune_sentence([chosen])
+    assert r"\texttt{cfg.guidance\_scale} = 3.0" in text
+    assert "distance ssim" in text and "rank\\_average" in text and "91.25" in text
+    assert tune_sentence([]) == ""
+
+
+def test_sweep_figure_marks_the_choice(tmp_path: Path) -> None:
+    from diffguard.plot_tune import plot_tune_sweeps
+
+    files, base = _tables(tmp_path, {"p0": [0.0, 0.0], "p1": [-5.0, 0.0]})
+    chosen = _run(tmp_path, files, base, _tune())
+    paths = plot_tune_sweeps(
+        {"t": pd.read_csv(tmp_path / "sweep.csv")}, {"t": chosen}, tmp_path / "fig"
+    )
+    assert [p.suffix for p in paths] == [".pdf", ".png"]
+    with pytest.raises(ValueError, match="lacks the grid column"):
+        plot_tune_sweeps(
+            {"t": pd.read_csv(tmp_path / "sweep.csv").drop(columns="cfg.guidance_scale")},
+            {"t": chosen},
+            tmp_path / "bad",
+        )

@@ -634,13 +634,13 @@ def tune_sentence(choices: Sequence[Mapping[str, Any]]) -> str:
     parts = []
     for chosen in choices:
         settings = ", ".join(
-            f"\texttt{{{latex_escape(str(k))}}} = {latex_escape(str(v))}"
+            f"\\texttt{{{latex_escape(str(k))}}} = {latex_escape(str(v))}"
             for k, v in chosen["settings"].items()
         )
         rule = chosen.get("combination_rule")
         combo = f", combination rule {latex_escape(rule)}" if rule else ""
         parts.append(
-            f"for \texttt{{{latex_escape(chosen['experiment'])}}} (and the experiments "
+            f"for \\texttt{{{latex_escape(chosen['experiment'])}}} (and the experiments "
             f"extending it) {settings}, distance {latex_escape(chosen['distance'])}{combo} "
             rf"(validation objective {_num(float(chosen['objective']))}\,\% on "
             f"{latex_escape(', '.join(chosen['val_sets']))})"
