@@ -76,7 +76,7 @@ def test_choice_unchanged_without_test_scores(
     for name in ("test_id", "near_digits"):
         (work / f"data/processed/{RUN}/baselines/{name}.csv").write_text("corrupted\n")
     rerun = e2e.snakemake(
-        work, "--cores", "1", "--forcerun", "tune", CHOSEN, configfiles=[str(tune_run.config)]
+        work, "--cores", "1", CHOSEN, "--forcerun", "tune", configfiles=[str(tune_run.config)]
     )
     assert rerun.job_counts() == {"tune": 1}, rerun.job_counts()  # nothing upstream reran
     assert ((work / CHOSEN).read_bytes(), (work / SWEEP).read_bytes()) == before
