@@ -2,9 +2,9 @@
 
 config/tiny.yaml stays as it is (its outputs are pinned, tests/e2e/test_redesign_identity.py);
 this derives from it: the embedded builder carves val lists out of each evaluation list
-(``val_fraction``), three ``split: val`` datasets use them, the GDM experiments and the far test set are dropped
-(the tune path is the same for both methods; CFG is the cheaper one), and ``cfg_main`` is
-tuned over two guidance scales, with a ``cfg_oracle`` that extends it.
+(``val_fraction``), three ``split: val`` datasets use them, the GDM experiments and the far
+test set are dropped (the tune path is the same for both methods; CFG is the cheaper one),
+and ``cfg_main`` is tuned over two guidance scales, with a ``cfg_oracle`` that extends it.
 """
 
 from __future__ import annotations
