@@ -61,6 +61,23 @@ def test_tuned_experiment_and_descendants_take_the_choice() -> None:
     assert "tuned_keys" not in plan.experiment_spec(grid_point)
 
 
+def test_a_trace_experiment_extending_a_tuned_one_takes_the_choice() -> None:
+    config = tune_tiny_config(REPO)
+    config["tune"][TUNE]["experiment"] = "gdm_main"
+    config["tune"][TUNE]["grid"] = {"gdm.classifier_scale": [1.0, 3.0]}
+    config["diffusion_models"]["unet_uncond"] = {"conditional": False, "train": {"steps": 2}}
+    config["experiments"]["gdm_main"] = {
+        "method": "gdm",
+        "model": "unet_uncond",
+        "gdm": {"respacing": "ddim10", "classifier_scale": 3.0},
+    }
+    config["experiments"]["gdm_trace"] = {"extends": "gdm_main", "inversion_trace_only": True}
+    plan = _plan(config)
+    wildcards = type("W", (), {"exp": "gdm_trace"})()
+    assert plan.chosen_input(wildcards) == [f"data/processed/tune_tiny/tune/{TUNE}/chosen.json"]
+    assert plan.experiment_spec(wildcards)["tuned_keys"] == ["gdm.classifier_scale"]
+
+
 def test_an_experiment_keeps_what_it_sets_itself() -> None:
     config = tune_tiny_config(REPO)
     config["experiments"]["cfg_oracle"]["cfg"] = {"guidance_scale": 9.0}

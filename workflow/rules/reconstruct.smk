@@ -72,6 +72,7 @@ rule inversion_trace:
         benchmark=f"data/external/{P.run}/benchmark/benchmark.json",
         classifier_spec=P.classifier_spec,
         model=P.experiment_model,
+        chosen=P.chosen_input,
         code=P.script_code("inversion_trace.py"),
     output:
         expand(
