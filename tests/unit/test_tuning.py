@@ -266,3 +266,18 @@ def test_sweep_figure_marks_the_choice(tmp_path: Path) -> None:
             {"t": chosen},
             tmp_path / "bad",
         )
+
+
+def test_embedded_builder_writes_val_lists_only_when_asked(tmp_path: Path) -> None:
+    from diffguard.data import read_imglist
+    from diffguard.embedded import build_embedded_benchmark
+
+    plain = build_embedded_benchmark(tmp_path / "plain", seed=0, n_near=10, n_far=6)
+    assert not any(name.startswith("val_") for name in plain["imglists"])
+    split = build_embedded_benchmark(tmp_path / "val", seed=0, n_near=10, n_far=6, val_fraction=0.5)
+    for name in ("test_id", "near_digits", "far_photos"):
+        test = {r.path for r in read_imglist(tmp_path / "val" / split["imglists"][name])}
+        val = {r.path for r in read_imglist(tmp_path / "val" / split["imglists"][f"val_{name}"])}
+        whole = {r.path for r in read_imglist(tmp_path / "plain" / plain["imglists"][name])}
+        assert val and test and not val & test and val | test == whole
+    assert split["imglists"]["train"] == plain["imglists"]["train"]
