@@ -98,6 +98,10 @@ def test_an_experiment_keeps_what_it_sets_itself() -> None:
             r"tune\.cfg_tune\.grid.*inversion_steps",
         ),
         (lambda c: c["tune"][TUNE].update(grid={"cfg.ddim_steps": []}), "non-empty"),
+        (
+            lambda c: c["experiments"]["cfg_main"].update(speed_only=True),
+            "tune.cfg_tune.experiment: 'cfg_main' is speed-only",
+        ),
         (lambda c: c["tune"][TUNE].update(distances=["lpips"]), "tune.cfg_tune.distances"),
         (lambda c: c["datasets"].pop("val_far"), "tune.cfg_tune.objective"),
         (

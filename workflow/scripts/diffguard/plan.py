@@ -83,6 +83,12 @@ class RunPlan:
         resolved = resolve_all(self.config["experiments"])
         raw = {**self.config["experiments"], **self.tune_raw}
         for tune in self.tunes.values():
+            base = resolved[tune.experiment]
+            if base["speed_only"] or base["inversion_trace_only"]:
+                raise ConfigError(
+                    f"tune.{tune.name}.experiment: {tune.experiment!r} is speed-only or an "
+                    "inversion trace; tune an experiment that is evaluated on the datasets"
+                )
             for index, name in enumerate(tune.point_experiments):
                 try:
                     resolved[name] = resolve_experiment(raw, name)
