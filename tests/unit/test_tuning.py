@@ -99,6 +99,10 @@ def test_an_experiment_keeps_what_it_sets_itself() -> None:
         ),
         (lambda c: c["tune"][TUNE].update(grid={"cfg.ddim_steps": []}), "non-empty"),
         (
+            lambda c: c["tune"][TUNE].update(grid={"gdm.classifier_scale": [1.0]}),
+            r"tune\.cfg_tune\.grid: \['gdm.classifier_scale'\] set another method",
+        ),
+        (
             lambda c: c["experiments"]["cfg_main"].update(speed_only=True),
             "tune.cfg_tune.experiment: 'cfg_main' is speed-only",
         ),

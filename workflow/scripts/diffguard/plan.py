@@ -32,6 +32,7 @@ from diffguard.config import (
     sweep_spec,
     validation_datasets,
 )
+from diffguard.methods import METHODS
 
 SCHEMA = "workflow/schemas/config.schema.yaml"
 REPORT_SCHEMA = "workflow/schemas/report.schema.yaml"
@@ -88,6 +89,12 @@ class RunPlan:
                 raise ConfigError(
                     f"tune.{tune.name}.experiment: {tune.experiment!r} is speed-only or an "
                     "inversion trace; tune an experiment that is evaluated on the datasets"
+                )
+            other = [k for k in tune.keys if k.split(".")[0] in set(METHODS) - {base["method"]}]
+            if other:
+                raise ConfigError(
+                    f"tune.{tune.name}.grid: {other} set another method's settings; "
+                    f"{tune.experiment!r} runs {base['method']!r}"
                 )
             for index, name in enumerate(tune.point_experiments):
                 try:
