@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,27 @@ log = logging.getLogger("diffguard")
 
 # --------------------------------------------------------------------------------------- data
 def build_embedded_benchmark_stage(
-    benchmark: dict[str, Any], out_dir: str | Path
+    benchmark: dict[str, Any],
+    out_dir: str | Path,
+    lists: Iterable[str] = (),
+    sources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Rule ``build_embedded_benchmark``: write the offline benchmark of ``benchmark.embedded``."""
+    """Rule ``build_embedded_benchmark``: write the benchmark of ``benchmark.kind``.
+
+    ``embedded``: the offline sklearn-digits benchmark of ``benchmark.embedded`` (writes all its
+    lists). ``mnist``: the lists named in ``lists``, cut from the extracted downloads in
+    ``sources`` (role -> folder) with the settings of ``benchmark.mnist``.
+    """
+    if benchmark.get("kind") == "mnist":
+        from diffguard.mnist_benchmark import build_mnist_benchmark
+
+        return build_mnist_benchmark(
+            out_dir,
+            lists,
+            sources or {},
+            benchmark.get("mnist", {}),
+            seed=int(benchmark.get("seed", 0)),
+        )
     from diffguard.embedded import build_embedded_benchmark as build
 
     emb = benchmark.get("embedded", {})
