@@ -197,13 +197,17 @@ def train_diffusion_stage(
 
 
 def prepare_ensemble_member_stage(
-    spec: dict[str, Any], checkpoint: str | Path, path: str | None, out_dir: str | Path
+    spec: dict[str, Any],
+    checkpoint: str | Path,
+    path: str | None,
+    out_dir: str | Path,
+    where: str = "classifier.ensemble_members",
 ) -> None:
-    """Rule ``prepare_ensemble_member``: a deep-ensemble member's checkpoint ->
-    ``out_dir/weights`` (as ``prepare_classifier``).
+    """Rules ``prepare_ensemble_member`` and ``prepare_classifier``: a checkpoint ->
+    ``out_dir/weights``.
 
-    ``checkpoint`` is the member's file, or with ``path`` the extracted archive holding it at
-    ``path`` (e.g. OpenOOD v1.5's ``<run>/s0/best.ckpt``).
+    ``checkpoint`` is the file, or with ``path`` the extracted archive holding it at ``path``
+    (e.g. OpenOOD v1.5's ``<run>/s0/best.ckpt``, ccexam's ``ccexam/weights/mnist.pth``).
     """
     from diffguard.preparation import prepare_classifier_stage
 
@@ -213,7 +217,7 @@ def prepare_ensemble_member_stage(
         if not member.is_file():
             found = sorted(str(f.relative_to(source)) for f in source.rglob("*.ckpt"))[:20]
             raise FileNotFoundError(
-                f"classifier.ensemble_members: {path!r} is not a file of the extracted archive "
+                f"{where}: {path!r} is not a file of the extracted archive "
                 f"{source}; its .ckpt files: {found or 'none'}"
             )
         source = member

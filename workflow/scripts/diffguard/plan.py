@@ -392,7 +392,7 @@ class RunPlan:
     def classifier_spec_params(self) -> dict[str, Any]:
         """The classifier spec a prepared checkpoint records (ensemble members share it)."""
         classifier, benchmark = self.config["classifier"], self.config["benchmark"]
-        skip = ("source", "checkpoint", "ensemble_members", "mc_dropout")
+        skip = ("source", "checkpoint", "path", "ensemble_members", "mc_dropout")
         return {
             **{k: v for k, v in classifier.items() if k not in skip},
             "num_classes": benchmark["num_classes"],
