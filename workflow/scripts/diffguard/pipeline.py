@@ -166,7 +166,11 @@ def train_diffusion_stage(
     conditional = bool(spec.get("conditional", False))
     labels = torch.tensor([r.label for r in records]) if conditional else None
     kwargs = small_unet_kwargs(
-        benchmark["channels"], benchmark["image_size"], conditional, benchmark["num_classes"]
+        benchmark["channels"],
+        benchmark["image_size"],
+        conditional,
+        benchmark["num_classes"],
+        spec.get("unet"),
     )
     train = spec.get("train", {})
     start = time.perf_counter()
