@@ -193,6 +193,43 @@ def test_small_unet_kwargs_shapes() -> None:
         small_unet_kwargs(1, 16, conditional=True)
 
 
+def test_unet_kwargs_from_config() -> None:
+    """diffusion_models.<m>.unet shapes the UNet; its defaults give the embedded model's kwargs."""
+    from diffusers import UNet2DModel
+
+    legacy = {
+        "sample_size": 16,
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": 32,
+        "norm_num_groups": 16,
+        "num_class_embeds": 7,
+    }
+    defaults = {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "attention": True}
+    for unet in (None, {}, {**defaults, "norm_num_groups": 16}):
+        got = small_unet_kwargs(1, 16, True, 6, unet)
+        assert got == legacy and list(got) == list(legacy)  # same keys in the same order
+    mnist = {"block_out_channels": [24, 48, 48], "attention": False, "norm_num_groups": 8}
+    kwargs = small_unet_kwargs(1, 28, True, 10, mnist)
+    assert kwargs["down_block_types"] == ("DownBlock2D",) * 3
+    assert kwargs["up_block_types"] == ("UpBlock2D",) * 3
+    assert "attention_head_dim" not in kwargs and kwargs["num_class_embeds"] == 11
+    model = UNet2DModel(**kwargs)
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 0.7e6
+    out = model(
+        torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]), class_labels=torch.tensor([3, 10])
+    )
+    assert out.sample.shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="multiples of norm_num_groups"):
+        small_unet_kwargs(1, 28, False, unet={"block_out_channels": [20], "norm_num_groups": 8})
+    with pytest.raises(ValueError, match="unknown keys"):
+        small_unet_kwargs(1, 28, False, unet={"channels": [8]})
+
+
 def _digits_like(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _bars(n, size=8)
     return x * 2 - 1, y

@@ -117,13 +117,18 @@ def _stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def far_photo_patches(n: int, seed: int, size: int = IMAGE_SIZE) -> list[tuple[str, np.ndarray]]:
+def far_photo_patches(
+    n: int, seed: int, size: int = IMAGE_SIZE, stream: int = 2
+) -> list[tuple[str, np.ndarray]]:
     """Cut ``n`` seeded grayscale ``size x size`` patches from the bundled photographs.
+
+    ``stream`` selects an independent random stream of the same ``seed`` (2: the embedded
+    benchmark's far set; other values give disjoint draws, e.g. a validation set).
 
     Returns:
         ``(source_name, patch uint8 size x size)`` pairs in generation order.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
     sources = [(name, _to_gray_uint8(loader())) for name, loader in _photo_sources()]
     patches: list[tuple[str, np.ndarray]] = []
     for _ in range(n):

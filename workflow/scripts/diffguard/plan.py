@@ -362,6 +362,25 @@ class RunPlan:
         )
 
     @property
+    def benchmark_source_keys(self) -> list[str]:
+        """Download keys the mnist benchmark is cut from (``benchmark.mnist.sources``)."""
+        benchmark = self.config["benchmark"]
+        if benchmark["kind"] != "mnist":
+            return []
+        return list(benchmark.get("mnist", {}).get("sources", {}).values())
+
+    @property
+    def benchmark_sources(self) -> dict[str, str]:
+        """Source role -> extracted download folder, for the mnist benchmark ({} otherwise)."""
+        benchmark = self.config["benchmark"]
+        if benchmark["kind"] != "mnist":
+            return {}
+        return {
+            role: self.downloaded(key)
+            for role, key in benchmark.get("mnist", {}).get("sources", {}).items()
+        }
+
+    @property
     def openood(self) -> dict[str, Any]:
         """``benchmark.openood`` (OpenOOD runs only)."""
         return self.config["benchmark"]["openood"]
@@ -416,15 +435,42 @@ class RunPlan:
             refs.append(("benchmark.openood.imglists", self.openood["imglists"]))
             for mount, spec in self.openood["mounts"].items():
                 refs.append((f"benchmark.openood.mounts.{mount}", self.mount_key(spec)))
+        mnist_sources = config["benchmark"].get("mnist", {}).get("sources", {})
+        refs += [(f"benchmark.mnist.sources.{role}", k) for role, k in mnist_sources.items()]
         for where, key in refs:
             if key not in self.downloads:
                 raise ConfigError(
                     f"{where}: {key!r} is not a key of `downloads` ({sorted(self.downloads)})"
                 )
+        self._check_mnist_lists()
         for name, spec in config["datasets"].items():
             if openood and spec["list"] not in self.openood["lists"]:
                 raise ConfigError(
                     f"datasets.{name}.list: {spec['list']!r} is not in benchmark.openood.lists"
+                )
+
+    def _check_mnist_lists(self) -> None:
+        """mnist benchmark: known list names, archive sources (fails naming the key)."""
+        benchmark = self.config["benchmark"]
+        if benchmark["kind"] != "mnist":
+            return
+        from diffguard.mnist_benchmark import SET_NAMES, SOURCES_OF
+
+        sources = benchmark.get("mnist", {}).get("sources", {})
+        for role, key in sources.items():
+            if not self.downloads[key]["extract"]:
+                raise ConfigError(
+                    f"benchmark.mnist.sources.{role}: downloads.{key} needs extract: true"
+                )
+        for name, spec in self.config["datasets"].items():
+            if spec["list"] not in SET_NAMES:
+                raise ConfigError(
+                    f"datasets.{name}.list: {spec['list']!r} is not an mnist list {SET_NAMES}"
+                )
+            role = SOURCES_OF.get(spec["list"])
+            if role is not None and role not in sources:
+                raise ConfigError(
+                    f"datasets.{name}.list {spec['list']!r} needs benchmark.mnist.sources.{role}"
                 )
 
     # -------------------------------------------------------------------- classifier outputs
@@ -453,7 +499,7 @@ class RunPlan:
     def classifier_spec_params(self) -> dict[str, Any]:
         """The classifier spec a prepared checkpoint records (ensemble members share it)."""
         classifier, benchmark = self.config["classifier"], self.config["benchmark"]
-        skip = ("source", "checkpoint", "ensemble_members", "mc_dropout")
+        skip = ("source", "checkpoint", "path", "ensemble_members", "mc_dropout")
         return {
             **{k: v for k, v in classifier.items() if k not in skip},
             "num_classes": benchmark["num_classes"],
