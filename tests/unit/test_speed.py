@@ -502,3 +502,19 @@ def test_speed_stage_loads_each_experiment_at_its_own_size(
         out_tex=tmp_path / "out/speed.tex",
     )
     assert seen == {"GDM": (2, 1, 16, 16), "CFG": (2, 1, 12, 12)}
+
+
+def test_gdm_runners_on_a_class_conditional_bare_unet_use_its_null_label() -> None:
+    """The embedded default's GDM runs on the conditional UNet (null label): so does the
+    speed job's bare-UNet path, for the port and for ours."""
+    from diffguard.speed import method_runners
+
+    unet, clf, x = tiny_unet(True), tiny_classifier(), tiny_images()
+    labels = torch.arange(N_IMAGES) % NUM_CLASSES
+    runners = method_runners(
+        "GDM", unet, gdm_settings(0.0, 0), clf, channels=1, num_classes=NUM_CLASSES
+    )
+    outputs = {name: run(x, labels, gdm.CallCounter()) for name, run in runners.items()}
+    for reference, recon in outputs.values():
+        assert recon.shape == x.shape and torch.isfinite(recon).all()
+    assert (outputs["ours"][1] - outputs["released_port"][1]).abs().max() <= 1e-4

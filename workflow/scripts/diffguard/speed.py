@@ -188,6 +188,12 @@ def _unet_runs_in(unet: Any, dtype: torch.dtype, x: torch.Tensor, conditional: b
         return False
 
 
+def _has_class_embedding(unet: Any) -> bool:
+    """Whether a bare UNet is class-conditional (a GDM run on it then passes the null label)."""
+    config = getattr(unet, "config", None)
+    return getattr(config, "num_class_embeds", None) is not None
+
+
 @dataclass
 class BareUnet:
     """A bare diffusers UNet (or a variant's callable) with the backend interface the methods
@@ -286,7 +292,9 @@ def method_runners(
     model = (
         unet
         if _is_backend(unet)
-        else BareUnet(unet, channels, dtype, spec.conditional, num_classes)
+        else BareUnet(
+            unet, channels, dtype, spec.conditional or _has_class_embedding(unet), num_classes
+        )
     )
     spec.module().check_model(model, "speed")
     job = start_job(spec.name, model, classifier, settings, where="speed")
