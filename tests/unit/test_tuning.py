@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from diffguard.config import ConfigError, evaluation_datasets, validation_datasets
 from diffguard.data import ImageRecord
@@ -289,3 +290,24 @@ def test_embedded_builder_writes_val_lists_only_when_asked(tmp_path: Path) -> No
         whole = {r.path for r in read_imglist(tmp_path / "plain" / plain["imglists"][name])}
         assert val and test and not val & test and val | test == whole
     assert split["imglists"]["train"] == plain["imglists"]["train"]
+
+
+def test_switch_table_settings_show_the_chosen_values() -> None:
+    """The paper's "this run" column reports what the jobs ran: the tune's choice, inherited by
+    an extending experiment unless it sets the key itself."""
+    from diffguard.paper import experiment_settings
+    from diffguard.tuning import with_choices
+
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    experiments = config["experiments"]
+    experiments["cfg_oracle"] = {"extends": "cfg_main", "oracle_labels": True}
+    experiments["cfg_own"] = {"extends": "cfg_main", "cfg": {"guidance_scale": 7.0}}
+    chosen = {"tune": "t", "experiment": "cfg_main", "settings": {"cfg.guidance_scale": 1.5}}
+    applied = {**config, "experiments": with_choices(experiments, [chosen])}
+    settings = experiment_settings(applied)
+    assert settings["cfg_main"][1]["guidance_scale"] == 1.5
+    assert settings["cfg_oracle"][1]["guidance_scale"] == 1.5
+    assert settings["cfg_own"][1]["guidance_scale"] == 7.0
+    assert experiments["cfg_main"]["cfg"]["guidance_scale"] == 3.0  # the config is not changed
+    with pytest.raises(ValueError, match="no experiment 'gone'"):
+        with_choices(experiments, [{**chosen, "experiment": "gone"}])

@@ -596,6 +596,12 @@ def write_paper_numbers(
     if runtime_s is None:
         runtime_s = read_runtime(benchmarks)
     config = dict(config or {})
+    choices = [json.loads(Path(p).read_text()) for p in tune_chosen]
+    if choices and config.get("experiments"):
+        from diffguard.tuning import with_choices
+
+        # the switch table reports the values the jobs ran with: the tunes' choices applied
+        config["experiments"] = with_choices(config["experiments"], choices)
     settings = experiment_settings(config) if config.get("experiments") else None
     headline = None
     oracle = None
@@ -621,7 +627,6 @@ def write_paper_numbers(
             pd.read_csv(check_csv, keep_default_na=False, na_values=[""]) if check_csv else None
         ),
     )
-    choices = [json.loads(Path(p).read_text()) for p in tune_chosen]
     text += _macro("tuneChoices", tune_sentence(choices)) + "\n"
     write_text(out, text)
     log.info("wrote %s (%d macros)", out, text.count(r"\newcommand"))

@@ -175,6 +175,22 @@ def own_keys(experiments: Mapping[str, Mapping[str, Any]], name: str, base: str)
 
 
 # ------------------------------------------------------------------- applying the choice
+def with_choices(
+    experiments: Mapping[str, Any], choices: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The config's ``experiments`` with each tune's chosen settings written into its tuned
+    experiment (experiments extending it inherit them unless they set a key themselves, as
+    their jobs do): what the paper's switch table reports as "this run"."""
+    out = copy.deepcopy(dict(experiments))
+    for chosen in choices:
+        name = chosen["experiment"]
+        if name not in out:
+            raise ValueError(f"chosen.json of tune {chosen.get('tune')}: no experiment {name!r}")
+        for key, value in chosen["settings"].items():
+            set_dotted(out[name], key, value)
+    return out
+
+
 def apply_chosen(experiment: dict[str, Any], chosen_file: str | Path | None) -> dict[str, Any]:
     """``experiment`` with ``chosen.json``'s settings applied (the keys listed in its
     ``tuned_keys``; none: unchanged). Reconstruction jobs call it before running."""
