@@ -515,6 +515,6 @@ def test_gdm_runners_on_a_class_conditional_bare_unet_use_its_null_label() -> No
         "GDM", unet, gdm_settings(0.0, 0), clf, channels=1, num_classes=NUM_CLASSES
     )
     outputs = {name: run(x, labels, gdm.CallCounter()) for name, run in runners.items()}
-    for reference, recon in outputs.values():
+    for _reference, recon in outputs.values():
         assert recon.shape == x.shape and torch.isfinite(recon).all()
     assert (outputs["ours"][1] - outputs["released_port"][1]).abs().max() <= 1e-4
