@@ -36,6 +36,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/speed.smk"
 include: "workflow/rules/figure2.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/preflight.smk"
 
 

@@ -461,6 +461,20 @@ def _dataset_macros(metrics: pd.DataFrame, counts: Mapping[str, int] | None) -> 
     return lines
 
 
+def claims_section(claims: pd.DataFrame | None, table: str = "tables/claims.tex") -> str:
+    """The paper's claims section (``\\claimsSection``): the verdicts with their numbers and
+    the claims table; empty when the run checks no claims."""
+    if claims is None:
+        return ""
+    from diffguard.claims import claims_paragraph
+
+    return (
+        "%\n\\section{The paper's claims}\n"
+        + claims_paragraph(claims)
+        + f"\n\n\\input{{{table}}}\n"
+    )
+
+
 def paper_numbers(
     metrics: pd.DataFrame,
     *,
@@ -475,6 +489,7 @@ def paper_numbers(
     oracle_experiments: Sequence[str] | None = None,
     figures: Sequence[str] = (),
     check: pd.DataFrame | None = None,
+    claims: pd.DataFrame | None = None,
 ) -> str:
     """Text of ``numbers.tex``.
 
@@ -492,6 +507,7 @@ def paper_numbers(
             default: experiments whose name contains "oracle".
         figures: Figure stems of the run (``\\reportFigures``).
         check: The reproduction check frame (``\\checkStatus`` and counts).
+        claims: The claims frame (``\\claimsSection``; None: the run checks no claims).
 
     Returns:
         LaTeX source defining every macro ``ms.tex`` uses.
@@ -523,6 +539,7 @@ def paper_numbers(
         lines.append(_macro("publishedComparison", latex_escape(NO_PUBLISHED_NOTE)))
     lines.append(_macro("reportFigures", "%\n" + figure_blocks(figures) + "%\n"))
     lines += check_macros(check)
+    lines.append(_macro("claimsSection", claims_section(claims)))
     return "\n".join(lines) + "\n"
 
 
@@ -572,6 +589,7 @@ def write_paper_numbers(
     published_tables: Sequence[str] = (),
     figures: Sequence[str] = (),
     check_csv: str | Path | None = None,
+    claims_csv: str | Path | None = None,
 ) -> Path:
     """Write ``numbers.tex`` from the run's metrics, image lists, benchmarks and config.
 
@@ -587,6 +605,7 @@ def write_paper_numbers(
         published_tables: Published-vs-reproduced LaTeX tables, relative to ``paper/``.
         figures: Figure stems of the run, in any order.
         check_csv: The reproduction check CSV.
+        claims_csv: The claims CSV (rule check_claims), when the run checks claims.
     """
     metrics = read_metrics(metrics_csv)
     counts = {name: count_list(path) for name, path in (lists or {}).items()}
@@ -617,10 +636,19 @@ def write_paper_numbers(
         check=(
             pd.read_csv(check_csv, keep_default_na=False, na_values=[""]) if check_csv else None
         ),
+        claims=_read_claims(claims_csv),
     )
     write_text(out, text)
     log.info("wrote %s (%d macros)", out, text.count(r"\newcommand"))
     return Path(out)
+
+
+def _read_claims(path: str | Path | None) -> pd.DataFrame | None:
+    if path is None:
+        return None
+    from diffguard.claims import read_claims
+
+    return read_claims(path)
 
 
 def _extends_oracle(experiments: Mapping[str, Mapping[str, Any]], name: str) -> bool:
