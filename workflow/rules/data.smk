@@ -5,11 +5,14 @@ from diffguard.plan import run_plan
 
 P = run_plan(config, workflow)
 
-if config["benchmark"]["kind"] == "embedded":
+if config["benchmark"]["kind"] in ("embedded", "mnist"):
 
+    # embedded: built from files inside installed packages; mnist: from verified downloads.
     rule build_embedded_benchmark:
         input:
             code=P.script_code("build_embedded_benchmark.py"),
+            sources=list(P.benchmark_sources.values()),
+            verified=[P.verified_stamp(k) for k in P.benchmark_source_keys],
         output:
             summary=f"data/external/{P.run}/benchmark/benchmark.json",
             lists=expand(
@@ -23,6 +26,8 @@ if config["benchmark"]["kind"] == "embedded":
             "../../envs/diffguard.yaml"
         params:
             benchmark=config["benchmark"],
+            lists=sorted({v["list"] for v in config["datasets"].values()}),
+            sources=P.benchmark_sources,
         script:
             "../scripts/build_embedded_benchmark.py"
 

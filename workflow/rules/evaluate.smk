@@ -25,6 +25,38 @@ rule baseline_scores:
         "../scripts/baseline_scores.py"
 
 
+if P.val_eval_sets:
+
+    rule baseline_scores_val:
+        """The validation sets' baseline tables (rule tune chooses a combination rule on
+        them), in a job of their own: nothing upstream of tune reads a test image."""
+        input:
+            train=f"data/interim/{P.run}/predictions/train.npz",
+            test=expand(
+                "data/interim/{run}/predictions/{dataset}.npz",
+                run=P.run,
+                dataset=P.val_eval_sets,
+            ),
+            classifier=P.classifier_weights,
+            classifier_spec=P.classifier_spec,
+            code=P.script_code("baseline_scores.py"),
+        output:
+            expand(
+                "data/processed/{run}/baselines/{dataset}.csv",
+                run=P.run,
+                dataset=P.val_eval_sets,
+            ),
+        log:
+            f"data/logs/baseline_scores/{P.run}-val.log",
+        conda:
+            "../../envs/diffguard.yaml"
+        params:
+            baselines=config["baselines"],
+            datasets=P.val_eval_sets,
+        script:
+            "../scripts/baseline_scores.py"
+
+
 rule evaluate:
     input:
         scores=P.score_tables(),

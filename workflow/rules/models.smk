@@ -48,7 +48,7 @@ else:
     # The released classifier checkpoint -> the files train_classifier would write.
     rule prepare_classifier:
         input:
-            checkpoint=P.download_file(config["classifier"]["checkpoint"]),
+            checkpoint=P.downloaded(config["classifier"]["checkpoint"]),
             verified=P.verified_stamp(config["classifier"]["checkpoint"]),
             code=P.script_code("prepare_classifier.py"),
         output:
@@ -62,6 +62,7 @@ else:
             mem_mb=P.job_mem_mb,
         params:
             spec=P.classifier_spec_params,
+            path=config["classifier"].get("path"),
             out_dir=lambda wildcards, output: str(Path(output.weights).parent.parent),
         script:
             "../scripts/prepare_classifier.py"
@@ -107,7 +108,7 @@ rule train_diffusion:
         model=alternatives(P.trained_models),
     conda:
         "../../envs/diffguard.yaml"
-    threads: config["cpus_per_job"]
+    threads: P.train_threads
     resources:
         gpu=config["gpus_per_job"],
     params:

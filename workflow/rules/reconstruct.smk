@@ -17,6 +17,8 @@ rule reconstruct:
         classifier_spec=P.classifier_spec,
         model=P.experiment_model,
         perceptual=P.perceptual_weights(),
+        # a tuned experiment (or one extending it) runs with the settings chosen on val sets
+        chosen=P.chosen_input,
         code=P.script_code("reconstruct.py"),
     output:
         f"data/interim/{P.run}/recon/{{exp}}/{{dataset}}/seed-{{seed}}/shard-{{shard}}.npz",
@@ -70,6 +72,7 @@ rule inversion_trace:
         benchmark=f"data/external/{P.run}/benchmark/benchmark.json",
         classifier_spec=P.classifier_spec,
         model=P.experiment_model,
+        chosen=P.chosen_input,
         code=P.script_code("inversion_trace.py"),
     output:
         expand(

@@ -4,6 +4,7 @@ import torch
 
 from diffguard.logs import setup_logging
 from diffguard.reconstruction import inversion_trace_job
+from diffguard.tuning import apply_chosen
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
@@ -14,7 +15,7 @@ inversion_trace_job(
     benchmark_json=sm.input.benchmark,
     classifier_spec=sm.input.classifier_spec,
     model_dir=sm.params.model_dir,
-    experiment=dict(sm.params.experiment),
+    experiment=apply_chosen(dict(sm.params.experiment), next(iter(sm.input.chosen), None)),
     benchmark=dict(sm.params.benchmark),
     images=sm.params.experiment["trace_images"],
     batch_size=int(sm.params.batch_size),

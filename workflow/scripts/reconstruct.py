@@ -4,6 +4,7 @@ import torch
 
 from diffguard.logs import setup_logging
 from diffguard.reconstruction import reconstruct_shard
+from diffguard.tuning import apply_chosen
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
@@ -14,7 +15,7 @@ reconstruct_shard(
     predictions=sm.input.predictions,
     classifier_weights=sm.input.classifier,
     model_dir=sm.params.model_dir,
-    experiment=dict(sm.params.experiment),
+    experiment=apply_chosen(dict(sm.params.experiment), next(iter(sm.input.chosen), None)),
     benchmark=sm.params.benchmark,
     seed=int(sm.wildcards.seed),
     shard=int(sm.wildcards.shard),

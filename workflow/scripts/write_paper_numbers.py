@@ -37,4 +37,5 @@ write_paper_numbers(
     figures=as_list(params.get("figures")),
     check_csv=inputs.get("check"),
     claims_csv=next(iter(as_list(inputs.get("claims"))), None),
+    tune_chosen=as_list(inputs.get("tune_chosen")),
 )

@@ -207,6 +207,56 @@ class ResNet18_32x32(nn.Module):  # noqa: N801 - the name OpenOOD uses, kept for
         return self.fc(self.features(x))
 
 
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+class MNISTNet(nn.Module):
+    """ccexam 1.0.0's ``MNISTNet(28)`` (MIT licence) behind its MNIST normaliser; input in [0, 1].
+
+    The layers sit under ``net`` with ccexam's key names (``features.0/3`` convs,
+    ``classifier.0/2`` linears), so ``ccexam/weights/mnist.pth`` loads strictly into ``net``:
+    conv(1→32)-ReLU-pool-conv(32→64)-ReLU-pool → flatten (64·7·7) → linear 128 - ReLU → ``fc``
+    (linear 128→10). ``features`` is the 128-d ReLU output before ``fc``; Grad-CAM hooks the
+    second conv's ReLU (7x7 after pooling would lose the map, 14x14 keeps it).
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.normalize = Normalize(MNIST_MEAN, MNIST_STD)
+        self.net = nn.Module()
+        self.net.features = nn.Sequential(
+            nn.Conv2d(1, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.net.classifier = nn.Sequential(
+            nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+        self.feature_dim = 128
+
+    @property
+    def fc(self) -> nn.Linear:
+        return self.net.classifier[2]
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.net.features[4]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 128-d penultimate features (after the hidden layer's ReLU)."""
+        if x.shape[-2:] != (28, 28):
+            raise ValueError(f"mnist_net expects 28x28 inputs, got {tuple(x.shape[-2:])}")
+        h = self.net.features(self.normalize(x)).flatten(start_dim=1)
+        return self.net.classifier[1](self.net.classifier[0](h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
 def _require(spec: dict[str, Any], key: str) -> Any:
     if key not in spec:
         raise KeyError(f"classifier spec {spec!r} lacks required key {key!r}")
@@ -238,6 +288,8 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
       ``resnet50-0676ba61.pth``). Nothing is downloaded.
     - ``resnet18_32x32``: optional ``num_classes`` (10), ``mean``/``std`` (CIFAR-10),
       ``weights`` (OpenOOD key names).
+    - ``mnist_net``: optional ``num_classes`` (10), ``weights`` (ccexam ``MNISTNet`` key
+      names, e.g. ``ccexam/weights/mnist.pth``); 28x28 inputs.
 
     Every arch also accepts ``input_size``: the side the classifier is fed at (the released
     code: 224 for GDM runs, 256 for LDM runs, 32 on CIFAR-10); reconstruction jobs load images
@@ -277,10 +329,15 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
         state = _load_weights(spec)
         if state is not None:
             model.load_state_dict(state, strict=True)
+    elif arch == "mnist_net":
+        model = MNISTNet(num_classes=int(spec.get("num_classes", 10)))
+        state = _load_weights(spec)
+        if state is not None:
+            model.net.load_state_dict(state, strict=True)
     else:
         raise ValueError(
             f"classifier spec: unknown arch {arch!r} "
-            "(expected 'small_cnn', 'resnet50_tv' or 'resnet18_32x32')"
+            "(expected 'small_cnn', 'resnet50_tv', 'resnet18_32x32' or 'mnist_net')"
         )
     if spec.get("weights") is None and arch != "small_cnn":
         log.warning("classifier %s built without weights (random initialisation)", arch)

@@ -242,14 +242,56 @@ def shard_count(config: dict[str, Any], dataset: str, available: int | None = No
     return math.ceil(dataset_size(config, dataset, available) / int(config.get("shard_size", 500)))
 
 
+SPLITS = ("test", "val")
+"""``datasets.<name>.split``: the sets test metrics come from, or validation sets (tuning)."""
+
+
+def dataset_split(config: dict[str, Any], dataset: str) -> str:
+    """``datasets.<dataset>.split`` (no schema default, so job parameters stay as written:
+    ``test``)."""
+    split = config["datasets"][dataset].get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"datasets.{dataset}.split: {split!r} is not one of {list(SPLITS)}")
+    return str(split)
+
+
+def _split_datasets(config: dict[str, Any], split: str) -> tuple[list[str], list[str]]:
+    """ID and OOD sets of one split, in config order."""
+    mine = [k for k in config["datasets"] if dataset_split(config, k) == split]
+    ids = [k for k in mine if config["datasets"][k]["role"] == "id"]
+    oods = [k for k in mine if config["datasets"][k]["role"] in ("near", "far")]
+    return ids, oods
+
+
 def evaluation_datasets(config: dict[str, Any]) -> tuple[str, list[str]]:
-    """Names of the ID test set and the OOD sets, in config order."""
-    ids = [k for k, v in config["datasets"].items() if v["role"] == "id"]
+    """Names of the ID test set and the OOD test sets, in config order (``split: val`` sets
+    are left out: they only choose settings, see :func:`validation_datasets`)."""
+    ids, oods = _split_datasets(config, "test")
     if len(ids) != 1:
         raise ConfigError(f"datasets: exactly one dataset must have role 'id', found {ids}")
-    oods = [k for k, v in config["datasets"].items() if v["role"] in ("near", "far")]
     if not oods:
         raise ConfigError("datasets: at least one dataset must have role 'near' or 'far'")
+    return ids[0], oods
+
+
+def validation_datasets(config: dict[str, Any]) -> tuple[str, list[str]]:
+    """Names of the ID validation set and the OOD validation sets (``split: val``).
+
+    Raises:
+        ConfigError: No validation sets, or not exactly one ID set among them.
+    """
+    ids, oods = _split_datasets(config, "val")
+    if not ids and not oods:
+        raise ConfigError(
+            "datasets: tuning needs validation sets (`split: val`): one of role 'id' and at "
+            "least one of role 'near' or 'far'"
+        )
+    if len(ids) != 1:
+        raise ConfigError(
+            f"datasets: exactly one `split: val` dataset must have role 'id', found {ids}"
+        )
+    if not oods:
+        raise ConfigError("datasets: at least one `split: val` dataset must be near or far")
     return ids[0], oods
 
 

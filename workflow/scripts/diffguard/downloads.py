@@ -19,6 +19,7 @@ earlier download. A mismatch is an error naming the file and both hashes.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -299,17 +300,56 @@ def _check_member(name: str, archive: Path) -> None:
         raise DownloadError(f"{archive}: refusing to extract unsafe member path {name!r}")
 
 
-def extract_archive(archive: str | Path, out_dir: str | Path) -> list[str]:
-    """Extract a zip or tar archive into ``out_dir`` (atomically: temp folder + rename).
+_AR_MAGIC = b"!<arch>\n"
 
-    Members with absolute paths or ``..`` components, links and device files are refused (no
-    file can land outside ``out_dir``). Returns the extracted member names.
+
+def _deb_data_tar(archive: Path) -> io.BytesIO:
+    """The ``data.tar.*`` member of a Debian package (an ``ar`` archive), as a file object.
+
+    ``ar`` is a magic line then 60-byte headers (name 16, mtime 12, uid 6, gid 6, mode 8, size
+    10, ``\x60\n``), each followed by its data padded to an even length.
+    """
+    data = archive.read_bytes()
+    pos = len(_AR_MAGIC)
+    while pos + 60 <= len(data):
+        header = data[pos : pos + 60]
+        if header[58:60] != b"`\n":
+            raise DownloadError(f"{archive}: corrupt ar member header at byte {pos}")
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip() or 0)
+        start = pos + 60
+        if name.startswith("data.tar"):
+            return io.BytesIO(data[start : start + size])
+        pos = start + size + (size % 2)
+    raise DownloadError(f"{archive}: a Debian package without a data.tar member")
+
+
+def _extract_tar(tf: tarfile.TarFile, archive: Path, tmp: Path) -> list[str]:
+    """Extract a tar after refusing unsafe paths, links and special files."""
+    members = tf.getmembers()
+    for member in members:
+        _check_member(member.name, archive)
+        if not (member.isfile() or member.isdir()):
+            raise DownloadError(f"{archive}: refusing link or special member {member.name!r}")
+    tf.extractall(tmp, members=members, filter="data")
+    return [member.name for member in members]
+
+
+def extract_archive(archive: str | Path, out_dir: str | Path) -> list[str]:
+    """Extract a zip (``.whl`` too), tar or Debian package into ``out_dir`` (atomically: temp
+    folder + rename).
+
+    A ``.deb`` yields the contents of its ``data.tar.*`` (the files it installs, e.g.
+    ``usr/share/...``). Members with absolute paths or ``..`` components, links and device
+    files are refused (no file can land outside ``out_dir``). Returns the extracted member names.
     """
     archive, out_dir = Path(archive), Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     names: list[str] = []
     try:
+        with open(archive, "rb") as handle:
+            is_ar = handle.read(len(_AR_MAGIC)) == _AR_MAGIC
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
@@ -319,19 +359,14 @@ def extract_archive(archive: str | Path, out_dir: str | Path) -> list[str]:
                         raise DownloadError(f"{archive}: refusing symlink member {info.filename!r}")
                     names.append(info.filename)
                 zf.extractall(tmp)
+        elif is_ar:
+            with tarfile.open(fileobj=_deb_data_tar(archive)) as tf:
+                names = _extract_tar(tf, archive, tmp)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
-                members = tf.getmembers()
-                for member in members:
-                    _check_member(member.name, archive)
-                    if not (member.isfile() or member.isdir()):
-                        raise DownloadError(
-                            f"{archive}: refusing link or special member {member.name!r}"
-                        )
-                    names.append(member.name)
-                tf.extractall(tmp, members=members, filter="data")
+                names = _extract_tar(tf, archive, tmp)
         else:
-            raise DownloadError(f"{archive}: not a zip or tar archive")
+            raise DownloadError(f"{archive}: not a zip, tar or Debian (ar) archive")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

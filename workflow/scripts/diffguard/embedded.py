@@ -34,6 +34,8 @@ IMAGE_SIZE = 16
 
 SET_NAMES = ("train", "test_id", "near_digits", "far_photos")
 """Image lists written by :func:`build_embedded_benchmark`."""
+VAL_PREFIX = "val_"
+"""With ``val_fraction``: ``val_<set>`` lists carved out of each evaluation set (disjoint)."""
 
 # Photographs for the far-OOD set, with the licence their package documents. Only images stored
 # inside the installed wheels are used (skimage's other images would need a download), and only
@@ -115,13 +117,18 @@ def _stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def far_photo_patches(n: int, seed: int, size: int = IMAGE_SIZE) -> list[tuple[str, np.ndarray]]:
+def far_photo_patches(
+    n: int, seed: int, size: int = IMAGE_SIZE, stream: int = 2
+) -> list[tuple[str, np.ndarray]]:
     """Cut ``n`` seeded grayscale ``size x size`` patches from the bundled photographs.
+
+    ``stream`` selects an independent random stream of the same ``seed`` (2: the embedded
+    benchmark's far set; other values give disjoint draws, e.g. a validation set).
 
     Returns:
         ``(source_name, patch uint8 size x size)`` pairs in generation order.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
     sources = [(name, _to_gray_uint8(loader())) for name, loader in _photo_sources()]
     patches: list[tuple[str, np.ndarray]] = []
     for _ in range(n):
@@ -219,7 +226,7 @@ def _write_lists_and_summary(
     licences.write_text(_licences_text(id_classes, near_classes), encoding="utf-8")
 
     digest = hashlib.sha256()
-    for set_name in SET_NAMES:
+    for set_name in lists:  # SET_NAMES order, val lists after their sets
         for record in lists[set_name]:
             digest.update(record.path.encode())
             digest.update((out_dir / "images" / record.path).read_bytes())
@@ -249,6 +256,7 @@ def build_embedded_benchmark(
     n_far: int,
     id_classes: Sequence[int] = (0, 1, 2, 3, 4, 5),
     train_fraction: float = 2.0 / 3.0,
+    val_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Build the embedded benchmark under ``out_dir``.
 
@@ -263,6 +271,8 @@ def build_embedded_benchmark(
         n_far: Number of far-OOD photo patches.
         id_classes: Digit classes that are in-distribution; the others are near-OOD.
         train_fraction: Fraction of each ID class used for training.
+        val_fraction: None (default): no validation lists. Else ``val_<set>`` lists of this
+            seeded fraction of each evaluation set, removed from ``<set>`` (disjoint).
 
     Returns:
         A summary: per-set counts, list paths, classes and seed (also in ``benchmark.json``).
@@ -309,6 +319,27 @@ def build_embedded_benchmark(
     for j, (source, patch) in enumerate(far_photo_patches(n_far, seed)):
         add("far_photos", f"{source}_{j:04d}", patch, OOD_LABEL)
 
+    if val_fraction is not None:
+        lists = split_validation(lists, val_fraction, seed)
     summary = _write_lists_and_summary(out_dir, lists, seed, id_classes, near_classes)
     log.info("embedded benchmark in %s: %s", out_dir, summary["counts"])
     return summary
+
+
+def split_validation(
+    lists: dict[str, list[ImageRecord]], fraction: float, seed: int
+) -> dict[str, list[ImageRecord]]:
+    """Move a seeded ``fraction`` of each evaluation list into ``val_<list>`` (order kept);
+    the train list is untouched. Called only when the config asks for validation lists, so a
+    run without them writes the same lists as before."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"benchmark.embedded.val_fraction must be in (0, 1), got {fraction}")
+    out = {"train": lists["train"]}
+    for k, name in enumerate(n for n in SET_NAMES if n != "train"):
+        records = lists[name]
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 2, k]))
+        n_val = int(round(fraction * len(records)))
+        val = set(rng.permutation(len(records))[:n_val].tolist())
+        out[name] = [r for i, r in enumerate(records) if i not in val]
+        out[f"{VAL_PREFIX}{name}"] = [r for i, r in enumerate(records) if i in val]
+    return out

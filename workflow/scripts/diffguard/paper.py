@@ -7,6 +7,7 @@ includes the figures from ``\\figdir``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -590,6 +591,7 @@ def write_paper_numbers(
     figures: Sequence[str] = (),
     check_csv: str | Path | None = None,
     claims_csv: str | Path | None = None,
+    tune_chosen: Sequence[str | Path] = (),
 ) -> Path:
     """Write ``numbers.tex`` from the run's metrics, image lists, benchmarks and config.
 
@@ -606,6 +608,7 @@ def write_paper_numbers(
         figures: Figure stems of the run, in any order.
         check_csv: The reproduction check CSV.
         claims_csv: The claims CSV (rule check_claims), when the run checks claims.
+        tune_chosen: ``chosen.json`` of each tune (``\\tuneChoices``: empty without any).
     """
     metrics = read_metrics(metrics_csv)
     counts = {name: count_list(path) for name, path in (lists or {}).items()}
@@ -638,6 +641,8 @@ def write_paper_numbers(
         ),
         claims=_read_claims(claims_csv),
     )
+    choices = [json.loads(Path(p).read_text()) for p in tune_chosen]
+    text += _macro("tuneChoices", tune_sentence(choices)) + "\n"
     write_text(out, text)
     log.info("wrote %s (%d macros)", out, text.count(r"\newcommand"))
     return Path(out)
@@ -649,6 +654,32 @@ def _read_claims(path: str | Path | None) -> pd.DataFrame | None:
     from diffguard.claims import read_claims
 
     return read_claims(path)
+
+
+def tune_sentence(choices: Sequence[Mapping[str, Any]]) -> str:
+    """The paper's sentence on the settings chosen on validation data (``chosen.json`` of each
+    tune); empty without ``tune:`` entries."""
+    parts = []
+    for chosen in choices:
+        settings = ", ".join(
+            f"\\texttt{{{latex_escape(str(k))}}} = {latex_escape(str(v))}"
+            for k, v in chosen["settings"].items()
+        )
+        rule = chosen.get("combination_rule")
+        combo = f", combination rule {latex_escape(rule)}" if rule else ""
+        parts.append(
+            f"for \\texttt{{{latex_escape(chosen['experiment'])}}} (and the experiments "
+            f"extending it) {settings}, distance {latex_escape(chosen['distance'])}{combo} "
+            rf"(validation objective {_num(float(chosen['objective']))}\,\% on "
+            f"{latex_escape(', '.join(chosen['val_sets']))})"
+        )
+    if not parts:
+        return ""
+    return (
+        "\\paragraph{Settings chosen on validation data.} Each grid was evaluated on the "
+        "validation sets only (disjoint from the test sets); the test metrics above use the "
+        "choice: " + "; ".join(parts) + "."
+    )
 
 
 def _extends_oracle(experiments: Mapping[str, Mapping[str, Any]], name: str) -> bool:

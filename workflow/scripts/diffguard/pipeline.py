@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,27 @@ log = logging.getLogger("diffguard")
 
 # --------------------------------------------------------------------------------------- data
 def build_embedded_benchmark_stage(
-    benchmark: dict[str, Any], out_dir: str | Path
+    benchmark: dict[str, Any],
+    out_dir: str | Path,
+    lists: Iterable[str] = (),
+    sources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Rule ``build_embedded_benchmark``: write the offline benchmark of ``benchmark.embedded``."""
+    """Rule ``build_embedded_benchmark``: write the benchmark of ``benchmark.kind``.
+
+    ``embedded``: the offline sklearn-digits benchmark of ``benchmark.embedded`` (writes all its
+    lists). ``mnist``: the lists named in ``lists``, cut from the extracted downloads in
+    ``sources`` (role -> folder) with the settings of ``benchmark.mnist``.
+    """
+    if benchmark.get("kind") == "mnist":
+        from diffguard.mnist_benchmark import build_mnist_benchmark
+
+        return build_mnist_benchmark(
+            out_dir,
+            lists,
+            sources or {},
+            benchmark.get("mnist", {}),
+            seed=int(benchmark.get("seed", 0)),
+        )
     from diffguard.embedded import build_embedded_benchmark as build
 
     emb = benchmark.get("embedded", {})
@@ -53,6 +72,7 @@ def build_embedded_benchmark_stage(
         n_near=emb.get("n_near"),
         n_far=int(emb.get("n_far", 300)),
         id_classes=emb.get("id_classes", (0, 1, 2, 3, 4, 5)),
+        val_fraction=emb.get("val_fraction"),
     )
 
 
@@ -147,7 +167,11 @@ def train_diffusion_stage(
     conditional = bool(spec.get("conditional", False))
     labels = torch.tensor([r.label for r in records]) if conditional else None
     kwargs = small_unet_kwargs(
-        benchmark["channels"], benchmark["image_size"], conditional, benchmark["num_classes"]
+        benchmark["channels"],
+        benchmark["image_size"],
+        conditional,
+        benchmark["num_classes"],
+        spec.get("unet"),
     )
     train = spec.get("train", {})
     start = time.perf_counter()
@@ -161,6 +185,7 @@ def train_diffusion_stage(
         seed=int(train.get("seed", 0)),
         class_dropout=float(train.get("class_dropout", 0.1)),
         log_csv=train_log,
+        max_timestep=train.get("max_timestep"),
     )
     log.info("diffusion model trained in %.1f s", time.perf_counter() - start)
     weights = Path(out_dir) / "weights"
@@ -177,13 +202,17 @@ def train_diffusion_stage(
 
 
 def prepare_ensemble_member_stage(
-    spec: dict[str, Any], checkpoint: str | Path, path: str | None, out_dir: str | Path
+    spec: dict[str, Any],
+    checkpoint: str | Path,
+    path: str | None,
+    out_dir: str | Path,
+    where: str = "classifier.ensemble_members",
 ) -> None:
-    """Rule ``prepare_ensemble_member``: a deep-ensemble member's checkpoint ->
-    ``out_dir/weights`` (as ``prepare_classifier``).
+    """Rules ``prepare_ensemble_member`` and ``prepare_classifier``: a checkpoint ->
+    ``out_dir/weights``.
 
-    ``checkpoint`` is the member's file, or with ``path`` the extracted archive holding it at
-    ``path`` (e.g. OpenOOD v1.5's ``<run>/s0/best.ckpt``).
+    ``checkpoint`` is the file, or with ``path`` the extracted archive holding it at ``path``
+    (e.g. OpenOOD v1.5's ``<run>/s0/best.ckpt``, ccexam's ``ccexam/weights/mnist.pth``).
     """
     from diffguard.preparation import prepare_classifier_stage
 
@@ -193,7 +222,7 @@ def prepare_ensemble_member_stage(
         if not member.is_file():
             found = sorted(str(f.relative_to(source)) for f in source.rglob("*.ckpt"))[:20]
             raise FileNotFoundError(
-                f"classifier.ensemble_members: {path!r} is not a file of the extracted archive "
+                f"{where}: {path!r} is not a file of the extracted archive "
                 f"{source}; its .ckpt files: {found or 'none'}"
             )
         source = member

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from diffguard import codedeps, targets
+from diffguard import codedeps, targets, tuning
 from diffguard.config import (
     ConfigError,
     ensemble_members,
@@ -27,9 +27,12 @@ from diffguard.config import (
     guidance_input_size,
     method_settings,
     resolve_all,
+    resolve_experiment,
     shard_count,
     sweep_spec,
+    validation_datasets,
 )
+from diffguard.methods import METHODS
 
 SCHEMA = "workflow/schemas/config.schema.yaml"
 REPORT_SCHEMA = "workflow/schemas/report.schema.yaml"
@@ -76,8 +79,105 @@ class RunPlan:
 
     @cached_property
     def experiments(self) -> dict[str, dict[str, Any]]:
-        """Every experiment, grid-generated ones included, resolved through ``extends``."""
-        return resolve_all(self.config["experiments"])
+        """Every experiment, grid- and tune-generated ones included, resolved through
+        ``extends``."""
+        resolved = resolve_all(self.config["experiments"])
+        raw = {**self.config["experiments"], **self.tune_raw}
+        for tune in self.tunes.values():
+            base = resolved[tune.experiment]
+            if base["speed_only"] or base["inversion_trace_only"]:
+                raise ConfigError(
+                    f"tune.{tune.name}.experiment: {tune.experiment!r} is speed-only or an "
+                    "inversion trace; tune an experiment that is evaluated on the datasets"
+                )
+            other = [k for k in tune.keys if k.split(".")[0] in set(METHODS) - {base["method"]}]
+            if other:
+                raise ConfigError(
+                    f"tune.{tune.name}.grid: {other} set another method's settings; "
+                    f"{tune.experiment!r} runs {base['method']!r}"
+                )
+            for index, name in enumerate(tune.point_experiments):
+                try:
+                    resolved[name] = resolve_experiment(raw, name)
+                    method_settings(resolved[name])
+                except ConfigError as err:
+                    raise ConfigError(
+                        f"tune.{tune.name}.grid: point {tune.settings(index)}: {err}"
+                    ) from err
+        return resolved
+
+    # ------------------------------------------------------------------------------ tuning
+    @cached_property
+    def tunes(self) -> dict[str, tuning.Tune]:
+        """``tune:`` entries, checked against the experiments and the validation sets."""
+        tunes = tuning.parse_tunes(self.config)
+        if tunes:
+            roles = {d: self.config["datasets"][d]["role"] for d in self.val_sets[1]}
+            for tune in tunes.values():
+                tuning.check_objective(tune, roles)
+        return tunes
+
+    @cached_property
+    def tune_raw(self) -> dict[str, dict[str, Any]]:
+        """The generated (unresolved) grid experiments of every tune."""
+        return tuning.tune_experiments(self.config, self.tunes)
+
+    @cached_property
+    def val_sets(self) -> tuple[str, list[str]]:
+        """``(val ID set, val OOD sets)`` (``split: val``); raises without them."""
+        return validation_datasets(self.config)
+
+    @property
+    def has_val_sets(self) -> bool:
+        return any(v.get("split") == "val" for v in self.config["datasets"].values())
+
+    @property
+    def val_eval_sets(self) -> list[str]:
+        return [self.val_sets[0], *self.val_sets[1]] if self.has_val_sets else []
+
+    def val_roles(self) -> dict[str, str]:
+        return {d: self.config["datasets"][d]["role"] for d in self.val_sets[1]}
+
+    def tune_dir(self, name: str) -> str:
+        return f"data/processed/{self.run}/tune/{name}"
+
+    def tune_outputs(self, name: str) -> dict[str, str]:
+        return {
+            "sweep": f"{self.tune_dir(name)}/sweep.csv",
+            "chosen": f"{self.tune_dir(name)}/chosen.json",
+        }
+
+    def tune_scores(self, wildcards: Any) -> list[str]:
+        """The tune job's score inputs: its grid experiments on the validation sets only."""
+        tune = self.tunes[wildcards.tune]
+        return [
+            f"data/processed/{self.run}/scores/{exp}/{dataset}/seed-{self.exp_seeds[exp][0]}.csv"
+            for exp in tune.point_experiments
+            for dataset in self.val_eval_sets
+        ]
+
+    def tune_baselines(self, wildcards: Any) -> list[str]:
+        """Validation baseline tables (a combination rule is chosen): validation sets only."""
+        if self.tunes[wildcards.tune].baseline is None:
+            return []
+        return [f"data/processed/{self.run}/baselines/{d}.csv" for d in self.val_eval_sets]
+
+    def tuned_by(self, exp: str) -> tuning.Tune | None:
+        """The tune whose choice ``exp`` runs with: the tuned experiment or one extending it
+        (its own grid points excepted)."""
+        raw = self.config["experiments"]
+        for tune in self.tunes.values():
+            if exp in raw and tuning.descends_from(raw, exp, tune.experiment):
+                return tune
+        return None
+
+    def chosen_input(self, wildcards: Any) -> list[str]:
+        """``chosen.json`` of the tune applied to a reconstruction job's experiment (or none)."""
+        tune = self.tuned_by(wildcards.exp)
+        return [] if tune is None else [self.tune_outputs(tune.name)["chosen"]]
+
+    def tune_files(self) -> list[str]:
+        return [f for name in self.tunes for f in self.tune_outputs(name).values()]
 
     @cached_property
     def sets(self) -> tuple[str, list[str]]:
@@ -118,7 +218,7 @@ class RunPlan:
         return {
             n: e
             for n, e in self.experiments.items()
-            if not e["speed_only"] and n not in self.trace_experiments
+            if not e["speed_only"] and n not in self.trace_experiments and n not in self.tune_raw
         }
 
     @property
@@ -153,7 +253,14 @@ class RunPlan:
         return str(Path(self.experiment_model_dir(wildcards), "model.done"))
 
     def experiment_spec(self, wildcards: Any) -> dict[str, Any]:
-        return self.experiments[wildcards.exp]
+        """The resolved experiment; a tuned one lists the keys its job takes from
+        ``chosen.json`` (``tuned_keys``, see :func:`diffguard.tuning.apply_chosen`)."""
+        spec = self.experiments[wildcards.exp]
+        tune = self.tuned_by(wildcards.exp)
+        if tune is None:
+            return spec
+        own = tuning.own_keys(self.config["experiments"], wildcards.exp, tune.experiment)
+        return {**spec, "tuned_keys": [k for k in tune.keys if k not in own]}
 
     @property
     def classifier_dir(self) -> str:
@@ -182,6 +289,11 @@ class RunPlan:
     @property
     def converted_models(self) -> list[str]:
         return [n for n in self.diffusion_models if n not in self.trained_models]
+
+    def train_threads(self, wildcards: Any) -> int:
+        """``diffusion_models.<model>.train.threads``; no schema default: ``cpus_per_job``."""
+        train = self.diffusion_models[wildcards.model].get("train", {})
+        return int(train.get("threads", self.config["cpus_per_job"]))
 
     def train_log_names(self) -> list[str]:
         """Models trained by this workflow (downloaded ones have no training log)."""
@@ -250,6 +362,25 @@ class RunPlan:
         )
 
     @property
+    def benchmark_source_keys(self) -> list[str]:
+        """Download keys the mnist benchmark is cut from (``benchmark.mnist.sources``)."""
+        benchmark = self.config["benchmark"]
+        if benchmark["kind"] != "mnist":
+            return []
+        return list(benchmark.get("mnist", {}).get("sources", {}).values())
+
+    @property
+    def benchmark_sources(self) -> dict[str, str]:
+        """Source role -> extracted download folder, for the mnist benchmark ({} otherwise)."""
+        benchmark = self.config["benchmark"]
+        if benchmark["kind"] != "mnist":
+            return {}
+        return {
+            role: self.downloaded(key)
+            for role, key in benchmark.get("mnist", {}).get("sources", {}).items()
+        }
+
+    @property
     def openood(self) -> dict[str, Any]:
         """``benchmark.openood`` (OpenOOD runs only)."""
         return self.config["benchmark"]["openood"]
@@ -304,15 +435,42 @@ class RunPlan:
             refs.append(("benchmark.openood.imglists", self.openood["imglists"]))
             for mount, spec in self.openood["mounts"].items():
                 refs.append((f"benchmark.openood.mounts.{mount}", self.mount_key(spec)))
+        mnist_sources = config["benchmark"].get("mnist", {}).get("sources", {})
+        refs += [(f"benchmark.mnist.sources.{role}", k) for role, k in mnist_sources.items()]
         for where, key in refs:
             if key not in self.downloads:
                 raise ConfigError(
                     f"{where}: {key!r} is not a key of `downloads` ({sorted(self.downloads)})"
                 )
+        self._check_mnist_lists()
         for name, spec in config["datasets"].items():
             if openood and spec["list"] not in self.openood["lists"]:
                 raise ConfigError(
                     f"datasets.{name}.list: {spec['list']!r} is not in benchmark.openood.lists"
+                )
+
+    def _check_mnist_lists(self) -> None:
+        """mnist benchmark: known list names, archive sources (fails naming the key)."""
+        benchmark = self.config["benchmark"]
+        if benchmark["kind"] != "mnist":
+            return
+        from diffguard.mnist_benchmark import SET_NAMES, SOURCES_OF
+
+        sources = benchmark.get("mnist", {}).get("sources", {})
+        for role, key in sources.items():
+            if not self.downloads[key]["extract"]:
+                raise ConfigError(
+                    f"benchmark.mnist.sources.{role}: downloads.{key} needs extract: true"
+                )
+        for name, spec in self.config["datasets"].items():
+            if spec["list"] not in SET_NAMES:
+                raise ConfigError(
+                    f"datasets.{name}.list: {spec['list']!r} is not an mnist list {SET_NAMES}"
+                )
+            role = SOURCES_OF.get(spec["list"])
+            if role is not None and role not in sources:
+                raise ConfigError(
+                    f"datasets.{name}.list {spec['list']!r} needs benchmark.mnist.sources.{role}"
                 )
 
     # -------------------------------------------------------------------- classifier outputs
@@ -341,7 +499,7 @@ class RunPlan:
     def classifier_spec_params(self) -> dict[str, Any]:
         """The classifier spec a prepared checkpoint records (ensemble members share it)."""
         classifier, benchmark = self.config["classifier"], self.config["benchmark"]
-        skip = ("source", "checkpoint", "ensemble_members", "mc_dropout")
+        skip = ("source", "checkpoint", "path", "ensemble_members", "mc_dropout")
         return {
             **{k: v for k, v in classifier.items() if k not in skip},
             "num_classes": benchmark["num_classes"],
@@ -423,10 +581,10 @@ class RunPlan:
         for key, distance in fixed:
             if distance not in distances:
                 raise ConfigError(f"{key}: {distance!r} is not one of `distances` {distances}")
-        tunes = self.config.get("tune")
-        if section["tune"] is not None and tunes is not None and section["tune"] not in tunes:
+        tunes = self.config.get("tune")  # no schema default: absent = no tuning stage
+        if section["tune"] is not None and section["tune"] not in (tunes or {}):
             raise ConfigError(
-                f"claims.tune: {section['tune']!r} is not a key of `tune` {sorted(tunes)}"
+                f"claims.tune: {section['tune']!r} is not a key of `tune` {sorted(tunes or {})}"
             )
         return section
 
@@ -457,7 +615,7 @@ class RunPlan:
     def claims_chosen(self) -> list[str]:
         """The tune's ``chosen.json`` the claims read (``claims.tune``), else nothing."""
         tune = (self.claims or {}).get("tune")
-        return [] if tune is None else [f"data/processed/{self.run}/tune/{tune}/chosen.json"]
+        return [] if tune is None else [self.tune_outputs(tune)["chosen"]]
 
     def claims_inputs(self) -> dict[str, list[str]]:
         """Test-split score tables of the compared experiments and baselines (ID + claim sets)."""
@@ -589,6 +747,7 @@ class RunPlan:
             trains_models=bool(self.train_log_names()),
             report_figures=self.report["figures"],
             fig2_noisy=None if fig2 is None else bool(fig2.get("noisy_classifier")),
+            tunes=bool(self.tunes),
         )
 
     def figure_registry(self, rule: str) -> list[targets.Figure]:
@@ -617,6 +776,7 @@ class RunPlan:
         """What ``snakemake`` builds by default."""
         return [
             f"data/processed/{self.run}/metrics.csv",
+            *self.tune_files(),
             *self.table_files(),
             *self.figure_files(),
             "paper/ms.pdf",

@@ -105,6 +105,16 @@ FIGURES: tuple[Figure, ...] = (
         "configured value; error bars: sd over seeds where there are several.",
     ),
     Figure(
+        "tune_sweep",
+        "plot_tune_sweep",
+        "plot_tune_sweep.py",
+        "tune_sweep.rst",
+        "Settings chosen on validation data only: the validation objective (mean AUROC over "
+        "the validation OOD sets of the objective's role) along each grid axis of each "
+        "\\texttt{tune} entry, one line per candidate distance (best over the other axes); "
+        "the star marks the chosen point, with which the test metrics are computed once.",
+    ),
+    Figure(
         "noisy_classifier_agreement",
         "plot_fig2",
         "figure2.py",
@@ -193,6 +203,7 @@ def run_figures(
     trains_models: bool,
     report_figures: Mapping[str, object],
     fig2_noisy: bool | None,
+    tunes: bool = False,
 ) -> list[str]:
     """Figure stems of a run, in registry (paper) order.
 
@@ -200,6 +211,7 @@ def run_figures(
         trains_models: The run trains a model (``training_curves`` from its logs).
         report_figures: ``report.figures`` (``sweeps``, ``ablation_grid``, ``psnr_inversion``).
         fig2_noisy: None without ``figures.fig2``, else whether it has a noisy classifier.
+        tunes: The config has ``tune:`` entries (``tune_sweep``).
     """
     wanted = set(rule_figures("plot_figures"))
     if not trains_models:  # downloaded models (paper configs) have no training log
@@ -207,6 +219,8 @@ def run_figures(
     wanted |= {name for name in REPORT_FIGURES if report_figures.get(name)}
     if fig2_noisy is not None:  # panel A needs the noise-aware classifier
         wanted |= set(rule_figures("plot_fig2")) - (set() if fig2_noisy else {FIG2_PANEL_A})
+    if tunes:
+        wanted.add("tune_sweep")
     return [f.stem for f in FIGURES if f.stem in wanted]
 
 

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -242,28 +242,62 @@ def evaluate_classifier(
     return correct / images.shape[0]
 
 
-def small_unet_kwargs(
-    channels: int, sample_size: int, conditional: bool, num_classes: int | None = None
-) -> dict[str, Any]:
-    """Tiny ``UNet2DModel`` arguments for 16x16 images (about 1.6 M parameters).
+UNET_SHAPE_DEFAULTS: dict[str, Any] = {
+    "block_out_channels": (32, 64, 64),
+    "layers_per_block": 1,
+    "attention": True,
+    "norm_num_groups": 16,
+}
+"""``diffusion_models.<m>.unet`` defaults: the embedded benchmark's 16x16 UNet."""
 
-    Blocks of 32, 64, 64 channels at 16, 8 and 4 px, one ResNet layer per block, self-attention
-    only at 4x4 (and in the mid block). With ``conditional`` the model gets ``num_classes + 1``
-    class embeddings; the last row is the null label of classifier-free guidance.
+
+def small_unet_kwargs(
+    channels: int,
+    sample_size: int,
+    conditional: bool,
+    num_classes: int | None = None,
+    unet: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``UNet2DModel`` arguments of a small trained UNet, shaped by ``unet`` (config
+    ``diffusion_models.<m>.unet``; defaults :data:`UNET_SHAPE_DEFAULTS`, about 1.6 M parameters).
+
+    One block per entry of ``block_out_channels`` (each halving the resolution but the last),
+    ``layers_per_block`` ResNet layers each; with ``attention`` the lowest-resolution block has
+    self-attention (head dim 32), without it only diffusers' mid block has (its default head
+    dim). With ``conditional`` the model gets ``num_classes + 1`` class embeddings; the last
+    row is the null label of classifier-free guidance.
     """
     if conditional and (num_classes is None or num_classes < 2):
         raise ValueError("a conditional UNet needs num_classes >= 2")
+    shape = {**UNET_SHAPE_DEFAULTS, **(unet or {})}
+    unknown = sorted(set(shape) - set(UNET_SHAPE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"diffusion_models.<m>.unet: unknown keys {unknown}")
+    channels_out = tuple(int(c) for c in shape["block_out_channels"])
+    groups = int(shape["norm_num_groups"])
+    if not channels_out or any(c % groups for c in channels_out):
+        raise ValueError(
+            f"diffusion_models.<m>.unet: block_out_channels {channels_out} must be non-empty "
+            f"multiples of norm_num_groups {groups}"
+        )
+    n = len(channels_out)
+    attention = bool(shape["attention"])
+    down = ["DownBlock2D"] * n
+    up = ["UpBlock2D"] * n
+    if attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     kwargs: dict[str, Any] = {
         "sample_size": sample_size,
         "in_channels": channels,
         "out_channels": channels,
-        "block_out_channels": (32, 64, 64),
-        "layers_per_block": 1,
-        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        "attention_head_dim": 32,
-        "norm_num_groups": 16,
+        "block_out_channels": channels_out,
+        "layers_per_block": int(shape["layers_per_block"]),
+        "down_block_types": tuple(down),
+        "up_block_types": tuple(up),
     }
+    if attention:
+        kwargs["attention_head_dim"] = 32
+    kwargs["norm_num_groups"] = groups
     if conditional:
         kwargs["num_class_embeds"] = int(num_classes) + 1  # type: ignore[arg-type]
     return kwargs
@@ -335,14 +369,15 @@ def _noised_batch(
     noise_scheduler: Any,
     generator: torch.Generator,
     dropout: tuple[float, int],
+    max_timestep: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(x_t, the noise to predict, t, class labels) of one batch; ``dropout`` = (probability,
-    null label) of replacing a label. Draws noise, then t, then the dropout (this order)."""
+    null label) of replacing a label; t is uniform in [0, ``max_timestep``) (default T).
+    Draws noise, then t, then the dropout (this order)."""
     class_dropout, null_label = dropout
     noise = torch.randn(x0.shape, generator=generator)
-    t = torch.randint(
-        0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator
-    )
+    high = max_timestep or noise_scheduler.config.num_train_timesteps
+    t = torch.randint(0, high, (x0.shape[0],), generator=generator)
     x_t = noise_scheduler.add_noise(x0, noise, t)
     class_labels = None
     if labels is not None:
@@ -386,6 +421,7 @@ def train_diffusion(
     log_every: int = 50,
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
+    max_timestep: int | None = None,
 ) -> Any:
     """Train a DDPM ``UNet2DModel`` (epsilon prediction, MSE) on ``images`` in [-1, 1].
 
@@ -408,6 +444,9 @@ def train_diffusion(
         log_every: Logging interval in steps.
         beta_start: First beta of the schedule.
         beta_end: Last beta of the schedule.
+        max_timestep: Train only on timesteps t < max_timestep (None: all T). For a model that
+            is only ever inverted part of the way (the embedded default), capacity goes where
+            the detector uses it.
 
     Returns:
         The trained ``UNet2DModel`` in eval mode (EMA weights unless ``ema_decay`` is None), with
@@ -420,6 +459,8 @@ def train_diffusion(
         raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    if max_timestep is not None and not 1 <= max_timestep <= num_train_timesteps:
+        raise ValueError(f"max_timestep must be in 1..{num_train_timesteps}, got {max_timestep}")
 
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
@@ -450,6 +491,7 @@ def train_diffusion(
                     noise_scheduler,
                     generator,
                     (class_dropout, num_classes),
+                    max_timestep,
                 )
                 loss = F.mse_loss(model(noisy, t, class_labels=class_labels).sample, target)
                 _clipped_step(model, loss, (optimizer, lr_sched), ema)
@@ -487,6 +529,8 @@ def train_diffusion(
         "ema_decay": ema_decay,
         "seed": seed,
     }
+    if max_timestep is not None:  # only then: models trained on all of T keep their bytes
+        result.diffguard_info["max_timestep"] = max_timestep
     return result
 
 
