@@ -24,9 +24,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# The default run's name (config/config.yaml `run:`): its claims table is printed at the end.
+RUN_NAME := $(shell sed -n 's/^run: *\([A-Za-z0-9_.-]*\).*/\1/p' config/config.yaml)
+CLAIMS_TABLE := data/processed/$(RUN_NAME)/claims.md
+
 run: setup
 	$(SNAKEMAKE) --cores all
 	$(SNAKEMAKE) --cores all --report report.html
+	@if [ -f $(CLAIMS_TABLE) ]; then echo; cat $(CLAIMS_TABLE); fi
 
 test: setup
 	$(VENV)/bin/python -m pytest

@@ -37,6 +37,7 @@ include: "workflow/rules/tune.smk"
 include: "workflow/rules/speed.smk"
 include: "workflow/rules/figure2.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/preflight.smk"
 
 

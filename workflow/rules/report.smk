@@ -262,6 +262,7 @@ rule write_paper_numbers:
         metrics=f"data/processed/{P.run}/metrics.csv",
         lists=expand("data/interim/{run}/lists/{dataset}.txt", run=P.run, dataset=P.eval_sets),
         check=CHECK_OUTPUTS["csv"],
+        claims=[P.claims_tables()["csv"]] if P.claims else [],
         tune_chosen=[P.tune_outputs(name)["chosen"] for name in P.tunes],
         code=P.script_code("write_paper_numbers.py"),
     output:

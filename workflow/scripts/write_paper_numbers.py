@@ -4,7 +4,8 @@ Inputs ``metrics``, ``lists`` (one per ``params.datasets``, ID set first) and op
 ``benchmarks`` (Snakemake benchmark files adding up to the runtime); params ``run``,
 ``figure_dir`` (relative to ``paper/``) and optional ``published_tables`` (LaTeX files relative
 to ``paper/``), ``figures`` (figure stems in ``figure_dir``), ``runtime_s`` and input
-``check`` (the reproduction check CSV). Experiments and switches come from the workflow config.
+``check`` (the reproduction check CSV) and optional ``claims`` (the claims CSV). Experiments and
+switches come from the workflow config.
 """
 
 from diffguard.logs import setup_logging
@@ -35,5 +36,6 @@ write_paper_numbers(
     published_tables=as_list(params.get("published_tables")),
     figures=as_list(params.get("figures")),
     check_csv=inputs.get("check"),
+    claims_csv=next(iter(as_list(inputs.get("claims"))), None),
     tune_chosen=as_list(inputs.get("tune_chosen")),
 )

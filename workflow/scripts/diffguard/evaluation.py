@@ -205,6 +205,48 @@ def _diffguard_rows(
     return rows
 
 
+def combined_scores(
+    frames: Mapping[str, pd.DataFrame],
+    base: Mapping[str, pd.DataFrame],
+    files: tuple[Callable[[str], str | Path], Mapping[str, str | Path]],
+    combo: Mapping[str, Any],
+    column: str,
+    id_set: str,
+    ood_sets: Sequence[str],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Combined scores of the ID set and of each OOD set for one combination ``combo``
+    (``baseline``, ``rule``, optional ``params``) of the DiffGuard score ``column``.
+
+    The ID test set is the reference every rule is fitted on (its own scores included), as in
+    rule ``evaluate``; ``files`` = (dataset -> DiffGuard score file, dataset -> baseline file),
+    named in alignment errors. Returns ``(combined ID scores, {OOD set: combined scores})``.
+    """
+    from diffguard.combine import align_by_image, combine
+
+    exp_file, base_files = files
+    bl, rule = combo["baseline"], combo["rule"]
+    params = combo.get("params", {})
+    # each image's baseline score next to its own DiffGuard score (joined on the image id;
+    # the two tables' row orders are not a contract)
+    paired = {
+        d: align_by_image(
+            frames[d],
+            base[d],
+            diffguard_file=exp_file(d),
+            baseline_file=base_files[d],
+        )[bl].to_numpy()
+        for d in [id_set, *ood_sets]
+    }
+    dg_id = frames[id_set][column].to_numpy()
+    bl_id = paired[id_set]
+    combined = {
+        d: combine(dg_id, frames[d][column].to_numpy(), bl_id, paired[d], rule, **params)
+        for d in ood_sets
+    }
+    combined_id = combine(dg_id, dg_id, bl_id, bl_id, rule, **params)
+    return combined_id, combined
+
+
 def _combination_rows(
     frames: Mapping[str, pd.DataFrame],
     base: Mapping[str, pd.DataFrame],
@@ -218,35 +260,16 @@ def _combination_rows(
     """Rows of each combination of one experiment and seed (``names = (experiment, method,
     seed)``) with a baseline; ``files`` = (dataset -> the experiment's score file, dataset ->
     the baseline file), named in alignment errors."""
-    from diffguard.combine import align_by_image, combine
-
     exp, method, seed = names
-    exp_file, base_files = files
     rows: list[dict[str, Any]] = []
     for combo in combinations:
         if combo["experiment"] != exp:
             continue
         col = f"score_{headline_distance}"
         bl = combo["baseline"]
-        params = combo.get("params", {})
-        # each image's baseline score next to its own DiffGuard score (joined on the
-        # image id; the two tables' row orders are not a contract)
-        paired = {
-            d: align_by_image(
-                frames[d],
-                base[d],
-                diffguard_file=exp_file(d),
-                baseline_file=base_files[d],
-            )[bl].to_numpy()
-            for d in [id_set, *ood_sets]
-        }
-        dg_id = frames[id_set][col].to_numpy()
-        bl_id = paired[id_set]
-        combined = {
-            d: combine(dg_id, frames[d][col].to_numpy(), bl_id, paired[d], combo["rule"], **params)
-            for d in ood_sets
-        }
-        combined_id = combine(dg_id, dg_id, bl_id, bl_id, combo["rule"], **params)
+        combined_id, combined = combined_scores(
+            frames, base, files, combo, col, id_set, list(ood_sets)
+        )
         meta = {
             "method": (
                 f"DiffGuard ({METHODS[method].label}: {exp})"

@@ -462,6 +462,20 @@ def _dataset_macros(metrics: pd.DataFrame, counts: Mapping[str, int] | None) -> 
     return lines
 
 
+def claims_section(claims: pd.DataFrame | None, table: str = "tables/claims.tex") -> str:
+    """The paper's claims section (``\\claimsSection``): the verdicts with their numbers and
+    the claims table; empty when the run checks no claims."""
+    if claims is None:
+        return ""
+    from diffguard.claims import claims_paragraph
+
+    return (
+        "%\n\\section{The paper's claims}\n"
+        + claims_paragraph(claims)
+        + f"\n\n\\input{{{table}}}\n"
+    )
+
+
 def paper_numbers(
     metrics: pd.DataFrame,
     *,
@@ -476,6 +490,7 @@ def paper_numbers(
     oracle_experiments: Sequence[str] | None = None,
     figures: Sequence[str] = (),
     check: pd.DataFrame | None = None,
+    claims: pd.DataFrame | None = None,
 ) -> str:
     """Text of ``numbers.tex``.
 
@@ -493,6 +508,7 @@ def paper_numbers(
             default: experiments whose name contains "oracle".
         figures: Figure stems of the run (``\\reportFigures``).
         check: The reproduction check frame (``\\checkStatus`` and counts).
+        claims: The claims frame (``\\claimsSection``; None: the run checks no claims).
 
     Returns:
         LaTeX source defining every macro ``ms.tex`` uses.
@@ -524,6 +540,7 @@ def paper_numbers(
         lines.append(_macro("publishedComparison", latex_escape(NO_PUBLISHED_NOTE)))
     lines.append(_macro("reportFigures", "%\n" + figure_blocks(figures) + "%\n"))
     lines += check_macros(check)
+    lines.append(_macro("claimsSection", claims_section(claims)))
     return "\n".join(lines) + "\n"
 
 
@@ -573,6 +590,7 @@ def write_paper_numbers(
     published_tables: Sequence[str] = (),
     figures: Sequence[str] = (),
     check_csv: str | Path | None = None,
+    claims_csv: str | Path | None = None,
     tune_chosen: Sequence[str | Path] = (),
 ) -> Path:
     """Write ``numbers.tex`` from the run's metrics, image lists, benchmarks and config.
@@ -589,6 +607,7 @@ def write_paper_numbers(
         published_tables: Published-vs-reproduced LaTeX tables, relative to ``paper/``.
         figures: Figure stems of the run, in any order.
         check_csv: The reproduction check CSV.
+        claims_csv: The claims CSV (rule check_claims), when the run checks claims.
         tune_chosen: ``chosen.json`` of each tune (``\\tuneChoices``: empty without any).
     """
     metrics = read_metrics(metrics_csv)
@@ -626,11 +645,20 @@ def write_paper_numbers(
         check=(
             pd.read_csv(check_csv, keep_default_na=False, na_values=[""]) if check_csv else None
         ),
+        claims=_read_claims(claims_csv),
     )
     text += _macro("tuneChoices", tune_sentence(choices)) + "\n"
     write_text(out, text)
     log.info("wrote %s (%d macros)", out, text.count(r"\newcommand"))
     return Path(out)
+
+
+def _read_claims(path: str | Path | None) -> pd.DataFrame | None:
+    if path is None:
+        return None
+    from diffguard.claims import read_claims
+
+    return read_claims(path)
 
 
 def tune_sentence(choices: Sequence[Mapping[str, Any]]) -> str:

@@ -564,6 +564,77 @@ class RunPlan:
             for seed in self.exp_seeds[exp]
         ]
 
+    # ------------------------------------------------------------------------------- claims
+    @cached_property
+    def claims(self) -> dict[str, Any] | None:
+        """The ``claims:`` section (schema defaults filled in), checked against the run; None:
+        the run checks no claims."""
+        section = self.config.get("claims")  # no schema default: absent = no claims table
+        if section is None:
+            return None
+        distances = list(self.config["distances"])
+        fixed = [("claims.change_distance", section["change_distance"])]
+        if section["tune"] is None:
+            fixed.append(("claims.distance", section["distance"]))
+        if section["x0_ablation"] is not None:
+            fixed.append(("claims.x0_ablation.distance", section["x0_ablation"]["distance"]))
+        for key, distance in fixed:
+            if distance not in distances:
+                raise ConfigError(f"{key}: {distance!r} is not one of `distances` {distances}")
+        tunes = self.config.get("tune")  # no schema default: absent = no tuning stage
+        if section["tune"] is not None and section["tune"] not in (tunes or {}):
+            raise ConfigError(
+                f"claims.tune: {section['tune']!r} is not a key of `tune` {sorted(tunes or {})}"
+            )
+        return section
+
+    @cached_property
+    def claim_sets(self) -> list[str]:
+        """The OOD test sets the claims average over (``claims.sets``)."""
+        role = self.claims["sets"] if self.claims else "near"
+        roles = {d: self.config["datasets"][d]["role"] for d in self.ood_sets}
+        sets = [d for d, r in roles.items() if role in ("all", r)]
+        if not sets:
+            raise ConfigError(
+                f"claims.sets: {role!r}, but the run has no {role} OOD test set "
+                f"(OOD sets and roles: {roles}); set claims.sets to one of their roles or all"
+            )
+        return sets
+
+    def claim_experiments(self) -> list[str]:
+        """Configured experiments the claims compare (the others are reported `not run`)."""
+        section = self.claims or {}
+        names = [section.get("diffguard")]
+        for block, keys in (
+            ("x0_ablation", ("with", "without")),
+            ("oracle", ("predicted", "oracle")),
+        ):
+            names += [section[block][k] for k in keys] if section.get(block) else []
+        return [n for n in dict.fromkeys(names) if n in self.eval_experiments]
+
+    def claims_chosen(self) -> list[str]:
+        """The tune's ``chosen.json`` the claims read (``claims.tune``), else nothing."""
+        tune = (self.claims or {}).get("tune")
+        return [] if tune is None else [self.tune_outputs(tune)["chosen"]]
+
+    def claims_inputs(self) -> dict[str, list[str]]:
+        """Test-split score tables of the compared experiments and baselines (ID + claim sets)."""
+        sets = [self.id_set, *self.claim_sets]
+        return {
+            "scores": [
+                f"data/processed/{self.run}/scores/{exp}/{dataset}/seed-{seed}.csv"
+                for exp in self.claim_experiments()
+                for dataset in sets
+                for seed in self.exp_seeds[exp]
+            ],
+            "baselines": [f"data/processed/{self.run}/baselines/{d}.csv" for d in sets],
+            "chosen": self.claims_chosen(),
+        }
+
+    def claims_tables(self) -> dict[str, str]:
+        """``claims.{csv,md}`` and ``paper/tables/claims.tex`` (empty: no claims section)."""
+        return targets.TABLE["claims"].files(self.run) if self.claims else {}
+
     # -------------------------------------------------------------------------------- speed
     @cached_property
     def speed_experiments(self) -> list[str]:
@@ -689,11 +760,17 @@ class RunPlan:
     def table_files(self) -> list[str]:
         main = targets.TABLE["main_results"].files(self.run)
         papers = [f for outs in self.paper_table_outputs().values() for f in outs.values()]
-        return [*main.values(), *papers, *self.check_outputs().values()]
+        claims = self.claims_tables().values()
+        return [*main.values(), *papers, *self.check_outputs().values(), *claims]
 
     def paper_inputs(self) -> list[str]:
-        """Tables the paper inputs besides the published ones: main results and speed."""
-        return [targets.TABLE["main_results"].files(self.run)["tex"], self.speed_tables()["tex"]]
+        """Tables the paper inputs besides the published ones: main results, speed, claims."""
+        claims = [self.claims_tables()["tex"]] if self.claims else []
+        return [
+            targets.TABLE["main_results"].files(self.run)["tex"],
+            self.speed_tables()["tex"],
+            *claims,
+        ]
 
     def final_targets(self) -> list[str]:
         """What ``snakemake`` builds by default."""

@@ -186,6 +186,7 @@ TABLES: tuple[Table, ...] = (
     Table("paper_table", "render_paper_tables", "tables", "paper_table.rst"),
     Table("reproduction_check", "reproduction_check", "check", "reproduction_check.rst"),
     Table("speed", "speed_benchmark", "", None),
+    Table("claims", "check_claims", "", "claims.rst"),
 )
 TABLE = {table.kind: table for table in TABLES}
 """Kind -> its :class:`Table` (``paper_table``: one per ``report.tables`` entry, by name)."""
