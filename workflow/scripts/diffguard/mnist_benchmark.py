@@ -30,22 +30,11 @@ import numpy as np
 from diffguard.data import OOD_LABEL, ImageRecord, image_id_for, write_imglist
 from diffguard.embedded import _SKIMAGE_PHOTOS, _SKLEARN_PHOTOS, _write_png, far_photo_patches
 from diffguard.io import write_text
+from diffguard.mnist_lists import SET_NAMES, SOURCES_OF
 
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 28
-SET_NAMES = (
-    "train",
-    "val_mnist",
-    "test_mnist",
-    "val_fashion",
-    "test_fashion",
-    "val_animals",
-    "test_animals",
-    "val_textures",
-    "test_textures",
-)
-"""Image lists the builder can write (``datasets.<x>.list`` names one of them)."""
 
 # Files inside the extracted downloads (benchmark.mnist.sources: role -> download key).
 MNIST_FILE = "mnist/data/mnist.pkl.gz"
@@ -54,16 +43,6 @@ FASHION_FILES = {
     "train": "usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
     "t10k": "usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
 }
-SOURCES_OF = {
-    "train": "mnist",
-    "val_mnist": "mnist",
-    "test_mnist": "mnist",
-    "val_fashion": "fashion",
-    "test_fashion": "fashion",
-    "val_animals": "animals",
-    "test_animals": "animals",
-}
-"""The source role (``benchmark.mnist.sources`` key) each list is cut from (textures: none)."""
 
 # (pixels uint8 N x 28 x 28, labels, file stems) of one image set.
 ImageSet = tuple[np.ndarray, np.ndarray, list[str]]

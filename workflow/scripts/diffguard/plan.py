@@ -454,7 +454,7 @@ class RunPlan:
         benchmark = self.config["benchmark"]
         if benchmark["kind"] != "mnist":
             return
-        from diffguard.mnist_benchmark import SET_NAMES, SOURCES_OF
+        from diffguard.mnist_lists import SET_NAMES, SOURCES_OF
 
         sources = benchmark.get("mnist", {}).get("sources", {})
         for role, key in sources.items():
