@@ -229,25 +229,16 @@ def _combined_auroc(
     id_set: str,
     oods: Sequence[str],
 ) -> dict[str, float]:
-    """Val AUROC per OOD set of one combination, as the evaluate rule computes it (the same
-    image alignment and :func:`diffguard.combine.combine`)."""
-    from diffguard.combine import align_by_image, combine
+    """Val AUROC per OOD set of one combination, computed by the evaluate rule's own
+    :func:`diffguard.evaluation.combined_scores` (same image alignment, same ID reference)."""
+    from diffguard.evaluation import combined_scores
 
     score_files, base_files = files
-    paired = {
-        d: align_by_image(
-            frames[d], base[d], diffguard_file=score_files[d], baseline_file=base_files[d]
-        )[baseline].to_numpy()
-        for d in [id_set, *oods]
-    }
-    dg_id = frames[id_set][col].to_numpy()
-    combined_id = combine(dg_id, dg_id, paired[id_set], paired[id_set], rule)
-    return {
-        d: _auroc(
-            combined_id, combine(dg_id, frames[d][col].to_numpy(), paired[id_set], paired[d], rule)
-        )
-        for d in oods
-    }
+    combo = {"baseline": baseline, "rule": rule}
+    combined_id, combined = combined_scores(
+        frames, base, (score_files.__getitem__, base_files), combo, col, id_set, oods
+    )
+    return {d: _auroc(combined_id, combined[d]) for d in oods}
 
 
 def sweep_rows(
