@@ -212,6 +212,19 @@ class Scores:
     def baseline(self, name: str, dataset: str) -> np.ndarray:
         return self.base_frame(dataset)[name].to_numpy()
 
+    def experiment_auroc(self, exp: str, seed: int, distance: str) -> float:
+        """Mean AUROC over the claim's OOD sets of ``exp`` (one seed) at ``distance``."""
+        return mean_auroc(
+            self.column(exp, self.id_set, seed, distance),
+            {d: self.column(exp, d, seed, distance) for d in self.ood_sets},
+        )
+
+    def baseline_auroc(self, name: str) -> float:
+        """Mean AUROC over the claim's OOD sets of baseline ``name``."""
+        return mean_auroc(
+            self.baseline(name, self.id_set), {d: self.baseline(name, d) for d in self.ood_sets}
+        )
+
 
 # ------------------------------------------------------------------------------ computations
 def change(scores: np.ndarray, distance: str) -> np.ndarray:
@@ -280,6 +293,14 @@ def _missing(scores: Scores, *experiments: str) -> str:
     return f"experiment(s) {', '.join(absent)} not configured (no test scores)"
 
 
+def _missing_with_baseline(scores: Scores, exp: str, name: str) -> str:
+    """Why a claim on ``exp`` and baseline ``name`` cannot be computed ('' when it can)."""
+    why = _missing(scores, exp)
+    if not why and not scores.has_baseline(name):
+        why = f"baseline {name} not computed by this run (`baselines`)"
+    return why
+
+
 def _baseline_label(name: str) -> str:
     from diffguard.baselines import BASELINES
 
@@ -332,21 +353,13 @@ def baseline_claims(scores: Scores, spec: ClaimsSpec) -> list[dict[str, Any]]:
     for name in spec.baselines:
         label = _baseline_label(name)
         statement = f"DiffGuard alone beats {label}"
-        why = _missing(scores, exp)
-        if not why and not scores.has_baseline(name):
-            why = f"baseline {name} not computed by this run (`baselines`)"
+        why = _missing_with_baseline(scores, exp, name)
         if why:
             rows.append(_not_run("b", statement, why))
             continue
-        ood_sets = scores.ood_sets
-        reference = mean_auroc(
-            scores.baseline(name, scores.id_set), {d: scores.baseline(name, d) for d in ood_sets}
-        )
+        reference = scores.baseline_auroc(name)
         for seed in scores.seeds(exp):
-            value = mean_auroc(
-                scores.column(exp, scores.id_set, seed, dist),
-                {d: scores.column(exp, d, seed, dist) for d in ood_sets},
-            )
+            value = scores.experiment_auroc(exp, seed, dist)
             comparison = f"{sets} AUROC: {exp} ({dist}) vs {label}"
             rows.append(_compared("b", statement, seed, comparison, (value, reference)))
     return rows
@@ -366,16 +379,11 @@ def combination_claim(scores: Scores, spec: ClaimsSpec) -> list[dict[str, Any]]:
     exp, dist, name, rule = spec.diffguard, spec.distance, combo["baseline"], combo["rule"]
     label = _baseline_label(name)
     statement = f"DiffGuard + {label} beats {label} alone"
-    why = _missing(scores, exp)
-    if not why and not scores.has_baseline(name):
-        why = f"baseline {name} not computed by this run (`baselines`)"
+    why = _missing_with_baseline(scores, exp, name)
     if why:
         return [_not_run("c", statement, why)]
     sets = [scores.id_set, *scores.ood_sets]
-    reference = mean_auroc(
-        scores.baseline(name, scores.id_set),
-        {d: scores.baseline(name, d) for d in scores.ood_sets},
-    )
+    reference = scores.baseline_auroc(name)
     rows = []
     for seed in scores.seeds(exp):
         frames = {d: scores.frame(exp, d, seed) for d in sets}
@@ -410,15 +418,18 @@ def pair_claim(
     if why:
         return [_not_run(letter, statement, why)]
 
-    def auroc(exp: str, seed: int) -> float:
-        return mean_auroc(
-            scores.column(exp, scores.id_set, seed, distance),
-            {d: scores.column(exp, d, seed, distance) for d in scores.ood_sets},
-        )
-
     comparison = f"{SET_LABELS[sets]} AUROC ({distance}): {better} vs {worse}"
     return [
-        _compared(letter, statement, s, comparison, (auroc(better, s), auroc(worse, s)))
+        _compared(
+            letter,
+            statement,
+            s,
+            comparison,
+            (
+                scores.experiment_auroc(better, s, distance),
+                scores.experiment_auroc(worse, s, distance),
+            ),
+        )
         for s in common
     ]
 
