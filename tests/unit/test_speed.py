@@ -517,4 +517,9 @@ def test_gdm_runners_on_a_class_conditional_bare_unet_use_its_null_label() -> No
     outputs = {name: run(x, labels, gdm.CallCounter()) for name, run in runners.items()}
     for _reference, recon in outputs.values():
         assert recon.shape == x.shape and torch.isfinite(recon).all()
-    assert (outputs["ours"][1] - outputs["released_port"][1]).abs().max() <= 1e-4
+    # ours vs the port: 2.9e-5 max under ATEN_CPU_CAPABILITY=default, avx2 and avx512 alike
+    # (batching differs, float32 rounding), against 1.9 between the guided regeneration and
+    # its reference (a label-handling slip moves the result by that order)
+    tol = 1e-4
+    assert (outputs["ours"][1] - outputs["released_port"][1]).abs().max() <= tol
+    assert (outputs["ours"][1] - outputs["ours"][0]).abs().max() > 100 * tol
