@@ -27,8 +27,8 @@ from diffguard import io
 from diffguard.classifiers import build_classifier
 from diffguard.config import resolve_experiment
 from diffguard.data import ImageListError, ImageLoadError, load_image
+from diffguard.list_stages import select_images_stage
 from diffguard.model_io import WEIGHTS_FILE, save_model
-from diffguard.pipeline import select_images_stage
 from diffguard.predictions import cache_predictions_stage
 from diffguard.reconstruction import reconstruct_shard
 from diffguard.training import small_unet_kwargs

@@ -94,6 +94,26 @@ def test_shipped_configs_validate(repo_root: Path, name: str) -> None:
         method_settings(resolve_experiment(config["experiments"], exp))
 
 
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.name for p in (Path(__file__).parents[2] / "config" / "overlays").glob("*.yaml")),
+)
+def test_overlays_validate_on_the_default(repo_root: Path, name: str) -> None:
+    """An overlay (``--configfile config/config.yaml config/overlays/<name>``) merged the way
+    Snakemake merges config files gives a valid config under its own run name."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    overlay = yaml.safe_load((repo_root / "config/overlays" / name).read_text())
+    update_config(config, overlay)
+    validate_config(config, repo_root / SCHEMA)
+    assert config["run"] != "embedded", f"{name} would overwrite the default run's outputs"
+    assert (repo_root / config["report_config"]).is_file()
+    # merged key by key: the default's other benchmark and training settings survive
+    assert config["benchmark"]["kind"] == "mnist"
+    assert config["diffusion_models"]["unet_cond"]["train"]["steps"] > 0
+
 def _error(repo_root: Path, **changes: Any) -> str:
     """The message of validating the default config with ``changes`` applied at dotted keys."""
     config = yaml.safe_load((repo_root / "config/config.yaml").read_text())

@@ -82,3 +82,34 @@ def test_parsing_imports_no_heavy_library(repo_root: Path, config: str) -> None:
     assert {"snakemake", "diffguard.config", "diffguard.schema", "jsonschema"} <= modules
     heavy = [import_chain(entries, i) for i, (_, module) in enumerate(entries) if module in HEAVY]
     assert not heavy, f"parsing with {config} imports: " + "; ".join(heavy)
+
+
+# The rules that only touch lists and score tables run once per dataset (select_images) and per
+# experiment x dataset x seed (gather_scores: 40 jobs in the default run); torch + torchvision
+# would add ~3 s to each job's start-up.
+LIST_ONLY_SCRIPTS = ("workflow/scripts/select_images.py", "workflow/scripts/gather_scores.py")
+
+
+@pytest.mark.parametrize("script", LIST_ONLY_SCRIPTS)
+def test_list_only_rules_import_no_torch(repo_root: Path, script: str) -> None:
+    source = (repo_root / script).read_text()
+    imports = "\n".join(line for line in source.splitlines() if line.startswith("from diffguard"))
+    assert imports, f"{script} imports nothing from diffguard"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", imports],
+        cwd=repo_root,
+        env=local_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    entries = import_log(proc.stderr)
+    assert "diffguard.list_stages" in {module for _, module in entries}
+    heavy = [
+        import_chain(entries, i)
+        for i, (_, module) in enumerate(entries)
+        if module in ("torch", "torchvision", "sklearn")
+    ]
+    assert not heavy, f"{script} imports: " + "; ".join(heavy)

@@ -1,6 +1,6 @@
 """Rule gather_scores: per-image scores of one dataset from its shards."""
 
-from diffguard.evaluation import gather_scores_stage
+from diffguard.list_stages import gather_scores_stage
 from diffguard.logs import setup_logging
 
 sm = snakemake  # noqa: F821

@@ -1,7 +1,7 @@
 """Rule select_images: fix the seeded subsample of one dataset."""
 
+from diffguard.list_stages import select_images_stage
 from diffguard.logs import setup_logging
-from diffguard.pipeline import select_images_stage
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -1,7 +1,8 @@
-"""Evaluation stages: gather the shards' scores, score the baselines, compute every metric.
+"""Evaluation stages: score the baselines, compute every metric.
 
-Stage functions (``<rule>_stage``) of the rules ``gather_scores``, ``baseline_scores`` and
-``evaluate``; see :mod:`diffguard.pipeline` for the convention.
+Stage functions (``<rule>_stage``) of the rules ``baseline_scores`` and ``evaluate`` (the shards'
+scores are gathered by :mod:`diffguard.list_stages`); see :mod:`diffguard.pipeline` for the
+convention.
 """
 
 from __future__ import annotations
@@ -17,53 +18,11 @@ import torch
 
 from diffguard import io
 from diffguard.baselines import BASELINES
-from diffguard.data import read_imglist
 from diffguard.methods import METHODS
 from diffguard.metrics import METRIC_KEYS, ood_metrics
 from diffguard.runtime import load_trained_classifier
 
 log = logging.getLogger("diffguard")
-
-
-# -------------------------------------------------------------------------------------- scores
-PER_IMAGE_COLUMNS = ("image_ids", "labels", "preds", "guide_labels", "rev_t", "start_index")
-
-
-def gather_scores_stage(shards: Sequence[str | Path], imglist: str | Path, out: str | Path) -> None:
-    """Rule ``gather_scores``: concatenate shard scores into one per-image CSV; every listed
-    image must appear once.
-
-    Columns: ``image_id``, ``path``, ``label``, ``pred`` (the classifier's prediction from the
-    cache the experiment's guidance labels come from: at its input size by default, see
-    ``experiments.<name>.guidance_predictions``; the baselines' CSVs carry the benchmark-size
-    one), ``guide_label`` (the label that guided the regeneration: ``pred``, or the oracle
-    label), ``rev_t``, ``start_index`` and one ``score_<distance>`` per distance.
-    """
-    frames = []
-    for shard in shards:
-        data = io.read_npz(shard)
-        columns = {k: data[k] for k in PER_IMAGE_COLUMNS}
-        columns.update({k: v for k, v in data.items() if k.startswith("score_")})
-        frames.append(pd.DataFrame(columns))
-    frame = pd.concat(frames, ignore_index=True).rename(
-        columns={
-            "image_ids": "image_id",
-            "labels": "label",
-            "preds": "pred",
-            "guide_labels": "guide_label",
-        }
-    )
-    records = read_imglist(imglist)
-    expected = [r.image_id for r in records]
-    if frame["image_id"].tolist() != expected:
-        missing = sorted(set(expected) - set(frame["image_id"]))[:5]
-        raise ValueError(
-            f"shards {list(map(str, shards))} do not cover {imglist} exactly once "
-            f"(first missing: {missing})"
-        )
-    frame.insert(1, "path", [r.path for r in records])
-    io.write_csv(out, frame)
-    log.info("gathered %d images from %d shards into %s", len(frame), len(shards), out)
 
 
 # --------------------------------------------------------------------------------- baselines

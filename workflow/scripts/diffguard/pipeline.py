@@ -5,12 +5,13 @@ function, named ``<rule>_stage`` after the rule it serves (``evaluate`` -> ``eva
 which takes plain paths and config values (never the ``snakemake`` object), logs what it does
 and writes its outputs atomically. The stages live beside what they do:
 
-- data and models: here (``build_embedded_benchmark``, ``select_images``, ``train_classifier``,
+- data and models: here (``build_embedded_benchmark``, ``train_classifier``,
   ``train_diffusion``, ``prepare_ensemble_member``) and :mod:`diffguard.preparation`
   (``prepare_classifier``, ``prepare_diffusion_model``);
+- lists and score tables, without torch: :mod:`diffguard.list_stages` (``select_images``,
+  ``gather_scores``);
 - the classifier pass: :mod:`diffguard.predictions` (``cache_predictions``);
-- scores and metrics: :mod:`diffguard.evaluation` (``gather_scores``, ``baseline_scores``,
-  ``evaluate``);
+- scores and metrics: :mod:`diffguard.evaluation` (``baseline_scores``, ``evaluate``);
 - tables: :mod:`diffguard.tables` (``render_tables``), :mod:`diffguard.paper_tables`
   (``render_paper_tables``), :mod:`diffguard.reproduction` (``reproduction_check``,
   ``reproduction_gate``).
@@ -32,9 +33,6 @@ from diffguard.data import (
     image_root,
     load_records_images,
     read_imglist,
-    subsample,
-    validate_labels,
-    write_imglist,
 )
 
 log = logging.getLogger("diffguard")
@@ -74,24 +72,6 @@ def build_embedded_benchmark_stage(
         id_classes=emb.get("id_classes", (0, 1, 2, 3, 4, 5)),
         val_fraction=emb.get("val_fraction"),
     )
-
-
-def select_images_stage(
-    imglist: str | Path, out: str | Path, spec: dict[str, Any], seed: int, num_classes: int
-) -> None:
-    """Checkpoint ``select_images``: fix the seeded subsample of one dataset; ID labels are
-    checked against the classes."""
-    records = read_imglist(imglist)
-    n = spec.get("n")
-    if n is not None and n > len(records):
-        raise ValueError(
-            f"{imglist}: datasets.*.n = {n} but the list holds only {len(records)} images"
-        )
-    chosen = subsample(records, n, seed)
-    if spec["role"] in ("id", "train"):
-        validate_labels(chosen, num_classes, imglist)
-    write_imglist(out, chosen)
-    log.info("%s: kept %d of %d images", out, len(chosen), len(records))
 
 
 # ------------------------------------------------------------------------------------- models
