@@ -94,7 +94,6 @@ def test_shipped_configs_validate(repo_root: Path, name: str) -> None:
         method_settings(resolve_experiment(config["experiments"], exp))
 
 
-
 @pytest.mark.parametrize(
     "name",
     sorted(p.name for p in (Path(__file__).parents[2] / "config" / "overlays").glob("*.yaml")),
@@ -113,6 +112,7 @@ def test_overlays_validate_on_the_default(repo_root: Path, name: str) -> None:
     # merged key by key: the default's other benchmark and training settings survive
     assert config["benchmark"]["kind"] == "mnist"
     assert config["diffusion_models"]["unet_cond"]["train"]["steps"] > 0
+
 
 def _error(repo_root: Path, **changes: Any) -> str:
     """The message of validating the default config with ``changes`` applied at dotted keys."""
