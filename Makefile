@@ -31,8 +31,7 @@ RUN_NAME := $(shell sed -n 's/^run: *\([A-Za-z0-9_.-]*\).*/\1/p' config/config.y
 CLAIMS_TABLE := data/processed/$(RUN_NAME)/claims.md
 
 run: setup
-	$(SNAKEMAKE) --cores all
-	$(SNAKEMAKE) --cores all --report report.html
+	$(SNAKEMAKE) --cores all --report report.html --report-after-run
 	@if [ -f $(CLAIMS_TABLE) ]; then echo; cat $(CLAIMS_TABLE); fi
 
 test: setup
