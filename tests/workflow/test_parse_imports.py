@@ -63,11 +63,10 @@ def test_import_chain_reads_the_importtime_tree() -> None:
     assert import_chain(entries, 2) == "diffguard.gdm > numpy"
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-def test_parsing_imports_no_heavy_library(repo_root: Path, config: str) -> None:
+def imports_of(repo_root: Path, *args: str) -> list[tuple[int, str]]:
+    """``import_log`` of ``python -X importtime *args`` run in ``repo_root`` (must succeed)."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "-q"]
-        + ["--configfile", config],
+        [sys.executable, "-X", "importtime", *args],
         cwd=repo_root,
         env=local_env(),
         capture_output=True,
@@ -76,17 +75,27 @@ def test_parsing_imports_no_heavy_library(repo_root: Path, config: str) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    entries = import_log(proc.stderr)
+    return import_log(proc.stderr)
+
+
+def heavy_chains(entries: list[tuple[int, str]], heavy: tuple[str, ...]) -> list[str]:
+    """Who imported each module of ``heavy`` (``import_chain``), in import order."""
+    return [import_chain(entries, i) for i, (_, module) in enumerate(entries) if module in heavy]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_parsing_imports_no_heavy_library(repo_root: Path, config: str) -> None:
+    entries = imports_of(repo_root, "-m", "snakemake", "-n", "-q", "--configfile", config)
     modules = {module for _, module in entries}
     # the log covers the workflow's own imports (else the check below would prove nothing)
     assert {"snakemake", "diffguard.config", "diffguard.schema", "jsonschema"} <= modules
-    heavy = [import_chain(entries, i) for i, (_, module) in enumerate(entries) if module in HEAVY]
+    heavy = heavy_chains(entries, HEAVY)
     assert not heavy, f"parsing with {config} imports: " + "; ".join(heavy)
 
 
 # The rules that only touch lists and score tables run once per dataset (select_images) and per
-# experiment x dataset x seed (gather_scores: 40 jobs in the default run); torch + torchvision
-# would add ~3 s to each job's start-up.
+# experiment x dataset x seed (gather_scores: 32 jobs in the default run); torch + torchvision
+# add ~3-4 s to each job's start-up (a script job: ~1.4 s bare, ~5.2 s importing them).
 LIST_ONLY_SCRIPTS = ("workflow/scripts/select_images.py", "workflow/scripts/gather_scores.py")
 
 
@@ -95,21 +104,7 @@ def test_list_only_rules_import_no_torch(repo_root: Path, script: str) -> None:
     source = (repo_root / script).read_text()
     imports = "\n".join(line for line in source.splitlines() if line.startswith("from diffguard"))
     assert imports, f"{script} imports nothing from diffguard"
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", imports],
-        cwd=repo_root,
-        env=local_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    entries = import_log(proc.stderr)
+    entries = imports_of(repo_root, "-c", imports)
     assert "diffguard.list_stages" in {module for _, module in entries}
-    heavy = [
-        import_chain(entries, i)
-        for i, (_, module) in enumerate(entries)
-        if module in ("torch", "torchvision", "sklearn")
-    ]
+    heavy = heavy_chains(entries, ("torch", "torchvision", "sklearn"))
     assert not heavy, f"{script} imports: " + "; ".join(heavy)
