@@ -64,8 +64,8 @@ def test_default_dag_plans_every_artifact(dry_runs) -> None:
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     # test: 4 experiments x (300 + 150 + 150 + 150 images in shards of 300 -> 4 shards);
-    # validation: 4 tune grid points x 4 val sets of <= 200 images (one shard each)
-    assert counts["reconstruct"] == 4 * 4 + 4 * 4
+    # validation: 4 tune grid points x 3 val sets of <= 200 images (one shard each)
+    assert counts["reconstruct"] == 4 * 4 + 4 * 3
     assert counts["tune"] == 1 and counts["check_claims"] == 1
     for rule in (
         "render_tables",
