@@ -94,7 +94,7 @@ def test_parsing_imports_no_heavy_library(repo_root: Path, config: str) -> None:
 
 
 # The rules that only touch lists and score tables run once per dataset (select_images) and per
-# experiment x dataset x seed (gather_scores: 32 jobs in the default run); torch + torchvision
+# experiment x dataset x seed (gather_scores: 28 jobs in the default run); torch + torchvision
 # add ~3-4 s to each job's start-up (a script job: ~1.4 s bare, ~5.2 s importing them).
 LIST_ONLY_SCRIPTS = ("workflow/scripts/select_images.py", "workflow/scripts/gather_scores.py")
 

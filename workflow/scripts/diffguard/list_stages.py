@@ -1,7 +1,7 @@
 """Stages of the rules that only read and write image lists and score tables.
 
 ``select_images`` runs once per dataset and ``gather_scores`` once per experiment, dataset and
-seed (40 jobs in the default run), so this module imports neither torch nor torchvision: a
+seed (28 jobs in the default run), so this module imports neither torch nor torchvision: a
 process that imports them starts about 3 s slower on a laptop CPU. See :mod:`diffguard.pipeline`
 for the stage convention.
 """
